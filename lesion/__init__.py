@@ -1,0 +1,1 @@
+"""lesion: skin-cancer screening from photos."""

