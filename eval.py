@@ -12,9 +12,9 @@ from omegaconf import DictConfig
 
 from lesion.config import to_plain
 from lesion.data import build_datamodule
-from lesion.metrics import screening_metrics
+from lesion.metrics import diagnosis_collection, screening_metrics
 from lesion.module import LesionClassifier
-from lesion.reports import confusion_table, plot_confusion, plot_roc
+from lesion.reports import LABELS, confusion_table, plot_confusion, plot_roc
 
 
 def evaluate(config: dict) -> dict[str, float]:
@@ -32,18 +32,23 @@ def evaluate(config: dict) -> dict[str, float]:
     batches = trainer.predict(model, dataloaders=datamodule.test_dataloader())
     p_malignant = torch.cat([b["p_malignant"] for b in batches])
     labels = torch.cat([b["label"] for b in batches])
-    metrics = screening_metrics(p_malignant, model.is_malignant(labels))
-    if len(model.hparams.class_names) > 2:
+    y_malignant = model.is_malignant(labels)
+    metrics = screening_metrics(p_malignant, y_malignant)
+    names = model.hparams.class_names
+    if len(names) > 2:
         probs = torch.cat([b["probs"] for b in batches])
-        metrics |= {k: float(v) for k, v in model.test_diagnosis(probs, labels).items()}
-    metrics = {f"test/{k.removeprefix('test/')}": v for k, v in metrics.items()}
-    out = Path(config["paths"]["output_dir"])
+        metrics |= {k: float(v) for k, v in diagnosis_collection(len(names))(probs, labels).items()}
+    metrics = {f"test/{k}": v for k, v in metrics.items()}
+    # Two classes: name the axes by them (apple/orange); more: the benign/malignant grouping.
+    axes = tuple(sorted(names, key=lambda c: c in model.hparams.malignant)) if len(names) == 2 else LABELS
     counts = {k: int(metrics[f"test/{k}"]) for k in ("tp", "fn", "fp", "tn")}
+    table = confusion_table(counts, axes)
+    out = Path(config["paths"]["output_dir"])
     (out / "metrics.json").write_text(json.dumps(metrics | {"checkpoint": str(ckpt)}, indent=2, sort_keys=True))
-    (out / "confusion_matrix.md").write_text(f"# Confusion matrix ({ckpt.name}, threshold 0.5)\n\n" + confusion_table(counts))
-    plot_confusion(counts, out / "confusion_matrix.png")
-    plot_roc(p_malignant, model.is_malignant(labels), out / "roc.png", metrics["test/auroc"])
-    print(confusion_table(counts))
+    (out / "confusion_matrix.md").write_text(f"# Confusion matrix ({ckpt.name}, threshold 0.5)\n\n{table}")
+    plot_confusion(counts, out / "confusion_matrix.png", axes)
+    plot_roc(p_malignant, y_malignant, out / "roc.png", metrics["test/auroc"])
+    print(table)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     print(f"[lesion] evaluation written to {out}")
     return metrics

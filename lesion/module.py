@@ -5,10 +5,9 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
-
-from lesion.backbones import backbone_data_config, build_backbone
 from torchmetrics.classification import BinaryStatScores
 
+from lesion.backbones import backbone_data_config, build_backbone
 from lesion.metrics import diagnosis_collection, screening_collection
 
 SPLITS = ("train", "val", "test")

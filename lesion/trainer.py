@@ -1,4 +1,4 @@
-"""One door to a Lightning Trainer from config: trainer kwargs, checkpoint/early-stopping/progress callbacks, loggers."""
+"""One door to a Lightning Trainer from config: trainer kwargs, checkpoint, early-stopping, progress bar, loggers."""
 
 from __future__ import annotations
 

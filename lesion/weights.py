@@ -92,7 +92,9 @@ def load_checked(net: torch.nn.Module, model_name: str, state: dict[str, torch.T
     state = {k: v for k, v in state.items() if not k.startswith(skip)}
     missing = [k for k in full if k not in state]
     extra = [k for k in state if k not in full]
-    misshapen = [f"{k} {tuple(state[k].shape)} != {tuple(s)}" for k, s in full.items() if k in state and state[k].shape != s]
+    misshapen = [
+        f"{k} {tuple(state[k].shape)} != {tuple(s)}" for k, s in full.items() if k in state and state[k].shape != s
+    ]
     problems = []
     if missing:
         problems.append(f"missing keys ({len(missing)}): {_head(missing)}")

@@ -104,7 +104,9 @@ class ApplesOrangesDataModule(LesionDataModule):
         frames, start = {}, 0
         for split in SPLITS:
             index = np.arange(start, start + self.sizes[split])
-            frames[split] = pd.DataFrame({"image_id": [f"fruit_{i:06d}" for i in index], "index": index, "label": index % 2})
+            frames[split] = pd.DataFrame(
+                {"image_id": [f"fruit_{i:06d}" for i in index], "index": index, "label": index % 2}
+            )
             start += self.sizes[split]
         return frames
 

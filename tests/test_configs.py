@@ -1,0 +1,71 @@
+"""Every config composes, alone and in every backbone x data pair, into values our classes accept."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+from conftest import CONF, backbone_names, compose_config, data_names
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import lesion.config  # noqa: F401  (registers run_id)
+from lesion.backbones import build_backbone
+from lesion.data import DATAMODULES
+from lesion.module import LesionClassifier
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["data", "backbone", "trainer", "logger", "callbacks", "experiment"])
+def test_every_option_in_every_group_composes(group, tmp_path):
+    for option in group_options(group):
+        cfg = compose_config("train", [f"{group}={option}"], tmp_path)
+        assert cfg["paths"]["output_dir"] == str(tmp_path)
+
+
+@pytest.mark.parametrize("backbone", backbone_names())
+@pytest.mark.parametrize("data", data_names())
+def test_backbone_data_pairs_compose_onto_typed_signatures(backbone, data, tmp_path):
+    cfg = compose_config("train", [f"backbone={backbone}", f"data={data}"], tmp_path)
+    inspect.signature(build_backbone).bind(**cfg["backbone"], num_classes=2)
+    data_cfg = dict(cfg["data"])
+    inspect.signature(DATAMODULES[data_cfg.pop("name")]).bind(data_config={}, **data_cfg)
+    inspect.signature(LesionClassifier).bind(backbone=cfg["backbone"], **cfg["model"])
+    inspect.signature(L.Trainer).bind(**cfg["trainer"])
+
+
+def test_eval_config_composes_with_and_without_data(tmp_path):
+    assert compose_config("eval", ["ckpt_path=x.ckpt"], tmp_path).get("data") is None
+    assert compose_config("eval", ["ckpt_path=x.ckpt", "data=apples_oranges"], tmp_path)["data"]["name"]
+
+
+def test_study_final_is_the_studys_configuration(tmp_path):
+    cfg = compose_config("train", ["experiment=study_final"], tmp_path)
+    assert cfg["backbone"]["model_name"] == "resnet50" and cfg["backbone"]["cut_after"] == "layer3"
+    assert cfg["backbone"]["head"] == "vgg" and cfg["backbone"]["input_size"] == 224
+    assert cfg["data"]["batch_size"] == 8 and cfg["data"]["eval_batch_size"] == 16
+    assert cfg["model"]["lr"] == 1e-5 and cfg["model"]["class_weights"] == [1, 10]
+    assert cfg["callbacks"]["early_stopping"]["patience"] == 20 and cfg["trainer"]["max_epochs"] == 30
+    transforms = cfg["data"]["transforms"]
+    assert transforms["clahe"] and transforms["hflip"] and transforms["rotate"] > 0
+
+
+def test_loggers_instantiate_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for option in ("csv", "tensorboard"):
+        cfg = compose_config("train", [f"logger={option}"], tmp_path)
+        (block,) = cfg["logger"].values()
+        assert instantiate(block).save_dir == str(tmp_path)
+
+
+def test_run_ids_differ_between_processes_started_together():
+    code = "import lesion.config; from omegaconf import OmegaConf; print(OmegaConf.create({'d': '${run_id:}'}).d)"
+    ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()}
+    ids.add(OmegaConf.create({"d": "${run_id:}"}).d)
+    assert len(ids) == 2 and all(ids)
