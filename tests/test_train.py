@@ -1,0 +1,110 @@
+"""train.py and eval.py through Hydra's compose API, on tiny apples/oranges runs."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY, backbone_names, compose_config
+
+from eval import evaluate
+from lesion.backbones import backbone_data_config
+from lesion.data.datamodule import LesionDataModule
+from lesion.module import LesionClassifier
+from train import train
+
+SIZES = {"inception_v3": 96}
+
+
+@pytest.mark.parametrize("backbone", backbone_names())
+def test_fast_dev_run_trains_and_tests_every_backbone(backbone, tmp_path):
+    size = SIZES.get(backbone, 64)
+    overrides = [*TINY, f"backbone={backbone}", f"backbone.input_size={size}", "trainer.fast_dev_run=true"]
+    metrics = train(compose_config("train", overrides, tmp_path))
+    assert {"test/recall", "test/specificity", "test/auroc", "test/pauc80", "test/tp"} <= set(metrics)
+    assert json.loads((tmp_path / "metrics.json").read_text())["test/loss"] == pytest.approx(metrics["test/loss"])
+
+
+def test_checkpoint_round_trips_through_eval(tmp_path):
+    run_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    run_dir.mkdir(), eval_dir.mkdir()
+    trained = train(compose_config("train", [*TINY, "trainer.max_epochs=2"], run_dir))
+    written = json.loads((run_dir / "metrics.json").read_text())
+    best = written["best_checkpoint"]
+    assert best.endswith(".ckpt") and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "csv" / "metrics.csv").is_file()
+
+    model = LesionClassifier.load_from_checkpoint(best, map_location="cpu")
+    assert model.hparams.class_names == ["apple", "orange"] and model.hparams.data["name"] == "apples_oranges"
+
+    evaluated = evaluate(compose_config("eval", [f"ckpt_path={best}"], eval_dir))
+    for key in ("test/accuracy", "test/recall", "test/specificity", "test/auroc", "test/pauc80", "test/tp"):
+        assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
+    for name in ("metrics.json", "confusion_matrix.md", "confusion_matrix.png", "roc.png"):
+        assert (eval_dir / name).stat().st_size > 0, name
+    table = (eval_dir / "confusion_matrix.md").read_text()
+    assert "| **total** |" in table and "apple" in table and "orange" in table
+
+
+def test_eval_rejects_a_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        evaluate(compose_config("eval", [f"ckpt_path={tmp_path / 'nope.ckpt'}"], tmp_path))
+
+
+def test_balanced_class_weights_come_from_the_training_split(tmp_path):
+    overrides = [*TINY, "data.num_train=9", "model.class_weights=balanced", "trainer.fast_dev_run=true"]
+    config = compose_config("train", overrides, tmp_path)
+    from lesion.data import build_datamodule
+
+    datamodule = build_datamodule(config["data"], backbone_data_config(**config["backbone"]))
+    model = LesionClassifier(
+        backbone=config["backbone"], class_names=["apple", "orange"], malignant=["orange"], class_weights="balanced"
+    )
+    L.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False).fit(model, datamodule=datamodule)
+    assert datamodule.class_counts("train") == [5, 4]
+    assert model.loss_weights.tolist() == pytest.approx([9 / 10, 9 / 8])
+
+
+def test_wrong_class_weights_or_malignant_names_raise(tmp_path):
+    backbone = compose_config("train", TINY, tmp_path)["backbone"]
+    with pytest.raises(ValueError, match="class_weights"):
+        LesionClassifier(backbone=backbone, class_weights=[1, 2, 3])
+    with pytest.raises(ValueError, match="melanoma"):
+        LesionClassifier(backbone=backbone, malignant=["melanoma"])
+
+
+class ThreeClassData(LesionDataModule):
+    """A tiny 3-class set (two benign classes, one malignant) to exercise the multiclass path."""
+
+    classes = ("nv", "bkl", "mel")
+    malignant = ("mel",)
+
+    def split_frames(self) -> dict[str, pd.DataFrame]:
+        return {
+            s: pd.DataFrame({"image_id": [f"{s}{i}" for i in range(6)], "label": [0, 1, 2] * 2})
+            for s in "train val test".split()
+        }
+
+    def reader(self):
+        return _colour_of_label
+
+
+def _colour_of_label(row: pd.Series) -> np.ndarray:
+    return np.full((32, 32, 3), 60 * (int(row["label"]) + 1), np.uint8)
+
+
+def test_multiclass_run_reports_balanced_accuracy_and_malignant_sum(tmp_path):
+    backbone = compose_config("train", TINY, tmp_path)["backbone"]
+    model = LesionClassifier(backbone=backbone, class_names=["nv", "bkl", "mel"], malignant=["mel"])
+    datamodule = ThreeClassData(model.data_config, batch_size=3, eval_batch_size=3)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    trainer.fit(model, datamodule=datamodule)
+    metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    assert 0 <= metrics["test/balanced_accuracy"] <= 1 and 0 <= metrics["test/auroc"] <= 1
+    probs = torch.tensor([[0.2, 0.3, 0.5], [0.7, 0.2, 0.1]])
+    assert model.malignant_probability(probs).tolist() == pytest.approx([0.5, 0.1])
+    assert model.is_malignant(torch.tensor([0, 1, 2])).tolist() == [0, 0, 1]
