@@ -83,18 +83,22 @@ class ThreeClassData(LesionDataModule):
     classes = ("nv", "bkl", "mel")
     malignant = ("mel",)
 
-    def split_frames(self) -> dict[str, pd.DataFrame]:
-        return {
-            s: pd.DataFrame({"image_id": [f"{s}{i}" for i in range(6)], "label": [0, 1, 2] * 2})
-            for s in "train val test".split()
-        }
+    def load_frame(self) -> pd.DataFrame:
+        split = np.repeat(["train", "val", "test"], 6)
+        return pd.DataFrame(
+            {"image_id": [f"{i % 3}_{i}" for i in range(18)], "label": np.arange(18) % 3, "split": split}
+        )
 
     def reader(self):
-        return _colour_of_label
+        return ColourOfLabel()
 
 
-def _colour_of_label(row: pd.Series) -> np.ndarray:
-    return np.full((32, 32, 3), 60 * (int(row["label"]) + 1), np.uint8)
+class ColourOfLabel:
+    def __call__(self, image_id: str) -> np.ndarray:
+        return np.full((32, 32, 3), 60 * (int(image_id[0]) + 1), np.uint8)
+
+    def problems(self, image_ids) -> list:
+        return []
 
 
 def test_multiclass_run_reports_balanced_accuracy_and_malignant_sum(tmp_path):

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from lesion.data.datamodule import SPLITS, LesionDataModule
+from lesion.data.datamodule import LesionDataModule
 
 
 def render_fruit(seed: int, index: int, size: int) -> tuple[np.ndarray, int]:
@@ -70,13 +70,16 @@ def _noise(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FruitReader:
-    """Renders a split row on demand, in any worker process."""
+    """Renders an image id (`fruit_<index>`) on demand, in any worker process."""
 
     seed: int
     size: int
 
-    def __call__(self, row: pd.Series) -> np.ndarray:
-        return render_fruit(self.seed, int(row["index"]), self.size)[0]
+    def __call__(self, image_id: str) -> np.ndarray:
+        return render_fruit(self.seed, int(image_id.rsplit("_", 1)[1]), self.size)[0]
+
+    def problems(self, image_ids) -> list:
+        return []  # rendered images cannot be missing or corrupt
 
 
 class ApplesOrangesDataModule(LesionDataModule):
@@ -92,23 +95,19 @@ class ApplesOrangesDataModule(LesionDataModule):
         num_val: int = 100,
         num_test: int = 200,
         image_size: int = 64,
-        seed: int = 0,
         **kwargs,
     ):
         super().__init__(data_config, **kwargs)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.image_size = image_size
-        self.seed = seed
 
-    def split_frames(self) -> dict[str, pd.DataFrame]:
-        frames, start = {}, 0
-        for split in SPLITS:
-            index = np.arange(start, start + self.sizes[split])
-            frames[split] = pd.DataFrame(
-                {"image_id": [f"fruit_{i:06d}" for i in index], "index": index, "label": index % 2}
-            )
-            start += self.sizes[split]
-        return frames
+    def load_frame(self) -> pd.DataFrame:
+        split = np.repeat(list(self.sizes), list(self.sizes.values()))
+        index = np.arange(len(split))
+        return pd.DataFrame({"image_id": [f"fruit_{i:06d}" for i in index], "label": index % 2, "split": split})
 
     def reader(self) -> FruitReader:
         return FruitReader(self.seed, self.image_size)
+
+    def cache_key(self) -> dict:
+        return super().cache_key() | {"seed": self.seed, "image_size": self.image_size}

@@ -1,49 +1,70 @@
-"""The datamodule base every dataset shares: splits as DataFrames, one transform path, loaders, class counts."""
+"""The datamodule base every dataset shares: one path for bad-image checks, splits, caching, sampling and loading."""
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
+from tqdm.auto import tqdm
 
+from lesion.data.cache import ImageCache
+from lesion.data.readers import BadImageError, BadImagesError
+from lesion.data.samplers import UndersampleSampler, balanced_sampler
+from lesion.data.splits import SPLITS, _first, assign_splits, read_split_file, write_split_file
 from lesion.data.transforms import LesionTransforms
 
-SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
 class LesionDataset(Dataset):
-    """Rows of a split frame (`image_id`, `label`) -> {"image", "label", "image_id"}."""
+    """Image ids and labels (numpy arrays, cheap to share with workers) -> {"image", "label", "image_id"}."""
 
-    def __init__(
-        self,
-        frame: pd.DataFrame,
-        read: Callable[[pd.Series], np.ndarray],
-        transforms: LesionTransforms,
-        train: bool,
-    ):
-        self.frame = frame.reset_index(drop=True)
-        self.read = read
-        self.transforms = transforms
-        self.train = train
+    def __init__(self, image_ids, labels, read, transforms: LesionTransforms, train: bool, cache=None, skip_bad=False):
+        self.image_ids = np.asarray(image_ids, dtype=str)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.read, self.transforms, self.train, self.cache, self.skip_bad = read, transforms, train, cache, skip_bad
 
     def __len__(self) -> int:
-        return len(self.frame)
+        return len(self.image_ids)
 
-    def __getitem__(self, index: int) -> dict:
-        row = self.frame.iloc[index]
-        image = self.transforms(self.read(row), train=self.train)
-        return {"image": image, "label": int(row["label"]), "image_id": str(row["image_id"])}
+    def __getitem__(self, index: int) -> dict | None:
+        image_id = str(self.image_ids[index])
+        image = self.cache.get(image_id) if self.cache is not None else None
+        if image is None:
+            try:
+                image = self.transforms.preprocess(image=self.read(image_id))["image"]
+            except BadImageError as err:
+                if not self.skip_bad:
+                    raise
+                log.warning("data.on_bad_image=skip: skipping %s", err)
+                return None
+            if self.cache is not None:
+                self.cache.put(image_id, image)
+        tensor = self.transforms.finish(image, train=self.train)
+        return {"image": tensor, "label": int(self.labels[index]), "image_id": image_id}
+
+
+def collate(batch: list[dict | None]) -> dict | None:
+    """default_collate, leaving out the images that data.on_bad_image=skip turned into None."""
+    kept = [item for item in batch if item is not None]
+    return default_collate(kept) if kept else None
 
 
 class LesionDataModule(L.LightningDataModule, ABC):
-    """Subclasses set `classes` and `malignant` and implement `split_frames` and `reader`."""
+    """Subclasses set `classes`, `malignant` and `group_column`, and implement `load_frame` and `reader`.
+
+    `load_frame` returns every image with `image_id`, `label` (class index), any metadata, and a `split` column where
+    the dataset has official splits. Splits it lacks are carved from its training rows, stratified and grouped.
+    """
 
     classes: tuple[str, ...] = ()
     malignant: tuple[str, ...] = ()
+    group_column: str | None = None
 
     def __init__(
         self,
@@ -52,37 +73,98 @@ class LesionDataModule(L.LightningDataModule, ABC):
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 0,
+        seed: int = 0,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_file: str | None = None,
+        sampler: str | None = None,
+        neg_ratio: float | None = None,
+        cache: bool = False,
+        cache_dir: str | None = None,
+        on_bad_image: str = "error",
+        verify_images: bool = False,
     ):
         super().__init__()
+        if on_bad_image not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+        if sampler not in (None, "balanced"):
+            raise ValueError(f"data.sampler must be null or 'balanced', got {sampler!r}")
+        if sampler and neg_ratio:
+            raise ValueError("use either data.sampler=balanced or data.neg_ratio, not both")
+        self.data_config = data_config
         self.transforms = LesionTransforms(data_config, **(transforms or {}))
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.seed, self.val_fraction, self.test_fraction, self.split_file = (
+            seed,
+            val_fraction,
+            test_fraction,
+            split_file,
+        )
+        self.sampler, self.neg_ratio = sampler, neg_ratio
+        self.cache, self.cache_dir = cache, cache_dir
+        self.on_bad_image, self.verify_images = on_bad_image, verify_images
         self.frames: dict[str, pd.DataFrame] | None = None
+        self._cache: ImageCache | None = None
 
     @abstractmethod
-    def split_frames(self) -> dict[str, pd.DataFrame]:
-        """{"train"|"val"|"test": DataFrame with at least `image_id` and `label` (class index)}."""
+    def load_frame(self) -> pd.DataFrame:
+        """Every image: `image_id`, `label`, metadata, and `split` where the dataset defines one."""
 
     @abstractmethod
-    def reader(self) -> Callable[[pd.Series], np.ndarray]:
-        """A picklable callable that returns a row's image as RGB uint8 HxWx3."""
+    def reader(self):
+        """A picklable callable image_id -> RGB uint8 HxWx3, with `problems(ids)` for a cheap up-front check."""
+
+    def cache_key(self) -> dict:
+        return {"dataset": type(self).__name__, "root": str(Path(getattr(self, "root", ".")).resolve())}
+
+    def carve(self, pool: pd.DataFrame, need: tuple[str, ...]) -> pd.Series:
+        """Split names for the training pool, for the splits the dataset does not provide."""
+        return assign_splits(pool, need, self.group_column, self.val_fraction, self.test_fraction, self.seed)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.frames is None:
-            self.frames = self.split_frames()
+        if self.frames is not None:
+            return
+        frame = self._without_bad_images(self.load_frame().reset_index(drop=True))
+        frame["split"] = self._splits(frame)
+        self.frames = {s: frame[frame["split"] == s].drop(columns="split").reset_index(drop=True) for s in SPLITS}
+        self._check_classes()
+        if self.cache:
+            _, h, w = self.data_config["input_size"]
+            key = self.cache_key() | {"preprocess": self.transforms.preprocess_settings()}
+            self._cache = ImageCache(key, frame["image_id"].tolist(), (h, w), self.cache_dir)
+        log.info("data: %s", self.describe())
+
+    def describe(self) -> dict:
+        """The numbers training actually uses: class counts per split and the sampling scheme."""
+        counts = {s: dict(zip(self.classes, self.class_counts(s))) for s in SPLITS}
+        return {"class_counts": counts, "sampler": self.sampler, "neg_ratio": self.neg_ratio}
 
     def class_counts(self, split: str = "train") -> list[int]:
         self.setup()
-        counts = self.frames[split]["label"].value_counts()
-        return [int(counts.get(i, 0)) for i in range(len(self.classes))]
+        counts = np.bincount(self.frames[split]["label"].to_numpy(int), minlength=len(self.classes))
+        return counts.tolist()
+
+    def save_splits(self, path: str | Path) -> Path:
+        self.setup()
+        return write_split_file(self.frames, path)
 
     def dataset(self, split: str, train: bool = False) -> LesionDataset:
         self.setup()
-        return LesionDataset(self.frames[split], self.reader(), self.transforms, train=train)
+        frame = self.frames[split]
+        skip = self.on_bad_image == "skip"
+        return LesionDataset(
+            frame["image_id"], frame["label"], self.reader(), self.transforms, train, self._cache, skip
+        )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train", train=True), self.batch_size, shuffle=True)
+        dataset = self.dataset("train", train=True)
+        sampler = None
+        if self.sampler == "balanced":
+            sampler = balanced_sampler(dataset.labels, self.seed)
+        elif self.neg_ratio:
+            positive = np.isin(dataset.labels, [self.classes.index(m) for m in self.malignant])
+            sampler = UndersampleSampler(positive, self.neg_ratio, self.seed)
+        return self._loader(dataset, self.batch_size, shuffle=sampler is None, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"), self.eval_batch_size)
@@ -93,11 +175,66 @@ class LesionDataModule(L.LightningDataModule, ABC):
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, sampler=None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate,
         )
+
+    def _splits(self, frame: pd.DataFrame) -> pd.Series:
+        if self.split_file:
+            return read_split_file(self.split_file, frame["image_id"])
+        split = frame["split"] if "split" in frame else pd.Series("train", index=frame.index)
+        need = tuple(s for s in ("val", "test") if not (split == s).any())
+        if need:
+            pool = split == "train"
+            split = split.copy()
+            split[pool] = self.carve(frame[pool], need).to_numpy()
+        return split
+
+    def _without_bad_images(self, frame: pd.DataFrame) -> pd.DataFrame:
+        read = self.reader()
+        problems = read.problems(frame["image_id"])
+        if self.verify_images:
+            problems += _decode_all(read, frame["image_id"], skip={p[0] for p in problems})
+        if not problems:
+            return frame
+        listed = [f"{i} ({reason})" for i, _, reason in problems]
+        sources = sorted({str(Path(src).parent) if src != "?" else src for _, src, _ in problems})
+        if self.on_bad_image == "error":
+            raise BadImagesError(
+                f"{len(problems)} bad images in {', '.join(sources)}: {_first(listed)}. "
+                "Fix or remove them, or set data.on_bad_image=skip to train without them"
+            )
+        for image_id, source, reason in problems:
+            log.warning("data.on_bad_image=skip: skipping %s from %s (%s)", image_id, source, reason)
+        log.warning("data.on_bad_image=skip: skipped %d images in all", len(problems))
+        return frame[~frame["image_id"].isin({p[0] for p in problems})]
+
+    def _check_classes(self) -> None:
+        for split in SPLITS:
+            counts = self.class_counts(split)
+            empty = [c for c, n in zip(self.classes, counts) if n == 0]
+            if empty:
+                raise ValueError(
+                    f"the {split} split has no images of class {empty} (counts {dict(zip(self.classes, counts))}); "
+                    "change data.seed, data.val_fraction/test_fraction or data.split_file so each split has every class"
+                )
+
+
+def _decode_all(read, image_ids, skip: set) -> list[tuple[str, str, str]]:
+    """A full decode of every image (data.verify_images=true), so all bad ones are named in one error."""
+    found = []
+    for image_id in tqdm(list(image_ids), desc="verifying images", unit="img"):
+        if image_id in skip:
+            continue
+        try:
+            read(image_id)
+        except BadImageError as err:
+            found.append((image_id, err.source, err.reason))
+    return found

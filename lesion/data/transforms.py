@@ -12,10 +12,13 @@ INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "near
 
 
 class LesionTransforms:
-    """Resize to the backbone's input, CLAHE, the study's flips and rotation, normalisation from the backbone.
+    """Resize to the backbone's input, CLAHE, the study's flips and rotation, optional phone-camera conditions,
+    normalisation from the backbone's pretrained config.
 
-    CLAHE runs through OpenCV on the L channel of LAB. With `clahe_p=1` it is fixed preprocessing, applied to every
-    split (the study); with `clahe_p<1` it is a training-only augmentation (ISIC 2024 winners: clip 4.0, p 0.7).
+    `preprocess` is deterministic (resize, and CLAHE when fixed), so its output can be cached; `finish` adds the
+    random augmentation (training only) and normalises. CLAHE runs through OpenCV on the L channel of LAB. With
+    `clahe_p=1` it is fixed preprocessing for every split (the study); with `clahe_p<1` it is a training-only
+    augmentation (the ISIC 2024 winners used clip 4.0, p 0.7).
     """
 
     def __init__(
@@ -28,20 +31,23 @@ class LesionTransforms:
         clahe_clip_limit: float = 2.0,
         clahe_tile_grid: int = 8,
         clahe_p: float = 1.0,
+        phone: bool = False,
+        phone_p: float = 0.5,
     ):
         _, height, width = data_config["input_size"]
-        interpolation = INTERPOLATION[data_config.get("interpolation", "bilinear")]
+        self.interpolation = data_config.get("interpolation", "bilinear")
+        self.fixed_clahe = clahe and clahe_p >= 1
+        self.size = (height, width)
+        self.clahe = (clahe_clip_limit, clahe_tile_grid) if clahe else None
         clahe_op = A.CLAHE(
             clip_limit=(clahe_clip_limit, clahe_clip_limit),
             tile_grid_size=(clahe_tile_grid, clahe_tile_grid),
-            p=1.0 if clahe_p >= 1 else clahe_p,
+            p=1.0 if self.fixed_clahe else clahe_p,
         )
-        fixed_clahe = clahe and clahe_p >= 1
-        self.preprocess = A.Compose(
-            [A.Resize(height, width, interpolation=interpolation)] + ([clahe_op] if fixed_clahe else [])
-        )
+        resize = A.Resize(height, width, interpolation=INTERPOLATION[self.interpolation])
+        self.preprocess = A.Compose([resize] + ([clahe_op] if self.fixed_clahe else []))
         augment: list[A.BasicTransform] = []
-        if clahe and not fixed_clahe:
+        if clahe and not self.fixed_clahe:
             augment.append(clahe_op)
         if hflip:
             augment.append(A.HorizontalFlip(p=0.5))
@@ -49,14 +55,33 @@ class LesionTransforms:
             augment.append(A.VerticalFlip(p=0.5))
         if rotate:
             augment.append(A.Rotate(limit=(-rotate, rotate), border_mode=cv2.BORDER_REFLECT_101, p=1.0))
+        if phone:
+            augment += phone_conditions(phone_p)
         self.augment = A.Compose(augment)
         self.normalize = A.Compose(
             [A.Normalize(mean=data_config["mean"], std=data_config["std"], max_pixel_value=255.0), ToTensorV2()]
         )
 
-    def __call__(self, image: np.ndarray, train: bool) -> torch.Tensor:
-        """RGB uint8 HxWx3 -> normalised float CxHxW."""
-        image = self.preprocess(image=image)["image"]
+    def preprocess_settings(self) -> dict:
+        """Everything that shapes `preprocess` output, for cache keys."""
+        return {"size": list(self.size), "interpolation": self.interpolation, "clahe": self.fixed_clahe and self.clahe}
+
+    def finish(self, image: np.ndarray, train: bool) -> torch.Tensor:
         if train:
             image = self.augment(image=image)["image"]
         return self.normalize(image=image)["image"]
+
+    def __call__(self, image: np.ndarray, train: bool) -> torch.Tensor:
+        """RGB uint8 HxWx3 -> normalised float CxHxW."""
+        return self.finish(self.preprocess(image=image)["image"], train)
+
+
+def phone_conditions(p: float) -> list[A.BasicTransform]:
+    """Phone-camera conditions: exposure, white balance, focus/shake blur, low resolution, JPEG compression."""
+    return [
+        A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.25, p=p),
+        A.PlanckianJitter(mode="blackbody", p=p),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 7)), A.MotionBlur(blur_limit=(3, 9))], p=p),
+        A.Downscale(scale_range=(0.35, 0.8), p=p),
+        A.ImageCompression(quality_range=(30, 90), p=p),
+    ]

@@ -1,0 +1,123 @@
+"""Image readers by image id: image files, or JPEG bytes in HDF5 (one handle per process), with clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+MAGIC = {b"\xff\xd8": "jpeg", b"\x89P": "png", b"BM": "bmp"}
+
+
+class BadImageError(ValueError):
+    """An image that is missing, empty, truncated or undecodable; names the id and the file it came from."""
+
+    def __init__(self, image_id: str, source: str, reason: str):
+        super().__init__(f"image {image_id} in {source}: {reason}")
+        self.image_id, self.source, self.reason = image_id, source, reason
+
+
+class BadImagesError(ValueError):
+    """Every bad image found up front, in one error: the first 20 ids, the count, and their files."""
+
+
+def decode(data: bytes | np.ndarray, image_id: str, source: str) -> np.ndarray:
+    """Encoded bytes -> RGB uint8 HxWx3, or BadImageError."""
+    buffer = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
+    if buffer.size == 0:
+        raise BadImageError(image_id, source, "empty")
+    kind = MAGIC.get(bytes(buffer[:2]))
+    if kind is None:
+        raise BadImageError(image_id, source, "not a JPEG, PNG or BMP image")
+    if kind == "jpeg" and bytes(buffer[-2:]) != b"\xff\xd9":
+        raise BadImageError(image_id, source, "truncated JPEG (no end-of-image marker)")
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    if image is None:
+        raise BadImageError(image_id, source, "undecodable")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def check_bytes(head: bytes, tail: bytes, size: int) -> str | None:
+    """A cheap check on an encoded image's first and last bytes; the reason it is bad, or None."""
+    if size == 0:
+        return "empty"
+    kind = MAGIC.get(head[:2])
+    if kind is None:
+        return "not a JPEG, PNG or BMP image"
+    if kind == "jpeg" and tail[-2:] != b"\xff\xd9":
+        return "truncated JPEG (no end-of-image marker)"
+    return None
+
+
+class FileReader:
+    """Reads `paths[image_id]`; picklable, so it works in DataLoader workers."""
+
+    def __init__(self, paths: dict[str, str]):
+        self.paths = paths
+
+    def __call__(self, image_id: str) -> np.ndarray:
+        path = self.paths[image_id]
+        try:
+            data = np.fromfile(path, np.uint8)
+        except OSError as err:
+            raise BadImageError(image_id, path, f"cannot be read ({err.strerror})") from err
+        return decode(data, image_id, path)
+
+    def problems(self, image_ids) -> list[tuple[str, str, str]]:
+        """(image_id, file, reason) for every image that is missing, empty or not a complete image file."""
+        found = []
+        for image_id in image_ids:
+            path = self.paths.get(image_id)
+            if path is None or not os.path.isfile(path):
+                found.append((image_id, path or "?", "missing"))
+                continue
+            size = os.path.getsize(path)
+            with open(path, "rb") as handle:
+                head = handle.read(2)
+                handle.seek(max(0, size - 2))
+                reason = check_bytes(head, handle.read(2), size)
+            if reason:
+                found.append((image_id, path, reason))
+        return found
+
+
+class Hdf5Reader:
+    """JPEG bytes keyed by id in one HDF5 file. Each process opens its own handle, on first use, so forked
+    DataLoader workers never share one, and images stream from disk instead of being loaded up front."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self._handle = None
+        self._pid = None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_handle": None, "_pid": None}
+
+    def _file(self):
+        if self._handle is None or self._pid != os.getpid():
+            import h5py
+
+            self._handle, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._handle
+
+    def __call__(self, image_id: str) -> np.ndarray:
+        try:
+            data = self._file()[image_id][()]
+        except KeyError as err:
+            raise BadImageError(image_id, self.path, "missing") from err
+        except OSError as err:
+            raise BadImageError(image_id, self.path, f"unreadable HDF5 entry ({err})") from err
+        return decode(np.asarray(data).tobytes() if not isinstance(data, bytes) else data, image_id, self.path)
+
+    def problems(self, image_ids) -> list[tuple[str, str, str]]:
+        keys = set(self._file().keys())
+        return [(i, self.path, "missing") for i in image_ids if i not in keys]
+
+
+def image_paths(folder: Path, extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png")) -> dict[str, str]:
+    """{stem: path} for the images directly in `folder`."""
+    if not folder.is_dir():
+        return {}
+    return {p.stem: str(p) for p in folder.iterdir() if p.suffix.lower() in extensions}
