@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import hydra
@@ -14,6 +15,8 @@ from lesion.config import to_plain
 from lesion.data import build_datamodule
 from lesion.module import LesionClassifier
 from lesion.trainer import build_trainer
+
+log = logging.getLogger("lesion")
 
 
 def train(config: dict) -> dict[str, float]:
@@ -28,13 +31,15 @@ def train(config: dict) -> dict[str, float]:
         **config["model"],
     )
     trainer = build_trainer(config)
+    out = Path(config["paths"]["output_dir"])
+    datamodule.setup("fit")
+    datamodule.save_splits(out / "splits.csv")  # reuse with data.split_file=<this file>
     trainer.fit(model, datamodule=datamodule, ckpt_path=config.get("ckpt_path"))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     # fast_dev_run saves no checkpoint: test the weights in memory then.
     metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)[0]
-    out = Path(config["paths"]["output_dir"]) / "metrics.json"
-    out.write_text(json.dumps(metrics | {"best_checkpoint": best}, indent=2, sort_keys=True))
-    print(f"[lesion] test metrics of {best or 'the final weights'} written to {out}")
+    (out / "metrics.json").write_text(json.dumps(metrics | {"best_checkpoint": best}, indent=2, sort_keys=True))
+    log.info("test metrics of %s written to %s", best or "the final weights", out / "metrics.json")
     return metrics
 
 

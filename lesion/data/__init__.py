@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from lesion.data.apples_oranges import ApplesOrangesDataModule
 from lesion.data.datamodule import LesionDataModule
+from lesion.data.folder import FolderDataModule
+from lesion.data.ham10000 import Ham10000DataModule
+from lesion.data.isic2018 import Isic2018DataModule
+from lesion.data.isic2024 import Isic2024DataModule
 
 DATAMODULES: dict[str, type[LesionDataModule]] = {
     "apples_oranges": ApplesOrangesDataModule,
+    "isic2018": Isic2018DataModule,
+    "ham10000": Ham10000DataModule,
+    "isic2024": Isic2024DataModule,
+    "folder": FolderDataModule,
 }
 
 

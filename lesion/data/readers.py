@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 
 MAGIC = {b"\xff\xd8": "jpeg", b"\x89P": "png", b"BM": "bmp"}
 
@@ -121,3 +122,14 @@ def image_paths(folder: Path, extensions: tuple[str, ...] = (".jpg", ".jpeg", ".
     if not folder.is_dir():
         return {}
     return {p.stem: str(p) for p in folder.iterdir() if p.suffix.lower() in extensions}
+
+
+def read_table(path: Path, required: list[str], what: str = "CSV") -> pd.DataFrame:
+    """A CSV with its required columns checked: a missing file or column is an error naming both."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}; check data.root")
+    table = pd.read_csv(path, low_memory=False)
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path} lacks the required column(s) {missing}; it has {list(table.columns)[:20]}")
+    return table
