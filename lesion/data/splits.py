@@ -15,7 +15,14 @@ def _one_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
     """Boolean mask of about `fraction` of the rows, stratified by label, never splitting a group."""
     n_splits = max(2, int(round(1 / fraction)))
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held = next(folds.split(np.zeros(len(labels)), labels, groups))
+    try:
+        _, held = next(folds.split(np.zeros(len(labels)), labels, groups))
+    except ValueError as err:
+        counts = dict(zip(*np.unique(labels, return_counts=True)))
+        raise ValueError(
+            f"too few images to carve a {fraction:.0%} split stratified by class (label counts {counts}): {err} "
+            "Lower data.val_fraction/test_fraction, or give data.split_file"
+        ) from err
     mask = np.zeros(len(labels), bool)
     mask[held] = True
     return mask

@@ -1,0 +1,117 @@
+"""Tiny datasets in each official on-disk format, built in tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pandas as pd
+
+from lesion.data.isic2018 import DIAGNOSES
+
+
+def jpeg(seed: int, size: int = 24) -> bytes:
+    rng = np.random.default_rng(seed)
+    image = np.full((size, size, 3), rng.integers(40, 220, 3), np.uint8)
+    image[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = rng.integers(0, 255, 3)
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+def diagnoses(n: int) -> list[str]:
+    """Every diagnosis several times, malignant ones included."""
+    return [DIAGNOSES[i % len(DIAGNOSES)] for i in range(n)]
+
+
+def make_isic2018(root: Path, n: int = 84, official: tuple[str, ...] = ()) -> Path:
+    """The official ISIC 2018 Task 3 layout; two images per lesion; optional official Validation/Test sets."""
+    for split, count in [("Training", n)] + [(s, 14) for s in official]:
+        images = root / f"ISIC2018_Task3_{split}_Input"
+        truth = root / f"ISIC2018_Task3_{split}_GroundTruth"
+        images.mkdir(parents=True)
+        truth.mkdir(parents=True)
+        offset = {"Training": 0, "Validation": 100000, "Test": 200000}[split]
+        ids = [f"ISIC_{offset + i:07d}" for i in range(count)]
+        for i, image_id in enumerate(ids):
+            (images / f"{image_id}.jpg").write_bytes(jpeg(offset + i))
+        onehot = pd.DataFrame(0.0, index=range(count), columns=list(DIAGNOSES))
+        for i, dx in enumerate(diagnoses(count)):
+            onehot.loc[i, dx] = 1.0
+        onehot.insert(0, "image", ids)
+        onehot.to_csv(truth / f"ISIC2018_Task3_{split}_GroundTruth.csv", index=False)
+        if split == "Training":
+            lesions = [f"HAM_{i // 2:07d}" for i in range(count)]
+            pd.DataFrame({"image": ids, "lesion_id": lesions, "diagnosis_confirm_type": "histopathology"}).to_csv(
+                root / "ISIC2018_Task3_Training_LesionGroupings.csv", index=False
+            )
+    return root
+
+
+def make_ham10000(root: Path, n: int = 84) -> Path:
+    """HAM10000_metadata.csv with images split over HAM10000_images_part_1 and _part_2."""
+    rows = []
+    for i, dx in enumerate(diagnoses(n)):
+        image_id = f"ISIC_{i:07d}"
+        folder = root / f"HAM10000_images_part_{1 + i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{image_id}.jpg").write_bytes(jpeg(i))
+        rows.append(
+            (f"HAM_{i // 2:07d}", image_id, dx.lower(), "histo", 30 + i % 50, ["male", "female"][i % 2], "back")
+        )
+    columns = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
+    pd.DataFrame(rows, columns=columns).to_csv(root / "HAM10000_metadata.csv", index=False)
+    return root
+
+
+def make_isic2024(root: Path, patients: int = 20, per_patient: int = 12, hdf5: bool = True) -> Path:
+    """train-metadata.csv with realistic columns (train-only ones included) and JPEG bytes in train-image.hdf5."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in range(patients):
+        for j in range(per_patient):
+            k = p * per_patient + j
+            target = int(j == 0 and p % 2 == 0)  # one malignant lesion in every other patient
+            rows.append(
+                {
+                    "isic_id": f"ISIC_{9000000 + k}",
+                    "target": target,
+                    "patient_id": f"IP_{p:07d}",
+                    "age_approx": 40 + p,
+                    "sex": ["male", "female"][p % 2],
+                    "anatom_site_general": "posterior torso",
+                    "clin_size_long_diam_mm": 3.5,
+                    "tbp_lv_A": 20.1,
+                    "tbp_lv_B": 28.3,
+                    "tbp_lv_L": 45.0,
+                    "tbp_lv_H": 52.0,
+                    "lesion_id": f"IL_{k}" if target else None,
+                    "iddx_full": "Malignant::Melanoma" if target else "Benign",
+                    "iddx_1": "Malignant" if target else "Benign",
+                    "mel_mitotic_index": None,
+                    "mel_thick_mm": 0.3 if target else None,
+                    "tbp_lv_dnn_lesion_confidence": 97.0,
+                }
+            )
+    meta = pd.DataFrame(rows)
+    meta.to_csv(root / "train-metadata.csv", index=False)
+    if hdf5:
+        with h5py.File(root / "train-image.hdf5", "w") as f:
+            for k, image_id in enumerate(meta["isic_id"]):
+                f.create_dataset(image_id, data=np.void(jpeg(k)))
+    else:
+        folder = root / "train-image" / "image"
+        folder.mkdir(parents=True)
+        for k, image_id in enumerate(meta["isic_id"]):
+            (folder / f"{image_id}.jpg").write_bytes(jpeg(k))
+    return root
+
+
+def make_folder(root: Path, classes: tuple[str, ...] = ("benign", "malignant"), per_class: int = 20, splits=()) -> Path:
+    for split in splits or (None,):
+        base = root / split if split else root
+        for c, name in enumerate(classes):
+            (base / name).mkdir(parents=True)
+            for i in range(per_class):
+                (base / name / f"img_{c}_{i}.jpg").write_bytes(jpeg(c * 1000 + i))
+    return root

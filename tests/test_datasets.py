@@ -1,0 +1,227 @@
+"""Real-data datamodules on tiny fixtures in the official formats: splits, bad input, imbalance, cache."""
+
+from __future__ import annotations
+
+import logging
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from fakes import jpeg, make_folder, make_ham10000, make_isic2018, make_isic2024
+
+from lesion.data import build_datamodule
+from lesion.data.isic2024 import TRAIN_ONLY
+from lesion.data.readers import BadImageError, BadImagesError
+from lesion.data.splits import crossing_groups
+
+DATA_CONFIG = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
+
+
+def datamodule(name: str, root, **kwargs):
+    return build_datamodule({"name": name, "root": str(root), "batch_size": 8, **kwargs}, DATA_CONFIG)
+
+
+def test_isic2018_binary_labels_and_lesion_disjoint_split(tmp_path):
+    dm = datamodule("isic2018", make_isic2018(tmp_path))
+    dm.setup()
+    assert dm.classes == ("benign", "malignant")
+    frame = pd.concat(dm.frames.values())
+    assert set(frame.loc[frame["label"] == 1, "diagnosis"]) == {"MEL", "BCC", "AKIEC"}
+    assert all(len(f) for f in dm.frames.values()) and len(frame) == 84
+    assert crossing_groups(dm.frames, "lesion_id") == set()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (8, 3, 32, 32)
+
+
+def test_isic2018_diagnosis_task_has_seven_classes(tmp_path):
+    dm = datamodule("isic2018", make_isic2018(tmp_path, n=140), task="diagnosis", val_fraction=0.2, test_fraction=0.2)
+    assert dm.class_counts("train") and len(dm.classes) == 7 and dm.malignant == ("MEL", "BCC", "AKIEC")
+
+
+def test_isic2018_uses_official_validation_and_test_sets(tmp_path):
+    dm = datamodule("isic2018", make_isic2018(tmp_path, official=("Validation", "Test")))
+    dm.setup()
+    assert dm.frames["val"]["image_id"].str.startswith("ISIC_01").all()
+    assert dm.frames["test"]["image_id"].str.startswith("ISIC_02").all()
+    assert len(dm.frames["train"]) == 84
+
+
+def test_split_file_reproduces_the_split_and_rejects_unknown_ids(tmp_path):
+    root = make_isic2018(tmp_path / "data")
+    first = datamodule("isic2018", root, seed=1)
+    path = first.save_splits(tmp_path / "splits.csv")
+    again = datamodule("isic2018", root, seed=99, split_file=str(path))
+    again.setup()
+    for split in ("train", "val", "test"):
+        assert set(again.frames[split]["image_id"]) == set(first.frames[split]["image_id"])
+    table = pd.read_csv(path)
+    table.iloc[:-1].to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(ValueError, match="no split for 1 images"):
+        datamodule("isic2018", root, split_file=str(tmp_path / "short.csv")).setup()
+
+
+def test_ground_truth_missing_a_column_names_column_and_file(tmp_path):
+    root = make_isic2018(tmp_path)
+    truth = root / "ISIC2018_Task3_Training_GroundTruth" / "ISIC2018_Task3_Training_GroundTruth.csv"
+    pd.read_csv(truth).drop(columns="VASC").to_csv(truth, index=False)
+    with pytest.raises(ValueError, match=r"ISIC2018_Task3_Training_GroundTruth\.csv.*'VASC'"):
+        datamodule("isic2018", root).setup()
+
+
+def test_ground_truth_row_that_is_not_one_hot_is_named(tmp_path):
+    root = make_isic2018(tmp_path)
+    truth = root / "ISIC2018_Task3_Training_GroundTruth" / "ISIC2018_Task3_Training_GroundTruth.csv"
+    table = pd.read_csv(truth)
+    table.loc[3, "NV"] = 1.0
+    table.to_csv(truth, index=False)
+    with pytest.raises(ValueError, match=r"row 5 \(ISIC_0000003\)"):
+        datamodule("isic2018", root).setup()
+
+
+def test_bad_images_are_listed_in_one_error_or_skipped_explicitly(tmp_path, caplog):
+    root = make_isic2018(tmp_path)
+    images = root / "ISIC2018_Task3_Training_Input"
+    (images / "ISIC_0000001.jpg").unlink()
+    (images / "ISIC_0000002.jpg").write_bytes(b"")
+    (images / "ISIC_0000003.jpg").write_bytes(jpeg(3)[:-200])
+    (images / "ISIC_0000004.jpg").write_text("not an image")
+    with pytest.raises(BadImagesError) as err:
+        datamodule("isic2018", root).setup()
+    message = str(err.value)
+    assert "4 bad images" in message and "ISIC2018_Task3_Training_Input" in message
+    for image_id in ("ISIC_0000001", "ISIC_0000002", "ISIC_0000003", "ISIC_0000004"):
+        assert image_id in message
+    assert "data.on_bad_image=skip" in message
+    with caplog.at_level(logging.WARNING):
+        dm = datamodule("isic2018", root, on_bad_image="skip")
+        dm.setup()
+    assert sum(len(f) for f in dm.frames.values()) == 80
+    assert "ISIC_0000003" in caplog.text and "skipped 4 images" in caplog.text
+
+
+def test_undecodable_image_with_valid_markers_is_found_by_verify_images(tmp_path):
+    root = make_isic2018(tmp_path)
+    (root / "ISIC2018_Task3_Training_Input" / "ISIC_0000005.jpg").write_bytes(b"\xff\xd8" + b"\x00" * 50 + b"\xff\xd9")
+    datamodule("isic2018", root).setup()  # the cheap check passes it
+    with pytest.raises(BadImagesError, match="ISIC_0000005 \\(undecodable\\)"):
+        datamodule("isic2018", root, verify_images=True).setup()
+
+
+def test_empty_class_in_a_split_is_an_error(tmp_path):
+    root = make_isic2018(tmp_path / "data")
+    dm = datamodule("isic2018", root)
+    table = pd.read_csv(dm.save_splits(tmp_path / "splits.csv"))
+    frame = pd.concat(dm.frames.values())
+    benign = set(frame.loc[frame["label"] == 0, "image_id"])
+    table.loc[(table["split"] == "val") & ~table["image_id"].isin(benign), "split"] = "train"
+    table.to_csv(tmp_path / "no_malignant_val.csv", index=False)
+    with pytest.raises(ValueError, match=r"the val split has no images of class \['malignant'\]"):
+        datamodule("isic2018", root, split_file=str(tmp_path / "no_malignant_val.csv")).setup()
+
+
+def test_too_few_images_to_stratify_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="too few images"):
+        datamodule("isic2018", make_isic2018(tmp_path, n=14), task="diagnosis").setup()
+
+
+def test_ham10000_reads_both_image_parts_and_keeps_metadata(tmp_path):
+    dm = datamodule("ham10000", make_ham10000(tmp_path))
+    dm.setup()
+    frame = pd.concat(dm.frames.values())
+    assert len(frame) == 84 and {"age", "sex", "localization", "dx_type"} <= set(frame.columns)
+    assert crossing_groups(dm.frames, "lesion_id") == set()
+    assert next(iter(dm.val_dataloader()))["image"].shape[1:] == (3, 32, 32)
+
+
+@pytest.mark.parametrize("hdf5", [True, False])
+def test_isic2024_streams_images_and_hides_train_only_columns(tmp_path, hdf5):
+    dm = datamodule("isic2024", make_isic2024(tmp_path, hdf5=hdf5), num_workers=2, neg_ratio=None)
+    dm.setup()
+    for frame in dm.frames.values():
+        assert not set(TRAIN_ONLY) & set(frame.columns)
+    assert crossing_groups(dm.frames, "patient_id") == set()
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"image", "label", "image_id"} and batch["image"].shape == (8, 3, 32, 32)
+
+
+def test_isic2024_folds_are_patient_grouped_and_differ_by_fold(tmp_path):
+    root = make_isic2024(tmp_path)
+    vals = []
+    for fold in range(3):
+        dm = datamodule("isic2024", root, fold=fold, num_folds=3)
+        dm.setup()
+        assert crossing_groups(dm.frames, "patient_id") == set()
+        vals.append(set(dm.frames["val"]["patient_id"]))
+        test = set(dm.frames["test"]["patient_id"])
+    assert vals[0].isdisjoint(vals[1]) and vals[1].isdisjoint(vals[2])
+    assert all(v.isdisjoint(test) for v in vals)
+
+
+def test_isic2024_undersamples_negatives_afresh_every_epoch(tmp_path):
+    dm = datamodule("isic2024", make_isic2024(tmp_path), neg_ratio=3)
+    loader = dm.train_dataloader()
+    labels = dm.dataset("train").labels
+    positives = int(labels.sum())
+    epochs = []
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        drawn = list(loader.sampler)
+        assert len(drawn) == 4 * positives and int(labels[drawn].sum()) == positives
+        epochs.append(set(drawn))
+    assert epochs[0] != epochs[1]
+    assert len(dm.dataset("val")) == len(dm.frames["val"])
+
+
+def test_truncated_hdf5_entry_names_the_id_and_file(tmp_path):
+    root = make_isic2024(tmp_path)
+    with h5py.File(root / "train-image.hdf5", "a") as f:
+        del f["ISIC_9000001"]
+        f.create_dataset("ISIC_9000001", data=np.void(jpeg(1)[:-100]))
+    dm = datamodule("isic2024", root)
+    dm.setup()
+    split = next(s for s, f in dm.frames.items() if "ISIC_9000001" in set(f["image_id"]))
+    dataset = dm.dataset(split)
+    index = list(dataset.image_ids).index("ISIC_9000001")
+    with pytest.raises(BadImageError, match=r"ISIC_9000001 in .*train-image\.hdf5: truncated JPEG"):
+        dataset[index]
+
+
+@pytest.mark.parametrize("task", ["binary", "diagnosis"])
+def test_folder_classes_and_malignant_names(tmp_path, task):
+    root = make_folder(tmp_path, classes=("melanoma", "nevus", "seborrheic keratosis"), splits=("Train", "Test"))
+    dm = datamodule("folder", root, malignant=["melanoma"], task=task)
+    dm.setup()
+    assert len(dm.frames["test"]) == 60 and len(dm.frames["val"]) > 0  # val carved from Train
+    if task == "binary":
+        assert dm.classes == ("benign", "malignant") and dm.class_counts("test") == [40, 20]
+    else:
+        assert dm.classes == ("melanoma", "nevus", "seborrheic keratosis") and dm.malignant == ("melanoma",)
+    with pytest.raises(ValueError, match="basal"):
+        datamodule("folder", root, malignant=["basal"])
+
+
+def test_balanced_sampler_draws_classes_equally(tmp_path):
+    root = make_folder(tmp_path, per_class=10)
+    for i in range(30):
+        (root / "benign" / f"extra_{i}.jpg").write_bytes(jpeg(5000 + i))
+    dm = datamodule("folder", root, sampler="balanced", test_fraction=0.2, val_fraction=0.2)
+    labels = dm.dataset("train").labels
+    drawn = torch.tensor([labels[i] for _ in range(20) for i in dm.train_dataloader().sampler])
+    assert abs(drawn.float().mean().item() - 0.5) < 0.05
+    assert labels.mean() < 0.3
+
+
+def test_cache_serves_preprocessed_images_and_is_keyed_by_settings(tmp_path):
+    root = make_folder(tmp_path / "data", per_class=6)
+    kwargs = {"cache": True, "cache_dir": str(tmp_path / "cache"), "val_fraction": 0.3, "test_fraction": 0.3}
+    dm = datamodule("folder", root, **kwargs)
+    dataset = dm.dataset("val")
+    first = [dataset[i]["image"] for i in range(len(dataset))]
+    assert dm._cache.filled() == len(dataset)
+    dataset.read = None  # a second pass must not decode at all
+    assert all(torch.equal(a, dataset[i]["image"]) for i, a in enumerate(first))
+    clahe = datamodule("folder", root, transforms={"clahe": True}, **kwargs)
+    clahe.setup()
+    assert clahe._cache.dir != dm._cache.dir and clahe._cache.filled() == 0
