@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ from lesion.backbones import backbone_data_config, build_backbone
 from lesion.metrics import diagnosis_collection, screening_collection
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
 class LesionClassifier(L.LightningModule):
@@ -87,8 +90,14 @@ class LesionClassifier(L.LightningModule):
             self.loss_weights.copy_(counts.sum() / (len(counts) * counts))
 
     def on_fit_start(self) -> None:
-        weights = dict(zip(self.hparams.class_names, self.loss_weights.tolist()))
-        print(f"[lesion] loss class weights: {weights}")
+        """Log the numbers training actually uses: class counts per split, sampling, loss class weights."""
+        used = {"loss_class_weights": dict(zip(self.hparams.class_names, self.loss_weights.tolist()))}
+        describe = getattr(self.trainer.datamodule, "describe", None)
+        if describe is not None:
+            used |= describe()
+        log.info("training with %s", used)
+        for logger in self.loggers:
+            logger.log_hyperparams({"data_used": used})
 
     def on_validation_epoch_end(self) -> None:
         self._log_confusion("val")
