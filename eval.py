@@ -1,57 +1,97 @@
-"""python eval.py ckpt_path=outputs/.../checkpoints/best.ckpt [data=isic2018 data.root=...]"""
+"""python eval.py ckpt_path=outputs/.../checkpoints/best.ckpt [data=isic2018 data.root=...] [fairness.enabled=false]"""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from omegaconf import DictConfig
 
+from lesion.calibration import plot_reliability
 from lesion.config import to_plain
 from lesion.data import build_datamodule
-from lesion.metrics import diagnosis_collection, screening_metrics
+from lesion.evaluation import (
+    calibrate,
+    per_class_table,
+    predict,
+    robustness_table,
+    screening_report,
+    skin_tone_frame,
+)
+from lesion.fairness import fairness_markdown, fairness_table, group_columns
 from lesion.module import LesionClassifier
-from lesion.reports import LABELS, confusion_table, plot_confusion, plot_roc
+from lesion.reports import LABELS, confusion_table, markdown_table, plot_confusion, plot_pr, plot_robustness, plot_roc
+
+log = logging.getLogger("lesion")
 
 
-def evaluate(config: dict) -> dict[str, float]:
-    """Predict the test split with a checkpoint; write metrics.json, confusion_matrix.md/.png and roc.png."""
+def evaluate(config: dict) -> dict:
+    """Test-split screening report: metrics at 0.5 and at the operating point with CIs, calibration, confusion
+    tables, ROC/PR/reliability plots, fairness and robustness; every artifact lands in the run dir."""
     ckpt = Path(config["ckpt_path"])
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt} does not exist; pass a .ckpt from outputs/.../checkpoints/")
     model = LesionClassifier.load_from_checkpoint(ckpt, map_location="cpu")
     datamodule = build_datamodule(config.get("data") or model.hparams.data, model.data_config)
-    if list(datamodule.classes) != list(model.hparams.class_names):
-        raise ValueError(
-            f"data classes {list(datamodule.classes)} differ from the checkpoint's {model.hparams.class_names}"
-        )
-    trainer = L.Trainer(**config["trainer"], logger=False, default_root_dir=config["paths"]["output_dir"])
-    batches = trainer.predict(model, dataloaders=datamodule.test_dataloader())
-    p_malignant = torch.cat([b["p_malignant"] for b in batches])
-    labels = torch.cat([b["label"] for b in batches])
-    y_malignant = model.is_malignant(labels)
-    metrics = screening_metrics(p_malignant, y_malignant)
-    names = model.hparams.class_names
-    if len(names) > 2:
-        probs = torch.cat([b["probs"] for b in batches])
-        metrics |= {k: float(v) for k, v in diagnosis_collection(len(names))(probs, labels).items()}
-    metrics = {f"test/{k}": v for k, v in metrics.items()}
+    names = list(model.hparams.class_names)
+    if list(datamodule.classes) != names:
+        raise ValueError(f"data classes {list(datamodule.classes)} differ from the checkpoint's {names}")
+    out = Path(config["paths"]["output_dir"])
+    trainer = L.Trainer(**config["trainer"], logger=False, default_root_dir=str(out))
+    test = predict(model, datamodule.test_dataloader(), trainer)
+    if not bool(model.calibrated):
+        log.warning("%s has no stored operating point: choosing it on the val split now", ckpt.name)
+        calibrate(model, predict(model, datamodule.val_dataloader(), trainer), config["target_sensitivity"])
+    boot, bins = config["bootstrap"], config["calibration"]["bins"]
+    report = screening_report(model, test, "test", boot["resamples"], boot["level"], bins)
+    p = model.malignant_probability(test.probs(float(model.temperature)))
     # Two classes: name the axes by them (apple/orange); more: the benign/malignant grouping.
     axes = tuple(sorted(names, key=lambda c: c in model.hparams.malignant)) if len(names) == 2 else LABELS
-    counts = {k: int(metrics[f"test/{k}"]) for k in ("tp", "fn", "fp", "tn")}
-    table = confusion_table(counts, axes)
-    out = Path(config["paths"]["output_dir"])
-    (out / "metrics.json").write_text(json.dumps(metrics | {"checkpoint": str(ckpt)}, indent=2, sort_keys=True))
-    (out / "confusion_matrix.md").write_text(f"# Confusion matrix ({ckpt.name}, threshold 0.5)\n\n{table}")
-    plot_confusion(counts, out / "confusion_matrix.png", axes)
-    plot_roc(p_malignant, y_malignant, out / "roc.png", metrics["test/auroc"])
-    print(table)
-    print(json.dumps(metrics, indent=2, sort_keys=True))
-    print(f"[lesion] evaluation written to {out}")
-    return metrics
+    tables = []
+    for prefix, threshold in (("test", 0.5), ("test_op", report["threshold"])):
+        counts = {k: int(report[f"{prefix}/{k}"]) for k in ("tp", "fn", "fp", "tn")}
+        tables.append(f"## Threshold {threshold:.4f}\n\n{confusion_table(counts, axes)}")
+        plot_confusion(counts, out / f"confusion_matrix{'_op' if prefix == 'test_op' else ''}.png", axes)
+    (out / "confusion_matrix.md").write_text(f"# Confusion matrix ({ckpt.name})\n\n" + "\n".join(tables))
+    plot_roc(p, test.y_malignant, out / "roc.png", report["test/auroc"])
+    plot_pr(p, test.y_malignant, out / "pr.png")
+    before = model.malignant_probability(test.probs(1.0))
+    plot_reliability({"uncalibrated": before, "temperature-scaled": p}, test.y_malignant, out / "reliability.png")
+    if len(names) > 2:
+        (out / "per_class.md").write_text(markdown_table(per_class_table(test, names, float(model.temperature))))
+    if config["fairness"]["enabled"]:
+        groups = group_columns(skin_tone_frame(datamodule, test.image_ids))
+        table, gaps = fairness_table(
+            test.y_malignant.numpy(), p.numpy(), groups, report["threshold"], config["fairness"]["min_positives"]
+        )
+        table.to_csv(out / "fairness.csv", index=False)
+        (out / "fairness.md").write_text(
+            fairness_markdown(table, gaps, report["threshold"], config["fairness"]["min_positives"])
+        )
+    if config["robustness"]["enabled"]:
+        rob = config["robustness"]
+        table = robustness_table(model, datamodule, trainer, test, rob["severities"], rob["max_images"])
+        table.to_csv(out / "robustness.csv", index=False)
+        (out / "robustness.md").write_text("# Robustness to phone-camera conditions\n\n" + markdown_table(table) + "\n")
+        plot_robustness(table, out / "robustness.png")
+    (out / "metrics.json").write_text(json.dumps(report | {"checkpoint": str(ckpt)}, indent=2, sort_keys=True))
+    log.info(_summary(report))
+    log.info("evaluation written to %s", out)
+    return report
+
+
+def _summary(report: dict) -> str:
+    ci = report.get("test_op/auroc_ci", [float("nan")] * 2)
+    return (
+        f"AUROC {report['test/auroc']:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}), pAUC80 {report['test/pauc80']:.3f}; "
+        f"at threshold {report['threshold']:.3f}: sensitivity {report['test_op/recall']:.3f}, "
+        f"specificity {report['test_op/specificity']:.3f}; at 0.5: sensitivity {report['test/recall']:.3f}, "
+        f"specificity {report['test/specificity']:.3f}; ECE {report['test_calibration/ece_before']:.3f} -> "
+        f"{report['test_calibration/ece_after']:.3f} (T = {report['temperature']:.2f})"
+    )
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from lesion.backbones import backbone_data_config
 from lesion.config import to_plain
 from lesion.data import build_datamodule
+from lesion.evaluation import operating_point_after_fit
 from lesion.module import LesionClassifier
 from lesion.trainer import build_trainer
 
@@ -38,6 +39,11 @@ def train(config: dict) -> dict[str, float]:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     # fast_dev_run saves no checkpoint: test the weights in memory then.
     metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)[0]
+    op = config["operating_point"]  # the best weights are loaded now: calibrate them and pick the threshold
+    if not trainer.fast_dev_run:  # one batch says nothing about a threshold
+        metrics |= operating_point_after_fit(
+            model, datamodule, trainer, best, op["target_sensitivity"], op["bootstrap_resamples"]
+        )
     (out / "metrics.json").write_text(json.dumps(metrics | {"best_checkpoint": best}, indent=2, sort_keys=True))
     log.info("test metrics of %s written to %s", best or "the final weights", out / "metrics.json")
     return metrics

@@ -47,6 +47,10 @@ class LesionClassifier(L.LightningModule):
         self.data_config = backbone_data_config(**backbone)
         self.register_buffer("malignant_mask", torch.tensor([c in malignant for c in class_names]))
         self.register_buffer("loss_weights", self._fixed_weights(class_weights, num_classes))
+        # The operating point, set on validation after fit (lesion.evaluation.calibrate) and kept in checkpoints.
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("threshold", torch.tensor(0.5))
+        self.register_buffer("calibrated", torch.tensor(False))
         for split in SPLITS:
             setattr(self, f"{split}_metrics", screening_collection().clone(prefix=f"{split}/"))
             if num_classes > 2:
@@ -67,12 +71,17 @@ class LesionClassifier(L.LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        probs = self(batch["image"]).softmax(dim=-1)
+        """Calibrated probabilities (softmax of logits / temperature) and the decision at the stored threshold."""
+        logits = self(batch["image"]).float()
+        probs = (logits / self.temperature).softmax(dim=-1)
+        p_malignant = self.malignant_probability(probs)
         return {
             "image_id": batch["image_id"],
             "label": batch["label"],
+            "logits": logits,
             "probs": probs,
-            "p_malignant": self.malignant_probability(probs),
+            "p_malignant": p_malignant,
+            "malignant": p_malignant > self.threshold,
         }
 
     def malignant_probability(self, probs: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from torchmetrics.functional.classification import binary_roc  # noqa: E402
+from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc  # noqa: E402
 
 LABELS = ("benign", "malignant")
 
@@ -26,6 +26,17 @@ def confusion_table(counts: dict[str, int], labels: tuple[str, str] = LABELS) ->
         f"| **total** | {tn + fn} | {fp + tp} | {tn + fp + fn + tp} |",
     ]
     return "\n".join(rows) + "\n"
+
+
+def markdown_table(frame, digits: int = 3) -> str:
+    """A DataFrame as a Markdown table, floats to `digits` places."""
+
+    def cell(value) -> str:
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
 
 
 def plot_confusion(counts: dict[str, int], path: Path, labels: tuple[str, str] = LABELS) -> None:
@@ -58,6 +69,37 @@ def plot_roc(p_malignant: torch.Tensor, target: torch.Tensor, path: Path, auroc:
     ax.set_ylabel("sensitivity (TPR)")
     ax.set_title("ROC, malignant vs benign")
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_pr(p_malignant: torch.Tensor, target: torch.Tensor, path: Path) -> None:
+    precision, recall, _ = binary_precision_recall_curve(p_malignant.float(), target.long())
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot(recall.numpy(), precision.numpy(), lw=2)
+    ax.axhline(float(target.float().mean()), ls="--", color="grey", lw=1, label="prevalence")
+    ax.set_xlabel("sensitivity (recall)")
+    ax.set_ylabel("precision (PPV)")
+    ax.set_title("Precision-recall, malignant")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_robustness(table, path: Path) -> None:
+    """AUROC and sensitivity at the stored threshold against severity, one line per degradation."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharex=True)
+    for name, rows in table.groupby("degradation", sort=False):
+        for ax, metric in zip(axes, ("auroc", "sensitivity")):
+            ax.plot(rows["severity"], rows[metric], marker="o", label=name)
+    for ax, title in zip(axes, ("AUROC", "sensitivity at the operating threshold")):
+        ax.set_xlabel("severity (0 = clean)")
+        ax.set_title(title)
+        ax.set_xticks(sorted(table["severity"].unique()))
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Robustness to phone-camera conditions")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -32,6 +32,7 @@ TINY = [
     "trainer.max_epochs=1",
     "trainer.enable_model_summary=false",
     "callbacks.progress_bar=null",
+    "operating_point.bootstrap_resamples=50",
 ]
 
 

@@ -49,9 +49,10 @@ def fetch(url: str, dest: Path, md5: str | None = None, timeout: float = 60) -> 
     response = _open(request, timeout)
     if start and response.status != 206:  # the server ignored the range: start again
         start = 0
-    with open(part, "ab" if start else "wb") as out, tqdm(
-        total=size if size >= 0 else None, initial=start, unit="B", unit_scale=True, desc=dest.name
-    ) as bar:
+    with (
+        open(part, "ab" if start else "wb") as out,
+        tqdm(total=size if size >= 0 else None, initial=start, unit="B", unit_scale=True, desc=dest.name) as bar,
+    ):
         while chunk := response.read(CHUNK):
             out.write(chunk)
             bar.update(len(chunk))

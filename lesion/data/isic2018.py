@@ -55,6 +55,10 @@ class Isic2018DataModule(LesionDataModule):
         groups = read_table(self.root / "ISIC2018_Task3_Training_LesionGroupings.csv", ["image", "lesion_id"])
         frame = frame.merge(groups.rename(columns={"image": "image_id"}), on="image_id", how="left")
         frame["label"] = task_labels(frame["diagnosis"], self.task)[0]
+        metadata = self.root / "HAM10000_metadata.csv"  # ships with HAM10000; age, sex, site for fairness reports
+        if metadata.is_file():
+            extra = pd.read_csv(metadata, usecols=lambda c: c in ("image_id", "age", "sex", "localization", "dx_type"))
+            frame = frame.merge(extra.drop_duplicates("image_id"), on="image_id", how="left")
         return frame
 
     def reader(self) -> FileReader:

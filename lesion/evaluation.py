@@ -1,0 +1,199 @@
+"""Screening evaluation: predictions, the calibrated operating point, and the metrics at it with bootstrap CIs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from lesion.calibration import calibration_scores, fit_temperature
+from lesion.metrics import diagnosis_collection, screening_metrics
+from lesion.module import LesionClassifier
+from lesion.operating_point import bootstrap_ci, threshold_for_sensitivity
+
+
+@dataclass
+class Predictions:
+    """One split's model outputs, aligned with its image ids."""
+
+    image_ids: list[str]
+    labels: torch.Tensor
+    logits: torch.Tensor
+    y_malignant: torch.Tensor
+
+    def probs(self, temperature: float = 1.0) -> torch.Tensor:
+        return (self.logits / temperature).softmax(dim=-1)
+
+
+def predict(model: LesionClassifier, loader: DataLoader, trainer: L.Trainer) -> Predictions:
+    batches = trainer.predict(model, dataloaders=loader)
+    labels = torch.cat([b["label"] for b in batches])
+    return Predictions(
+        image_ids=[i for b in batches for i in b["image_id"]],
+        labels=labels,
+        logits=torch.cat([b["logits"] for b in batches]),
+        y_malignant=model.is_malignant(labels).cpu(),
+    )
+
+
+def calibrate(model: LesionClassifier, val: Predictions, target_sensitivity: float = 0.8) -> dict[str, float]:
+    """Fit the temperature on validation, then the threshold reaching `target_sensitivity` on calibrated
+    P(malignant); both are stored in the model's buffers, so its checkpoints carry them."""
+    temperature = fit_temperature(val.logits, val.labels)
+    p = model.malignant_probability(val.probs(temperature))
+    threshold = threshold_for_sensitivity(p, val.y_malignant, target_sensitivity)
+    model.temperature.fill_(temperature)
+    model.threshold.fill_(threshold)
+    model.calibrated.fill_(True)
+    at_threshold = screening_metrics(p, val.y_malignant, threshold)
+    return {
+        "temperature": temperature,
+        "threshold": threshold,
+        "target_sensitivity": target_sensitivity,
+        "val_op/recall": at_threshold["recall"],
+        "val_op/specificity": at_threshold["specificity"],
+    }
+
+
+def screening_report(
+    model: LesionClassifier,
+    test: Predictions,
+    split: str = "test",
+    resamples: int = 1000,
+    level: float = 0.95,
+    bins: int = 15,
+) -> dict:
+    """Flat metrics: `<split>/…` at 0.5, `<split>_op/…` at the stored threshold (with CIs), calibration before/after."""
+    temperature, threshold = float(model.temperature), float(model.threshold)
+    probs = test.probs(temperature)
+    p = model.malignant_probability(probs)
+    report: dict = {"threshold": threshold, "temperature": temperature}
+    report |= {f"{split}/{k}": v for k, v in screening_metrics(p, test.y_malignant, 0.5).items()}
+    report |= {f"{split}_op/{k}": v for k, v in screening_metrics(p, test.y_malignant, threshold).items()}
+    if resamples:
+        for name, (low, high) in bootstrap_ci(p, test.y_malignant, threshold, resamples, level).items():
+            report[f"{split}_op/{name}_ci"] = [low, high]
+    for state, t in (("before", 1.0), ("after", temperature)):
+        for name, value in calibration_scores(test.probs(t), test.labels, bins).items():
+            report[f"{split}_calibration/{name}_{state}"] = value
+    num_classes = len(model.hparams.class_names)
+    if num_classes > 2:
+        report[f"{split}/balanced_accuracy"] = float(
+            diagnosis_collection(num_classes)(probs, test.labels)["balanced_accuracy"]
+        )
+    return report
+
+
+def per_class_table(test: Predictions, class_names: list[str], temperature: float = 1.0) -> pd.DataFrame:
+    """Per-class sensitivity, precision and support for a diagnosis (multiclass) model."""
+    predicted = test.probs(temperature).argmax(dim=-1)
+    rows = []
+    for i, name in enumerate(class_names):
+        actual, called = test.labels == i, predicted == i
+        tp = int((actual & called).sum())
+        rows.append(
+            {
+                "class": name,
+                "images": int(actual.sum()),
+                "sensitivity": tp / max(int(actual.sum()), 1),
+                "precision": tp / max(int(called.sum()), 1),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def subset(predictions_ids: list[str], labels: torch.Tensor, max_images: int | None, seed: int = 0) -> list[int]:
+    """Row indices of a class-stratified random subset of at most `max_images` (all rows when None)."""
+    if not max_images or max_images >= len(predictions_ids):
+        return list(range(len(predictions_ids)))
+    generator = torch.Generator().manual_seed(seed)
+    share = max_images / len(predictions_ids)
+    chosen = []
+    for value in labels.unique():
+        rows = torch.nonzero(labels == value).flatten()
+        take = max(1, round(share * len(rows)))
+        chosen += rows[torch.randperm(len(rows), generator=generator)[:take]].tolist()
+    return sorted(chosen)
+
+
+def robustness_table(
+    model: LesionClassifier,
+    datamodule,
+    trainer: L.Trainer,
+    test: Predictions,
+    severities: list[int],
+    max_images: int | None = None,
+    split: str = "test",
+) -> pd.DataFrame:
+    """AUROC, sensitivity and specificity at the stored threshold under each degradation and severity, and the
+    drop from clean, on the same (optionally subsampled, class-stratified) images."""
+    from lesion.data.datamodule import LesionDataset
+    from lesion.robustness import DEGRADATIONS, DegradedReader
+
+    rows = subset(test.image_ids, test.y_malignant, max_images)
+    ids = [test.image_ids[i] for i in rows]
+    labels = test.labels[rows]
+    threshold = float(model.threshold)
+    results = []
+    for name in DEGRADATIONS:
+        for severity in [0, *severities]:
+            if severity == 0 and results:
+                results.append(results[0] | {"degradation": name})
+                continue
+            dataset = LesionDataset(
+                ids, labels, DegradedReader(datamodule.reader(), name, severity), datamodule.transforms, train=False
+            )
+            loader = DataLoader(dataset, batch_size=datamodule.eval_batch_size, num_workers=datamodule.num_workers)
+            p = model.malignant_probability(predict(model, loader, trainer).probs(float(model.temperature)))
+            m = screening_metrics(p, model.is_malignant(labels), threshold)
+            results.append(
+                {
+                    "degradation": name,
+                    "severity": severity,
+                    "auroc": m["auroc"],
+                    "sensitivity": m["recall"],
+                    "specificity": m["specificity"],
+                }
+            )
+    table = pd.DataFrame(results)
+    clean = table[table["severity"] == 0].iloc[0]
+    for metric in ("auroc", "sensitivity", "specificity"):
+        table[f"{metric}_drop"] = clean[metric] - table[metric]
+    table.insert(2, "images", len(ids))
+    return table
+
+
+def skin_tone_frame(datamodule, image_ids: list[str]) -> pd.DataFrame:
+    """The split's metadata for `image_ids`, with `ita` estimated from the images when no Fitzpatrick column exists."""
+    from tqdm.auto import tqdm
+
+    from lesion.fairness import FITZPATRICK, ita_degrees
+
+    frame = pd.concat(datamodule.frames.values()).drop_duplicates("image_id").set_index("image_id")
+    frame = frame.loc[image_ids].reset_index()
+    if not any(c in frame for c in FITZPATRICK):
+        read = datamodule.reader()
+        frame["ita"] = [ita_degrees(read(i)) for i in tqdm(image_ids, desc="skin tone (ITA)", unit="img")]
+    return frame
+
+
+def store_operating_point(ckpt_path: str, model: LesionClassifier) -> None:
+    """Write the model's temperature, threshold and calibrated flag into an existing checkpoint file."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own checkpoint, written by this run
+    for name in ("temperature", "threshold", "calibrated"):
+        ckpt["state_dict"][name] = getattr(model, name).detach().cpu()
+    torch.save(ckpt, ckpt_path)
+
+
+def operating_point_after_fit(
+    model: LesionClassifier, datamodule, trainer: L.Trainer, best: str, target_sensitivity: float, resamples: int
+) -> dict:
+    """Calibrate on val, choose the threshold, store both in the best checkpoint, and report test at it."""
+    info = calibrate(model, predict(model, datamodule.val_dataloader(), trainer), target_sensitivity)
+    if best:
+        store_operating_point(best, model)
+    report = screening_report(model, predict(model, datamodule.test_dataloader(), trainer), resamples=resamples)
+    return info | {k: v for k, v in report.items() if not k.startswith("test/")}

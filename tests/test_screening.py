@@ -1,0 +1,159 @@
+"""Operating point, calibration, bootstrap CIs, fairness, skin tone (ITA) and robustness degradations."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY, compose_config
+
+from eval import evaluate
+from lesion.calibration import calibration_scores, fit_temperature
+from lesion.fairness import fairness_table, group_columns, ita_category, ita_degrees
+from lesion.metrics import screening_metrics
+from lesion.module import LesionClassifier
+from lesion.operating_point import bootstrap_ci, threshold_for_sensitivity
+from lesion.robustness import DEGRADATIONS, degrade
+from train import train
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95])
+def test_threshold_reaches_the_target_sensitivity_and_is_the_highest_that_does(target):
+    rng = np.random.default_rng(1)
+    y = torch.tensor(rng.integers(0, 2, 500))
+    p = torch.tensor(np.clip(rng.normal(0.4 + 0.2 * y.numpy(), 0.15), 0, 1)).float()
+    t = threshold_for_sensitivity(p, y, target)
+    assert screening_metrics(p, y, t)["recall"] >= target
+    higher = p[p > t].min().item()  # the next threshold up calls one fewer case malignant
+    assert screening_metrics(p, y, higher)["recall"] < target
+
+
+def test_threshold_without_malignant_cases_is_an_error():
+    with pytest.raises(ValueError, match="no malignant"):
+        threshold_for_sensitivity(torch.rand(10), torch.zeros(10))
+
+
+def test_temperature_scaling_lowers_nll_of_overconfident_logits():
+    rng = np.random.default_rng(0)
+    labels = torch.tensor(rng.integers(0, 2, 2000))
+    signal = torch.tensor(rng.normal(0, 1, 2000)) + (labels * 2 - 1) * 0.8
+    logits = torch.stack([-signal, signal], dim=1) * 4  # right ranking, far too confident
+    temperature = fit_temperature(logits, labels)
+    before = calibration_scores(logits.softmax(-1), labels)
+    after = calibration_scores((logits / temperature).softmax(-1), labels)
+    assert temperature > 1.5 and after["nll"] < before["nll"] and after["ece"] < before["ece"]
+    assert after["nll"] == pytest.approx(F.cross_entropy(logits / temperature, labels).item(), rel=1e-6)
+
+
+def test_bootstrap_cis_contain_the_point_estimates():
+    rng = np.random.default_rng(2)
+    y = torch.tensor(rng.integers(0, 2, 400))
+    p = torch.tensor(np.clip(rng.normal(0.35 + 0.3 * y.numpy(), 0.2), 0, 1)).float()
+    point = screening_metrics(p, y, 0.5)
+    cis = bootstrap_ci(p, y, 0.5, resamples=300)
+    for name in ("auroc", "pauc80", "recall", "specificity"):
+        low, high = cis[name]
+        assert low <= point[name] <= high and low < high, name
+
+
+def test_fairness_numbers_equal_hand_computed_values():
+    # Group a: 4 malignant (3 called), 4 benign (1 called); group b: 2 malignant (both called), 2 benign (none).
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.2, 0.6, 0.3, 0.1, 0.2, 0.9, 0.8, 0.1, 0.2])
+    groups = pd.DataFrame({"sex": ["f"] * 8 + ["m"] * 4})
+    table, gaps = fairness_table(y, p, groups, threshold=0.5, min_positives=2)
+    a, b = table.set_index("group").loc["f"], table.set_index("group").loc["m"]
+    assert (a["images"], a["malignant"], b["images"], b["malignant"]) == (8, 4, 4, 2)
+    assert a["sensitivity"] == pytest.approx(3 / 4) and a["specificity"] == pytest.approx(3 / 4)
+    assert b["sensitivity"] == 1.0 and b["specificity"] == 1.0
+    # AUROC of group a by hand: of the 16 malignant/benign pairs, 13 are ordered right and one is tied (0.2/0.2).
+    assert a["auroc"] == pytest.approx(13.5 / 16)
+    gap = gaps.set_index("metric").loc["sensitivity"]
+    assert gap["gap"] == pytest.approx(0.25) and gap["worst"] == "f"
+    table, gaps = fairness_table(y, p, groups, threshold=0.5, min_positives=3)
+    row = table.set_index("group").loc["m"]
+    assert bool(row["underpowered"]) and math.isnan(row["sensitivity"]) and gaps.empty
+
+
+def test_groups_come_from_metadata():
+    frame = pd.DataFrame({"sex": ["male", None], "age": [25, 80], "localization": ["back", "face"], "ita": [60, -40]})
+    groups = group_columns(frame)
+    assert groups.to_dict("list") == {
+        "sex": ["male", "unknown"],
+        "age_band": ["<30", "75+"],
+        "site": ["back", "face"],
+        "skin_tone": ["very light", "dark"],
+    }
+
+
+@pytest.mark.parametrize(
+    "ita, category",
+    [(62, "very light"), (48, "light"), (34, "intermediate"), (19, "tan"), (-10, "brown"), (-45, "dark")],
+)
+def test_ita_estimator_returns_the_category_of_synthetic_skin(ita, category):
+    b_star = 15.0
+    lightness = 50 + b_star * math.tan(math.radians(ita))
+    lab = np.zeros((64, 64, 3), np.float32)
+    lab[...] = (lightness, 8.0, b_star)
+    yy, xx = np.mgrid[:64, :64]
+    lab[(yy - 32) ** 2 + (xx - 32) ** 2 < 14**2] = (max(lightness - 30, 16), 15.0, 20.0)  # a darker lesion
+    image = (np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB), 0, 1) * 255).round().astype(np.uint8)
+    assert ita_category(ita_degrees(image)) == category
+    assert ita_degrees(image) == pytest.approx(ita, abs=3)
+
+
+@pytest.mark.parametrize("name", sorted(DEGRADATIONS))
+def test_each_degradation_changes_the_image_and_severity_zero_is_identity(name):
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(60, 200, (64, 64, 3)).astype(np.uint8), (0, 0), 1.5)
+    assert degrade(image, name, 0) is image
+    previous = image
+    for severity in (1, 2, 3):
+        out = degrade(image, name, severity)
+        assert out.shape == image.shape and out.dtype == np.uint8
+        assert np.abs(out.astype(int) - image).mean() > 0.5
+        previous = out
+    assert not np.array_equal(previous, degrade(image, name, 1))
+
+
+def test_eval_end_to_end_writes_every_artifact(tmp_path):
+    run, ev = tmp_path / "train", tmp_path / "eval"
+    run.mkdir(), ev.mkdir()
+    trained = train(
+        compose_config("train", [*TINY, "data.num_val=16", "data.num_test=16", "trainer.max_epochs=2"], run)
+    )
+    best = trained and json.loads((run / "metrics.json").read_text())["best_checkpoint"]
+    model = LesionClassifier.load_from_checkpoint(best)
+    assert bool(model.calibrated) and float(model.threshold) == pytest.approx(trained["threshold"])
+    assert float(model.temperature) == pytest.approx(trained["temperature"])
+    overrides = [f"ckpt_path={best}", "bootstrap.resamples=50", "robustness.max_images=8", "fairness.min_positives=1"]
+    report = evaluate(compose_config("eval", overrides, ev))
+    for name in (
+        "metrics.json",
+        "confusion_matrix.md",
+        "confusion_matrix.png",
+        "confusion_matrix_op.png",
+        "roc.png",
+        "pr.png",
+        "reliability.png",
+        "fairness.md",
+        "fairness.csv",
+        "robustness.md",
+        "robustness.csv",
+        "robustness.png",
+    ):
+        assert (ev / name).stat().st_size > 0, name
+    assert report["threshold"] == pytest.approx(trained["threshold"])
+    for key in ("test_op/recall", "test_op/specificity", "test_op/auroc_ci", "test_calibration/ece_after"):
+        assert key in report
+    robustness = pd.read_csv(ev / "robustness.csv")
+    assert (
+        len(robustness) == len(DEGRADATIONS) * 4 and (robustness.loc[robustness.severity == 0, "auroc_drop"] == 0).all()
+    )
+    assert "skin_tone" in set(pd.read_csv(ev / "fairness.csv")["attribute"])
