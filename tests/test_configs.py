@@ -20,7 +20,8 @@ from lesion.module import LesionClassifier
 
 def root_for(group: str, option: str) -> list[str]:
     """Real datasets need data.root (a mandatory ??? value); any path composes."""
-    needs_root = group == "data" and "root:" in (CONF / "data" / f"{option}.yaml").read_text()
+    text = (CONF / group / f"{option}.yaml").read_text()
+    needs_root = (group == "data" and "root:" in text) or (group == "experiment" and "override /data" in text)
     return ["data.root=/data/somewhere"] if needs_root else []
 
 
