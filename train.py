@@ -4,55 +4,70 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from lesion import dashboard
 from lesion.backbones import backbone_data_config
 from lesion.config import to_plain
 from lesion.data import build_datamodule
 from lesion.evaluation import operating_point_after_fit
 from lesion.module import LesionClassifier
-from lesion.trainer import build_trainer
+from lesion.trainer import build_trainer, resume_checkpoint
 
 log = logging.getLogger("lesion")
 
 
-def train(config: dict) -> dict[str, float]:
-    """Fit, test the best checkpoint, and write its test metrics to `metrics.json` in the run dir."""
+def train(config: dict) -> dict:
+    """Fit, test the best checkpoint, calibrate it on val, and write the metrics to `metrics.json` in the run dir."""
     L.seed_everything(config["seed"], workers=True)
     datamodule = build_datamodule(config["data"], backbone_data_config(**config["backbone"]))
-    model = LesionClassifier(
-        backbone=config["backbone"],
-        class_names=list(datamodule.classes),
-        malignant=list(datamodule.malignant),
-        data=config["data"],
-        **config["model"],
-    )
-    trainer = build_trainer(config)
+    classes = {"class_names": list(datamodule.classes), "malignant": list(datamodule.malignant)}
+    model = LesionClassifier(backbone=config["backbone"], data=config["data"], **classes, **config["model"])
+    ckpt_path = resume_checkpoint(config)
+    trainer = build_trainer(config, ckpt_path)
     out = Path(config["paths"]["output_dir"])
     datamodule.setup("fit")
     datamodule.save_splits(out / "splits.csv")  # reuse with data.split_file=<this file>
-    trainer.fit(model, datamodule=datamodule, ckpt_path=config.get("ckpt_path"))
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"config": config})
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    seconds = time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     # fast_dev_run saves no checkpoint: test the weights in memory then.
     metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)[0]
-    op = config["operating_point"]  # the best weights are loaded now: calibrate them and pick the threshold
-    if not trainer.fast_dev_run:  # one batch says nothing about a threshold
-        metrics |= operating_point_after_fit(
+    score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    metrics |= {
+        "monitor": config["monitor"],
+        "best_val_score": float(score) if score is not None else None,
+        "epochs": trainer.current_epoch,
+        "fit_seconds": round(seconds, 1),
+        "train_img_per_s": round(trainer.global_step * datamodule.batch_size / seconds, 1),
+    }
+    # One batch says nothing about a threshold; under DDP, predict() sees one rank's share: use eval.py then.
+    if not trainer.fast_dev_run and trainer.world_size == 1:
+        op = config["operating_point"]
+        report, test = operating_point_after_fit(
             model, datamodule, trainer, best, op["target_sensitivity"], op["bootstrap_resamples"]
         )
-    (out / "metrics.json").write_text(json.dumps(metrics | {"best_checkpoint": best}, indent=2, sort_keys=True))
-    log.info("test metrics of %s written to %s", best or "the final weights", out / "metrics.json")
+        metrics |= report
+        dashboard.log_test_predictions(trainer.loggers, model, test, datamodule.reader(), best)
+    if trainer.is_global_zero:
+        (out / "metrics.json").write_text(json.dumps(metrics | {"best_checkpoint": best}, indent=2, sort_keys=True))
+        log.info("test metrics of %s written to %s", best or "the final weights", out / "metrics.json")
+    dashboard.finish(trainer.loggers)
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(to_plain(cfg))
-    return metrics.get(f"test/{cfg.monitor.split('/', 1)[-1]}")
+    """Returns the best monitored val score, which Hydra sweepers (Optuna) optimise."""
+    return train(to_plain(cfg))["best_val_score"]
 
 
 if __name__ == "__main__":

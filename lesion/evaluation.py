@@ -190,10 +190,12 @@ def store_operating_point(ckpt_path: str, model: LesionClassifier) -> None:
 
 def operating_point_after_fit(
     model: LesionClassifier, datamodule, trainer: L.Trainer, best: str, target_sensitivity: float, resamples: int
-) -> dict:
-    """Calibrate on val, choose the threshold, store both in the best checkpoint, and report test at it."""
+) -> tuple[dict, Predictions]:
+    """Calibrate on val, choose the threshold, store both in the best checkpoint, and report test at it.
+    Returns the report (without the `test/` keys, which trainer.test already gave) and the test predictions."""
     info = calibrate(model, predict(model, datamodule.val_dataloader(), trainer), target_sensitivity)
     if best:
         store_operating_point(best, model)
-    report = screening_report(model, predict(model, datamodule.test_dataloader(), trainer), resamples=resamples)
-    return info | {k: v for k, v in report.items() if not k.startswith("test/")}
+    test = predict(model, datamodule.test_dataloader(), trainer)
+    report = screening_report(model, test, resamples=resamples)
+    return info | {k: v for k, v in report.items() if not k.startswith("test/")}, test

@@ -22,6 +22,8 @@ class LesionClassifier(L.LightningModule):
     Takes plain values only, so `LesionClassifier.load_from_checkpoint(path)` needs nothing else.
     class_weights: per-class loss weights (the study: [1, 10]), "balanced" (from the training split's label
     counts, resolved at fit start and stored in the checkpoint) or None.
+    malignant_weight: when set, weight 1 for benign classes and this for malignant ones (any number of classes);
+    it replaces class_weights, which must then be null or "balanced".
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class LesionClassifier(L.LightningModule):
         lr: float = 1e-5,
         weight_decay: float = 0.0,
         scheduler: str | None = None,
+        malignant_weight: float | None = None,
         data: dict | None = None,
     ):
         super().__init__()
@@ -47,6 +50,10 @@ class LesionClassifier(L.LightningModule):
         self.data_config = backbone_data_config(**backbone)
         self.register_buffer("malignant_mask", torch.tensor([c in malignant for c in class_names]))
         self.register_buffer("loss_weights", self._fixed_weights(class_weights, num_classes))
+        if malignant_weight is not None:
+            if isinstance(class_weights, list | tuple):
+                raise ValueError("set model.class_weights or model.malignant_weight, not both")
+            self.loss_weights.copy_(1 + (malignant_weight - 1) * self.malignant_mask.float())
         # The operating point, set on validation after fit (lesion.evaluation.calibrate) and kept in checkpoints.
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("threshold", torch.tensor(0.5))
@@ -91,7 +98,7 @@ class LesionClassifier(L.LightningModule):
         return self.malignant_mask[labels].long()
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.class_weights == "balanced":
+        if stage == "fit" and self.hparams.class_weights == "balanced" and self.hparams.malignant_weight is None:
             counts = torch.tensor(self.trainer.datamodule.class_counts("train"), dtype=torch.float32)
             if (counts == 0).any():
                 empty = [c for c, n in zip(self.hparams.class_names, counts) if n == 0]

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
+from lesion.loggers import ResumableCSVLogger, wandb_run_id
 
-def build_callbacks(callbacks: dict, monitor: str, mode: str, output_dir: Path) -> list[Callback]:
-    """`callbacks` blocks map onto ModelCheckpoint, EarlyStopping and TQDMProgressBar; a null block turns one off."""
-    built: list[Callback] = []
+log = logging.getLogger(__name__)
+
+
+class SeedEachEpoch(Callback):
+    """Reseeds every RNG from (seed, epoch) as each training epoch starts, so the shuffle order, augmentation and
+    dropout of an epoch do not depend on what ran before it: a resumed run repeats an uninterrupted one."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        L.seed_everything(self.seed + trainer.current_epoch, workers=True, verbose=False)
+
+
+def build_callbacks(callbacks: dict, monitor: str, mode: str, output_dir: Path, seed: int) -> list[Callback]:
+    """`callbacks` blocks map onto ModelCheckpoint, EarlyStopping and TQDMProgressBar; a null block turns one off.
+    `extra` is a list of `_target_` blocks for any other callback."""
+    built: list[Callback] = [SeedEachEpoch(seed)]
     if callbacks.get("checkpoint") is not None:
         built.append(
             ModelCheckpoint(
@@ -26,13 +44,46 @@ def build_callbacks(callbacks: dict, monitor: str, mode: str, output_dir: Path) 
         built.append(EarlyStopping(monitor=monitor, mode=mode, **callbacks["early_stopping"]))
     if callbacks.get("progress_bar") is not None:
         built.append(TQDMProgressBar(**callbacks["progress_bar"]))
+    built += [instantiate(block) for block in callbacks.get("extra") or []]
     return built
 
 
-def build_trainer(config: dict) -> L.Trainer:
+def resume_checkpoint(config: dict) -> str | None:
+    """`ckpt_path` if given; with `resume=auto`, the run dir's checkpoints/last.ckpt when it exists."""
+    if config.get("ckpt_path"):
+        return config["ckpt_path"]
+    if config.get("resume") not in (None, "auto"):
+        raise ValueError(f"resume must be null or 'auto', got {config['resume']!r}")
+    last = Path(config["paths"]["output_dir"]) / "checkpoints" / "last.ckpt"
+    if config.get("resume") == "auto":
+        if last.is_file():
+            log.info("resume=auto: continuing from %s", last)
+            return str(last)
+        log.info("resume=auto: no %s yet, starting fresh", last)
+    return None
+
+
+def build_trainer(config: dict, ckpt_path: str | None = None) -> L.Trainer:
     output_dir = Path(config["paths"]["output_dir"])
-    callbacks = build_callbacks(config["callbacks"], config["monitor"], config["monitor_mode"], output_dir)
-    loggers = [instantiate(block) for block in (config.get("logger") or {}).values()]
+    callbacks = build_callbacks(
+        config["callbacks"], config["monitor"], config["monitor_mode"], output_dir, config["seed"]
+    )
+    loggers = []
+    for block in (config.get("logger") or {}).values():
+        if block["_target_"].endswith("WandbLogger"):
+            block = block | {"id": wandb_run_id(output_dir), "resume": "allow"}  # resume=auto keeps the W&B run
+        logger = instantiate(block)
+        if ckpt_path and isinstance(logger, ResumableCSVLogger):
+            logger.resume_from(_resumed_epoch(ckpt_path))
+        loggers.append(logger)
     return L.Trainer(
         **config["trainer"], callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir)
     )
+
+
+def _resumed_epoch(ckpt_path: str) -> int:
+    """The epoch training restarts at from this checkpoint (rows of it and later ones are logged again)."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # a checkpoint this run dir wrote
+    loops = ckpt.get("loops", {}).get("fit_loop", {})
+    completed = loops.get("epoch_progress", {}).get("current", {}).get("completed")
+    return int(completed if completed is not None else ckpt["epoch"] + 1)
