@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -13,8 +14,21 @@ def _run_id() -> str:
     return f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+def _sweep_group() -> str | None:
+    """In a multirun, the sweep dir's name (one W&B group per sweep); else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    return Path(hydra.sweep.dir).name if hydra.mode == RunMode.MULTIRUN else None
+
+
 if not OmegaConf.has_resolver("run_id"):
     OmegaConf.register_new_resolver("run_id", _run_id, use_cache=True)
+if not OmegaConf.has_resolver("sweep_group"):
+    OmegaConf.register_new_resolver("sweep_group", _sweep_group)
 
 
 def to_plain(cfg: DictConfig) -> dict:

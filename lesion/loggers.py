@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import secrets
 from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
@@ -42,6 +43,9 @@ class ResumableCSVLogger(CSVLogger):
     def resume_from(self, epoch: int) -> None:
         self._keep_before_epoch = epoch
 
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self.save()  # the CSV on disk always covers at least what the newest checkpoint has seen
+
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
@@ -56,9 +60,7 @@ def wandb_run_id(output_dir: Path) -> str:
     path = Path(output_dir) / "wandb_id.txt"
     if path.is_file():
         return path.read_text().strip()
-    import wandb
-
-    run_id = wandb.util.generate_id()
+    run_id = secrets.token_hex(4)  # W&B run ids: lowercase letters and digits
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(run_id)
     return run_id

@@ -105,6 +105,12 @@ class LesionClassifier(L.LightningModule):
                 raise ValueError(f"class_weights=balanced: the training split has no images of {empty}")
             self.loss_weights.copy_(counts.sum() / (len(counts) * counts))
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints written before the operating point existed load as uncalibrated (eval.py then calibrates).
+        state = checkpoint["state_dict"]
+        for name in ("temperature", "threshold", "calibrated"):
+            state.setdefault(name, getattr(self, name).detach().clone())
+
     def on_fit_start(self) -> None:
         """Log the numbers training actually uses: class counts per split, sampling, loss class weights."""
         used = {"loss_class_weights": dict(zip(self.hparams.class_names, self.loss_weights.tolist()))}

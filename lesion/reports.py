@@ -103,3 +103,19 @@ def plot_robustness(table, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_sweep(table, metric: str, path: Path) -> None:
+    """A bar per sweep job of its best monitored val metric, labelled by its overrides."""
+    done = table[table[metric].notna()]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(done) + 1.4))
+    ax.barh(range(len(done)), done[metric], color="tab:blue")
+    ax.set_yticks(range(len(done)), [o or "(defaults)" for o in done["overrides"]], fontsize=8)
+    ax.invert_yaxis()
+    for i, value in enumerate(done[metric]):
+        ax.text(value, i, f" {value:.3f}", va="center", fontsize=8)
+    ax.set_xlabel(metric)
+    ax.set_title("Sweep: " + metric)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

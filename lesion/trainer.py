@@ -84,6 +84,7 @@ def build_trainer(config: dict, ckpt_path: str | None = None) -> L.Trainer:
 def _resumed_epoch(ckpt_path: str) -> int:
     """The epoch training restarts at from this checkpoint (rows of it and later ones are logged again)."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # a checkpoint this run dir wrote
-    loops = ckpt.get("loops", {}).get("fit_loop", {})
-    completed = loops.get("epoch_progress", {}).get("current", {}).get("completed")
-    return int(completed if completed is not None else ckpt["epoch"] + 1)
+    # A checkpoint saved at the end of an epoch's validation counts that epoch as processed, not completed;
+    # Lightning restarts at the next one either way.
+    progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(progress["processed"] if "processed" in progress else ckpt["epoch"] + 1)

@@ -167,7 +167,7 @@ def test_isic2024_undersamples_negatives_afresh_every_epoch(tmp_path):
     epochs = []
     for epoch in range(2):
         loader.sampler.set_epoch(epoch)
-        drawn = list(loader.sampler)
+        drawn = [index for index, _ in loader.sampler]
         assert len(drawn) == 4 * positives and int(labels[drawn].sum()) == positives
         epochs.append(set(drawn))
     assert epochs[0] != epochs[1]
@@ -208,7 +208,8 @@ def test_balanced_sampler_draws_classes_equally(tmp_path):
         (root / "benign" / f"extra_{i}.jpg").write_bytes(jpeg(5000 + i))
     dm = datamodule("folder", root, sampler="balanced", test_fraction=0.2, val_fraction=0.2)
     labels = dm.dataset("train").labels
-    drawn = torch.tensor([labels[i] for _ in range(20) for i in dm.train_dataloader().sampler])
+    sampler = dm.train_dataloader().sampler
+    drawn = torch.tensor([labels[i] for _ in range(20) for i, _ in sampler])
     assert abs(drawn.float().mean().item() - 0.5) < 0.05
     assert labels.mean() < 0.3
 
@@ -225,3 +226,13 @@ def test_cache_serves_preprocessed_images_and_is_keyed_by_settings(tmp_path):
     clahe = datamodule("folder", root, transforms={"clahe": True}, **kwargs)
     clahe.setup()
     assert clahe._cache.dir != dm._cache.dir and clahe._cache.filled() == 0
+
+
+def test_epoch_order_and_augmentation_depend_only_on_seed_and_epoch(tmp_path):
+    dm = datamodule("folder", make_folder(tmp_path, per_class=8), val_fraction=0.25, test_fraction=0.25)
+    first, again = dm.train_dataloader().sampler, dm.train_dataloader().sampler
+    epoch0, epoch1 = list(first), list(first)  # one pass counts one epoch on
+    again.set_epoch(1)
+    assert list(again) == epoch1 and epoch0 != epoch1
+    dataset = dm.dataset("train", train=True)
+    assert torch.equal(dataset[epoch1[0]]["image"], dataset[epoch1[0]]["image"])

@@ -9,12 +9,13 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pandas as pd
+import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from lesion.data.cache import ImageCache
 from lesion.data.readers import BadImageError, BadImagesError
-from lesion.data.samplers import UndersampleSampler, balanced_sampler
+from lesion.data.samplers import BalancedSampler, EpochSampler, UndersampleSampler
 from lesion.data.splits import SPLITS, _first, assign_splits, read_split_file, write_split_file
 from lesion.data.transforms import LesionTransforms
 
@@ -32,7 +33,9 @@ class LesionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: int) -> dict | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        """`key` is an index, or (index, augmentation seed) from an EpochSampler."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image_id = str(self.image_ids[index])
         image = self.cache.get(image_id) if self.cache is not None else None
         if image is None:
@@ -45,7 +48,7 @@ class LesionDataset(Dataset):
                 return None
             if self.cache is not None:
                 self.cache.put(image_id, image)
-        tensor = self.transforms.finish(image, train=self.train)
+        tensor = self.transforms.finish(image, train=self.train, seed=seed)
         return {"image": tensor, "label": int(self.labels[index]), "image_id": image_id}
 
 
@@ -73,6 +76,7 @@ class LesionDataModule(L.LightningDataModule, ABC):
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 0,
+        persistent_workers: bool = True,
         seed: int = 0,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
@@ -94,6 +98,7 @@ class LesionDataModule(L.LightningDataModule, ABC):
         self.data_config = data_config
         self.transforms = LesionTransforms(data_config, **(transforms or {}))
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.persistent_workers = persistent_workers and num_workers > 0
         self.seed, self.val_fraction, self.test_fraction, self.split_file = (
             seed,
             val_fraction,
@@ -158,13 +163,16 @@ class LesionDataModule(L.LightningDataModule, ABC):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.dataset("train", train=True)
-        sampler = None
+        # A resumed fit asks for its loader at the epoch it restarts from.
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
         if self.sampler == "balanced":
-            sampler = balanced_sampler(dataset.labels, self.seed)
+            sampler = BalancedSampler(dataset.labels, self.seed, epoch)
         elif self.neg_ratio:
             positive = np.isin(dataset.labels, [self.classes.index(m) for m in self.malignant])
-            sampler = UndersampleSampler(positive, self.neg_ratio, self.seed)
-        return self._loader(dataset, self.batch_size, shuffle=sampler is None, sampler=sampler)
+            sampler = UndersampleSampler(positive, self.neg_ratio, self.seed, epoch)
+        else:
+            sampler = EpochSampler(len(dataset), self.seed, epoch)
+        return self._loader(dataset, self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"), self.eval_batch_size)
@@ -175,15 +183,16 @@ class LesionDataModule(L.LightningDataModule, ABC):
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, sampler=None) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, sampler=None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.persistent_workers,
             collate_fn=collate,
+            # Its own generator: making an iterator must not draw from the global RNG that dropout uses.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def _splits(self, frame: pd.DataFrame) -> pd.Series:

@@ -58,6 +58,7 @@ class LesionTransforms:
         if phone:
             augment += phone_conditions(phone_p)
         self.augment = A.Compose(augment)
+        self._augment_seed: int | None = None
         self.normalize = A.Compose(
             [A.Normalize(mean=data_config["mean"], std=data_config["std"], max_pixel_value=255.0), ToTensorV2()]
         )
@@ -66,8 +67,14 @@ class LesionTransforms:
         """Everything that shapes `preprocess` output, for cache keys."""
         return {"size": list(self.size), "interpolation": self.interpolation, "clahe": self.fixed_clahe and self.clahe}
 
-    def finish(self, image: np.ndarray, train: bool) -> torch.Tensor:
+    def finish(self, image: np.ndarray, train: bool, seed: int | None = None) -> torch.Tensor:
+        """Augment (training) and normalise. albumentations keeps its own RNG, deaf to global seeds: `seed` (one
+        per image, from the sampler) or else torch's seed makes the augmentation reproducible."""
         if train:
+            seed = seed if seed is not None else torch.initial_seed() % 2**32
+            if seed != self._augment_seed:
+                self.augment.set_random_seed(seed)
+                self._augment_seed = seed
             image = self.augment(image=image)["image"]
         return self.normalize(image=image)["image"]
 

@@ -1,0 +1,213 @@
+"""Experiment operations: W&B offline runs, multirun summaries, Optuna and SLURM configs, resume after SIGKILL,
+reproducibility, DDP metric sync, and checkpoints that load without Hydra."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import CONF, ROOT, TINY, compose_config
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from lesion.loggers import wandb_run_id
+from train import train
+
+pytestmark = pytest.mark.slow
+SMALL = [o for o in TINY if not o.startswith(("callbacks.progress_bar", "trainer.max_epochs"))] + [
+    "callbacks.progress_bar=null",
+]
+
+
+def run(args: list[str], check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = os.environ | {"WANDB_MODE": "offline", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(ROOT / "tests")}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and done.returncode:
+        raise AssertionError(f"train.py {' '.join(args)} failed:\n{done.stderr[-4000:]}")
+    return done
+
+
+def wandb_records(run_dir: Path) -> list:
+    """The protobuf records of an offline W&B run file (LevelDB log framing: 32 KiB blocks, 7-byte headers)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data, records, pending, i = path.read_bytes(), [], b"", 7
+    while i + 7 <= len(data):
+        left = 32768 - i % 32768
+        if left < 7:
+            i += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[i : i + 7])
+        if length == 0 and kind == 0:
+            i += left
+            continue
+        chunk, i = data[i + 7 : i + 7 + length], i + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def test_multirun_jobs_are_separate_wandb_runs_in_one_group_with_a_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    run(["-m", "model.lr=1e-3,1e-4", "logger=wandb", f"hydra.sweep.dir={sweep}", "trainer.max_epochs=1", *SMALL])
+    ids, groups = set(), set()
+    for job in ("0", "1"):
+        records = wandb_records(sweep / job)
+        (meta,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        ids.add(meta.run_id)
+        groups.add(meta.run_group)
+        logged = {i.key or "/".join(i.nested_key) for r in records if r.HasField("history") for i in r.history.item}
+        for key in ("val/auroc", "val/recall", "train/loss_epoch", "test/auroc"):
+            assert key in logged, key
+        assert any(k.startswith("test/predictions") for k in logged) and any(k.startswith("test/roc") for k in logged)
+        assert any(k.startswith("test/confusion_matrix") for k in logged)
+        summary = {u.key for r in records if r.HasField("summary") for u in r.summary.update}
+        config = {u.key for r in records if r.HasField("config") for u in r.config.update}
+        assert "best_checkpoint" in summary and "config" in config
+    assert len(ids) == 2 and groups == {"sweep"}
+    table = pd.read_csv(sweep / "summary.csv")
+    assert list(table["overrides"]) in (["model.lr=0.001", "model.lr=0.0001"], ["model.lr=0.0001", "model.lr=0.001"])
+    assert table["best val/loss"].is_monotonic_increasing and (sweep / "summary.png").stat().st_size > 0
+    assert "| model.lr=" in (sweep / "summary.md").read_text()
+
+
+def test_optuna_search_runs_trials_and_maximises_val_auroc(tmp_path):
+    sweep = tmp_path / "optuna"
+    run(
+        [
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            f"hydra.sweep.dir={sweep}",
+            "trainer.max_epochs=1",
+            *SMALL,
+        ]
+    )
+    results = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params" in results and "model.lr" in results and "best_value" in results
+    table = pd.read_csv(sweep / "summary.csv")
+    assert len(table) == 2 and "best val/auroc" in table
+
+
+def test_slurm_launcher_composes_with_partition_gpus_and_time():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "hydra/launcher=submitit_slurm",
+                "hydra.launcher.partition=gpu",
+                "hydra.launcher.gpus_per_node=4",
+                "hydra.launcher.timeout_min=240",
+            ],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 4, 240)
+
+
+def epoch_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "csv" / "metrics.csv") as handle:
+        return [r for r in csv.DictReader(handle) if r.get("val/loss")]
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    common = [
+        *SMALL,
+        "data.num_train=32",
+        "trainer.max_epochs=3",
+        "trainer.deterministic=true",
+        "trainer.log_every_n_steps=1",
+    ]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    run([f"hydra.run.dir={whole}", *common])
+    # 8 steps an epoch: step 12 is in the middle of the second epoch, after epoch 1's last.ckpt.
+    killed = run(
+        [f"hydra.run.dir={broken}", *common, "callbacks.extra=[{_target_:killer.KillAt,step:12}]"], check=False
+    )
+    assert killed.returncode == -9 and (broken / "checkpoints" / "last.ckpt").is_file()
+    assert not (broken / "metrics.json").exists()
+    run([f"hydra.run.dir={broken}", *common, "resume=auto"])
+    rows = epoch_rows(broken)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    expected, got = json.loads((whole / "metrics.json").read_text()), json.loads((broken / "metrics.json").read_text())
+    for key in ("test/loss", "test/auroc", "test/recall", "best_val_score", "threshold", "temperature"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+    assert [r["val/loss"] for r in rows] == [r["val/loss"] for r in epoch_rows(whole)]
+
+
+def test_wandb_run_id_is_kept_in_the_run_dir(tmp_path):
+    first = wandb_run_id(tmp_path)
+    assert wandb_run_id(tmp_path) == first and (tmp_path / "wandb_id.txt").read_text() == first
+
+
+def test_same_seed_deterministic_runs_give_identical_metrics(tmp_path):
+    overrides = [*SMALL, "trainer.max_epochs=2", "trainer.deterministic=true", "seed=7"]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a = train(compose_config("train", overrides, tmp_path / "a"))
+    b = train(compose_config("train", overrides, tmp_path / "b"))
+    for key in ("test/loss", "test/auroc", "best_val_score", "threshold", "temperature"):
+        assert a[key] == b[key], key
+
+
+def test_ddp_on_two_cpu_processes_syncs_val_metrics(tmp_path):
+    out = tmp_path / "ddp"
+    # 8 val images split evenly over 2 ranks, so DistributedSampler adds no padding.
+    run(
+        [
+            f"hydra.run.dir={out}",
+            *SMALL,
+            "data.num_val=8",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.max_epochs=1",
+            "trainer.enable_model_summary=false",
+        ]
+    )
+    (row,) = epoch_rows(out)
+    import lightning as L
+
+    from lesion.data import build_datamodule
+    from lesion.module import LesionClassifier
+
+    model = LesionClassifier.load_from_checkpoint(out / "checkpoints" / "last.ckpt", map_location="cpu")
+    config = compose_config("train", [*SMALL, "data.num_val=8"], tmp_path)
+    datamodule = build_datamodule(config["data"], model.data_config)
+    single = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    (metrics,) = single.validate(model, datamodule=datamodule, verbose=False)
+    for key in ("val/auroc", "val/recall", "val/specificity", "val/accuracy", "val/tp", "val/fp"):
+        assert float(row[key]) == pytest.approx(metrics[key], abs=1e-6), key
+
+
+def test_checkpoint_loads_without_hydra_and_with_weights_only(tmp_path):
+    train(compose_config("train", [*SMALL, "trainer.max_epochs=1"], tmp_path))
+    ckpt = next((tmp_path / "checkpoints").glob("epoch*.ckpt"))
+    code = (
+        "import sys; sys.modules['hydra'] = None; sys.modules['omegaconf'] = None\n"
+        "from lesion.module import LesionClassifier\n"
+        f"m = LesionClassifier.load_from_checkpoint({str(ckpt)!r}, map_location='cpu', weights_only=True)\n"
+        "print(type(m.hparams['backbone']).__name__, bool(m.calibrated), float(m.threshold))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    kind, calibrated, _ = done.stdout.split()
+    assert kind == "dict" and calibrated == "True"
