@@ -8,8 +8,10 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from lesion import dashboard
 from lesion.calibration import plot_reliability
 from lesion.config import to_plain
 from lesion.data import build_datamodule
@@ -34,7 +36,8 @@ def evaluate(config: dict) -> dict:
     ckpt = Path(config["ckpt_path"])
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt} does not exist; pass a .ckpt from outputs/.../checkpoints/")
-    model = LesionClassifier.load_from_checkpoint(ckpt, map_location="cpu")
+    # weights_only: a checkpoint from elsewhere cannot run pickled code; ours hold plain values only.
+    model = LesionClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     datamodule = build_datamodule(config.get("data") or model.hparams.data, model.data_config)
     names = list(model.hparams.class_names)
     if list(datamodule.classes) != names:
@@ -78,6 +81,9 @@ def evaluate(config: dict) -> dict:
         (out / "robustness.md").write_text("# Robustness to phone-camera conditions\n\n" + markdown_table(table) + "\n")
         plot_robustness(table, out / "robustness.png")
     (out / "metrics.json").write_text(json.dumps(report | {"checkpoint": str(ckpt)}, indent=2, sort_keys=True))
+    loggers = [instantiate(block) for block in (config.get("logger") or {}).values()]
+    dashboard.log_eval_artifacts(loggers, out, report)
+    dashboard.finish(loggers)
     log.info(_summary(report))
     log.info("evaluation written to %s", out)
     return report

@@ -211,3 +211,23 @@ def test_checkpoint_loads_without_hydra_and_with_weights_only(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     kind, calibrated, _ = done.stdout.split()
     assert kind == "dict" and calibrated == "True"
+
+
+def test_eval_with_wandb_logs_tables_and_images(tmp_path, monkeypatch):
+    from eval import evaluate
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    run_dir.mkdir(), eval_dir.mkdir()
+    train(compose_config("train", [*SMALL, "trainer.max_epochs=1", "data.num_val=8", "data.num_test=8"], run_dir))
+    best = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
+    overrides = [f"ckpt_path={best}", "logger=wandb", "bootstrap.resamples=20", "robustness.max_images=8"]
+    evaluate(compose_config("eval", [*overrides, "fairness.min_positives=1"], eval_dir))
+    logged = {
+        i.key or "/".join(i.nested_key)
+        for r in wandb_records(eval_dir)
+        if r.HasField("history")
+        for i in r.history.item
+    }
+    for prefix in ("eval/fairness", "eval/robustness", "eval/roc", "eval/reliability", "test_op/recall"):
+        assert any(k.startswith(prefix) for k in logged), prefix
