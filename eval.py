@@ -12,7 +12,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lesion import dashboard
-from lesion.calibration import plot_reliability
 from lesion.config import to_plain
 from lesion.data import build_datamodule
 from lesion.evaluation import (
@@ -25,7 +24,16 @@ from lesion.evaluation import (
 )
 from lesion.fairness import fairness_markdown, fairness_table, group_columns
 from lesion.module import LesionClassifier
-from lesion.reports import LABELS, confusion_table, markdown_table, plot_confusion, plot_pr, plot_robustness, plot_roc
+from lesion.reports import (
+    LABELS,
+    confusion_table,
+    markdown_table,
+    plot_confusion,
+    plot_pr,
+    plot_reliability,
+    plot_robustness,
+    plot_roc,
+)
 
 log = logging.getLogger("lesion")
 

@@ -1,8 +1,6 @@
-"""Calibration: temperature scaling fitted on validation, NLL / Brier / ECE, and the reliability diagram."""
+"""Calibration: temperature scaling fitted on validation, and NLL / Brier / ECE to judge it."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,32 +36,3 @@ def calibration_scores(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15
         if inside.any():
             ece += inside.double().mean() * (confidence[inside].mean() - correct[inside].mean()).abs()
     return {"nll": float(nll), "brier": float(brier), "ece": float(ece)}
-
-
-def plot_reliability(p_malignant: dict[str, torch.Tensor], target: torch.Tensor, path: Path, bins: int = 10) -> None:
-    """Observed malignant fraction against mean P(malignant) per bin, one line per calibration state."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.4, 4.2))
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
-    edges = torch.linspace(0, 1, bins + 1)
-    y = target.float()
-    for name, p in p_malignant.items():
-        which = torch.bucketize(p.float().clamp(0, 1), edges[1:-1])
-        xs, ys = [], []
-        for b in range(bins):
-            inside = which == b
-            if inside.any():
-                xs.append(float(p[inside].mean()))
-                ys.append(float(y[inside].mean()))
-        ax.plot(xs, ys, marker="o", lw=1.5, label=name)
-    ax.set_xlabel("mean predicted P(malignant)")
-    ax.set_ylabel("observed malignant fraction")
-    ax.set_title("Reliability diagram")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

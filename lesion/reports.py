@@ -50,9 +50,15 @@ def plot_confusion(counts: dict[str, int], path: Path, labels: tuple[str, str] =
             ax.text(j, i, str(matrix[i][j]), ha="center", va="center", color=color, fontsize=13)
     ax.set_xticks([0, 1], labels)
     ax.set_yticks([0, 1], labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    ax.set_title("Confusion matrix")
+    _finish(fig, ax, path, "predicted", "actual", "Confusion matrix")
+
+
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: str | None = None) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend:
+        ax.legend(loc=legend, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -65,13 +71,7 @@ def plot_roc(p_malignant: torch.Tensor, target: torch.Tensor, path: Path, auroc:
     ax.plot(fpr.numpy(), tpr.numpy(), lw=2, label=label)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     ax.axhspan(0.8, 1.0, color="tab:green", alpha=0.08, label="TPR >= 0.8 (pAUC80 region)")
-    ax.set_xlabel("1 - specificity (FPR)")
-    ax.set_ylabel("sensitivity (TPR)")
-    ax.set_title("ROC, malignant vs benign")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, path, "1 - specificity (FPR)", "sensitivity (TPR)", "ROC, malignant vs benign", "lower right")
 
 
 def plot_pr(p_malignant: torch.Tensor, target: torch.Tensor, path: Path) -> None:
@@ -79,13 +79,7 @@ def plot_pr(p_malignant: torch.Tensor, target: torch.Tensor, path: Path) -> None
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.plot(recall.numpy(), precision.numpy(), lw=2)
     ax.axhline(float(target.float().mean()), ls="--", color="grey", lw=1, label="prevalence")
-    ax.set_xlabel("sensitivity (recall)")
-    ax.set_ylabel("precision (PPV)")
-    ax.set_title("Precision-recall, malignant")
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, path, "sensitivity (recall)", "precision (PPV)", "Precision-recall, malignant", "upper right")
 
 
 def plot_robustness(table, path: Path) -> None:
@@ -114,8 +108,20 @@ def plot_sweep(table, metric: str, path: Path) -> None:
     ax.invert_yaxis()
     for i, value in enumerate(done[metric]):
         ax.text(value, i, f" {value:.3f}", va="center", fontsize=8)
-    ax.set_xlabel(metric)
-    ax.set_title("Sweep: " + metric)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, path, metric, "", "Sweep: " + metric)
+
+
+def plot_reliability(p_malignant: dict[str, torch.Tensor], target: torch.Tensor, path: Path, bins: int = 10) -> None:
+    """Observed malignant fraction against mean P(malignant) per bin, one line per calibration state."""
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    edges = torch.linspace(0, 1, bins + 1)
+    y = target.float()
+    for name, p in p_malignant.items():
+        which = torch.bucketize(p.float().clamp(0, 1), edges[1:-1])
+        filled = [b for b in range(bins) if (which == b).any()]
+        xs = [float(p[which == b].mean()) for b in filled]
+        ax.plot(xs, [float(y[which == b].mean()) for b in filled], marker="o", lw=1.5, label=name)
+    _finish(
+        fig, ax, path, "mean predicted P(malignant)", "observed malignant fraction", "Reliability diagram", "upper left"
+    )
