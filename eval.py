@@ -51,6 +51,7 @@ def evaluate(config: dict) -> dict:
     if list(datamodule.classes) != names:
         raise ValueError(f"data classes {list(datamodule.classes)} differ from the checkpoint's {names}")
     out = Path(config["paths"]["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(**config["trainer"], logger=False, default_root_dir=str(out))
     test = predict(model, datamodule.test_dataloader(), trainer)
     if not bool(model.calibrated):

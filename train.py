@@ -31,6 +31,7 @@ def train(config: dict) -> dict:
     ckpt_path = resume_checkpoint(config)
     trainer = build_trainer(config, ckpt_path)
     out = Path(config["paths"]["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)  # Hydra makes it; callers composing the config themselves may not
     datamodule.setup("fit")
     datamodule.save_splits(out / "splits.csv")  # reuse with data.split_file=<this file>
     for logger in trainer.loggers:
