@@ -24,6 +24,7 @@ class LesionClassifier(L.LightningModule):
     counts, resolved at fit start and stored in the checkpoint) or None.
     malignant_weight: when set, weight 1 for benign classes and this for malignant ones (any number of classes);
     it replaces class_weights, which must then be null or "balanced".
+    channels_last: NHWC memory format for the network and its inputs (a speed option).
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class LesionClassifier(L.LightningModule):
         weight_decay: float = 0.0,
         scheduler: str | None = None,
         malignant_weight: float | None = None,
+        channels_last: bool = False,
         data: dict | None = None,
     ):
         super().__init__()
@@ -47,6 +49,8 @@ class LesionClassifier(L.LightningModule):
             raise ValueError(f"model.scheduler must be null or 'cosine', got {scheduler!r}")
         num_classes = len(class_names)
         self.net = build_backbone(**backbone, num_classes=num_classes)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.data_config = backbone_data_config(**backbone)
         self.register_buffer("malignant_mask", torch.tensor([c in malignant for c in class_names]))
         self.register_buffer("loss_weights", self._fixed_weights(class_weights, num_classes))
@@ -66,6 +70,8 @@ class LesionClassifier(L.LightningModule):
                 setattr(self, f"{split}_counts", BinaryStatScores())  # confusion counts at threshold 0.5
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

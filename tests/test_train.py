@@ -112,3 +112,10 @@ def test_multiclass_run_reports_balanced_accuracy_and_malignant_sum(tmp_path):
     probs = torch.tensor([[0.2, 0.3, 0.5], [0.7, 0.2, 0.1]])
     assert model.malignant_probability(probs).tolist() == pytest.approx([0.5, 0.1])
     assert model.is_malignant(torch.tensor([0, 1, 2])).tolist() == [0, 0, 1]
+
+
+def test_channels_last_on_synthetic_in_memory_data(tmp_path):
+    tiny = [o for o in TINY if not o.startswith(("data.num_", "data.image_size"))]
+    overrides = [*tiny, "data=synthetic", "data.num_images=40", "model.channels_last=true", "trainer.fast_dev_run=true"]
+    metrics = train(compose_config("train", overrides, tmp_path))
+    assert "test/auroc" in metrics

@@ -8,6 +8,7 @@ from lesion.data.folder import FolderDataModule
 from lesion.data.ham10000 import Ham10000DataModule
 from lesion.data.isic2018 import Isic2018DataModule
 from lesion.data.isic2024 import Isic2024DataModule
+from lesion.data.synthetic import SyntheticDataModule
 
 DATAMODULES: dict[str, type[LesionDataModule]] = {
     "apples_oranges": ApplesOrangesDataModule,
@@ -15,6 +16,7 @@ DATAMODULES: dict[str, type[LesionDataModule]] = {
     "ham10000": Ham10000DataModule,
     "isic2024": Isic2024DataModule,
     "folder": FolderDataModule,
+    "synthetic": SyntheticDataModule,
 }
 
 

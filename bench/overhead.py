@@ -1,0 +1,75 @@
+"""python bench/overhead.py [--backbones resnet50_trunc efficientnet_lite0] [--size 224] [--batch 32] [--steps 12]
+
+Framework overhead: training img/s through train.py (Hydra config, LightningModule, CSV logging, progress bar,
+checkpointing; in-memory synthetic data) against a bare PyTorch loop doing the same forward/backward/Adam step on the
+same model, measured side by side in one process. Target ratio >= 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from timing import bare_loop  # noqa: E402
+
+import lesion.config  # noqa: E402,F401  (run_id resolver)
+from lesion.config import to_plain  # noqa: E402
+from lesion.module import LesionClassifier  # noqa: E402
+from train import train  # noqa: E402
+
+
+def config(backbone: str, size: int, batch: int, steps: int, out: str, extra: list[str]) -> dict:
+    overrides = [
+        f"backbone={backbone}",
+        f"backbone.input_size={size}",
+        "data=synthetic",
+        f"data.num_images={int((steps + 3) * batch / 0.8) + 2 * batch}",
+        f"data.batch_size={batch}",
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={steps + 3}",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "trainer.enable_model_summary=false",
+        "operating_point.bootstrap_resamples=0",
+        "callbacks.extra=[{_target_:timing.StepTimer}]",
+        f"paths.output_dir={out}",
+        *extra,
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return to_plain(compose("train", overrides=overrides))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", nargs="+", default=["resnet50_trunc", "efficientnet_lite0"])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--extra", nargs="*", default=[], help="more train.py overrides, e.g. model.channels_last=true")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, batch {args.batch}")
+    print(f"{'backbone':<20} {'bare img/s':>10} {'train.py img/s':>15} {'ratio':>6}")
+    for backbone in args.backbones:
+        with tempfile.TemporaryDirectory() as out:
+            cfg = config(backbone, args.size, args.batch, args.steps, out, args.extra)
+            train(cfg)
+            framework = json.loads((Path(out) / "step_timer.json").read_text())["img_per_s"]
+        torch.manual_seed(0)
+        model = LesionClassifier(backbone=cfg["backbone"], **{k: v for k, v in cfg["model"].items()})
+        images = torch.randn(args.batch, 3, args.size, args.size)
+        labels = torch.randint(0, 2, (args.batch,))
+        bare = bare_loop(model, images, labels, args.steps)
+        print(f"{backbone:<20} {bare:>10.1f} {framework:>15.1f} {framework / bare:>6.3f}")
+
+
+if __name__ == "__main__":
+    main()
