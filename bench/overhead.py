@@ -39,6 +39,7 @@ def config(backbone: str, size: int, batch: int, steps: int, out: str, extra: li
         "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1",
         "trainer.enable_model_summary=false",
+        "callbacks.progress_bar=null",
         "operating_point.bootstrap_resamples=0",
         "callbacks.extra=[{_target_:timing.StepTimer}]",
         f"paths.output_dir={out}",
