@@ -59,7 +59,7 @@ def evaluate(config: dict) -> dict:
         calibrate(model, predict(model, datamodule.val_dataloader(), trainer), config["target_sensitivity"])
     boot, bins = config["bootstrap"], config["calibration"]["bins"]
     report = screening_report(model, test, "test", boot["resamples"], boot["level"], bins)
-    p = model.malignant_probability(test.probs(float(model.temperature)))
+    p = test.p_malignant(model)
     # Two classes: name the axes by them (apple/orange); more: the benign/malignant grouping.
     axes = tuple(sorted(names, key=lambda c: c in model.hparams.malignant)) if len(names) == 2 else LABELS
     tables = []
@@ -70,7 +70,7 @@ def evaluate(config: dict) -> dict:
     (out / "confusion_matrix.md").write_text(f"# Confusion matrix ({ckpt.name})\n\n" + "\n".join(tables))
     plot_roc(p, test.y_malignant, out / "roc.png", report["test/auroc"])
     plot_pr(p, test.y_malignant, out / "pr.png")
-    before = model.malignant_probability(test.probs(1.0))
+    before = test.p_malignant(model, temperature=1.0)
     plot_reliability({"uncalibrated": before, "temperature-scaled": p}, test.y_malignant, out / "reliability.png")
     if len(names) > 2:
         (out / "per_class.md").write_text(markdown_table(per_class_table(test, names, float(model.temperature))))

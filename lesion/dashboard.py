@@ -22,7 +22,7 @@ def log_test_predictions(loggers, model, test, read, best: str, samples: int = 1
         return
     import wandb
 
-    p = model.malignant_probability(test.probs(float(model.temperature)))
+    p = test.p_malignant(model)
     y, called = test.y_malignant.long(), (p > float(model.threshold)).long()
     table = wandb.Table(columns=["image", "image_id", "label", "p_malignant", "decision"])
     for i in range(min(samples, len(test.image_ids))):

@@ -27,6 +27,11 @@ class Predictions:
     def probs(self, temperature: float = 1.0) -> torch.Tensor:
         return (self.logits / temperature).softmax(dim=-1)
 
+    def p_malignant(self, model: LesionClassifier, temperature: float | None = None) -> torch.Tensor:
+        """P(malignant), calibrated with the model's stored temperature unless another is given."""
+        t = float(model.temperature) if temperature is None else temperature
+        return model.malignant_probability(self.probs(t))
+
 
 def predict(model: LesionClassifier, loader: DataLoader, trainer: L.Trainer) -> Predictions:
     batches = trainer.predict(model, dataloaders=loader)
@@ -43,7 +48,7 @@ def calibrate(model: LesionClassifier, val: Predictions, target_sensitivity: flo
     """Fit the temperature on validation, then the threshold reaching `target_sensitivity` on calibrated
     P(malignant); both are stored in the model's buffers, so its checkpoints carry them."""
     temperature = fit_temperature(val.logits, val.labels)
-    p = model.malignant_probability(val.probs(temperature))
+    p = val.p_malignant(model, temperature)
     threshold = threshold_for_sensitivity(p, val.y_malignant, target_sensitivity)
     model.temperature.fill_(temperature)
     model.threshold.fill_(threshold)
@@ -69,7 +74,7 @@ def screening_report(
     """Flat metrics: `<split>/…` at 0.5, `<split>_op/…` at the stored threshold (with CIs), calibration before/after."""
     temperature, threshold = float(model.temperature), float(model.threshold)
     probs = test.probs(temperature)
-    p = model.malignant_probability(probs)
+    p = test.p_malignant(model)
     report: dict = {"threshold": threshold, "temperature": temperature}
     report |= {f"{split}/{k}": v for k, v in screening_metrics(p, test.y_malignant, 0.5).items()}
     report |= {f"{split}_op/{k}": v for k, v in screening_metrics(p, test.y_malignant, threshold).items()}
@@ -147,7 +152,7 @@ def robustness_table(
                 ids, labels, DegradedReader(datamodule.reader(), name, severity), datamodule.transforms, train=False
             )
             loader = DataLoader(dataset, batch_size=datamodule.eval_batch_size, num_workers=datamodule.num_workers)
-            p = model.malignant_probability(predict(model, loader, trainer).probs(float(model.temperature)))
+            p = predict(model, loader, trainer).p_malignant(model)
             m = screening_metrics(p, model.is_malignant(labels), threshold)
             results.append(
                 {
