@@ -113,5 +113,6 @@ def apply_laurel(net: nn.Module, variant: str, rank: int = 16, model_name: str =
 
 def laurel_parameter_count(channels: list[int], variant: str, rank: int) -> int:
     """The formula for the parameters LAuReL adds, given the output channels of each wrapped block."""
-    per_block = {"none": lambda c: 0, "rw": lambda c: 2, "lr": lambda c: 2 * c * rank, "rw_lr": lambda c: 2 + 2 * c * rank}
-    return sum(per_block[variant](c) for c in channels)
+    weights = 2 if variant in ("rw", "rw_lr") else 0
+    low_rank = 2 * rank if variant in ("lr", "rw_lr") else 0
+    return sum(weights + low_rank * c for c in channels)
