@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -24,20 +25,42 @@ class BadImagesError(ValueError):
     """Every bad image found up front, in one error: the first 20 ids, the count, and their files."""
 
 
-def decode(data: bytes | np.ndarray, image_id: str, source: str) -> np.ndarray:
-    """Encoded bytes -> RGB uint8 HxWx3, or BadImageError."""
+def decode(data: bytes | np.ndarray, image_id: str, source: str, max_pixels: int | None = None) -> np.ndarray:
+    """Encoded bytes -> RGB uint8 HxWx3 (EXIF orientation applied), or BadImageError.
+
+    max_pixels: refuse images whose header declares more pixels than this before decoding them (decompression bombs).
+    """
     buffer = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
-    if buffer.size == 0:
-        raise BadImageError(image_id, source, "empty")
-    kind = MAGIC.get(bytes(buffer[:2]))
-    if kind is None:
-        raise BadImageError(image_id, source, "not a JPEG, PNG or BMP image")
-    if kind == "jpeg" and bytes(buffer[-2:]) != b"\xff\xd9":
-        raise BadImageError(image_id, source, "truncated JPEG (no end-of-image marker)")
+    reason = check_bytes(bytes(buffer[:2]), bytes(buffer[-2:]), buffer.size)
+    if reason:
+        raise BadImageError(image_id, source, reason)
+    if max_pixels is not None:
+        width, height = declared_size(buffer, image_id, source)
+        if width * height > max_pixels:
+            raise BadImageError(
+                image_id,
+                source,
+                f"{width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,} "
+                "(a decompression bomb, or a photo to downscale first; the limit is max_pixels)",
+            )
     image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if image is None:
         raise BadImageError(image_id, source, "undecodable")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def declared_size(buffer: np.ndarray, image_id: str = "", source: str = "") -> tuple[int, int]:
+    """(width, height) from an image header, without decoding the pixels; (0, 0) when the header is unreadable
+    (decoding then reports it)."""
+    from PIL import Image  # only headers are read: Image.open is lazy
+
+    try:
+        with Image.open(io.BytesIO(buffer.tobytes())) as image:
+            return image.size
+    except Image.DecompressionBombError as err:  # PIL's own ceiling, far above any sensible max_pixels
+        raise BadImageError(image_id, source, f"decompression bomb: {err}") from err
+    except (OSError, ValueError):
+        return 0, 0
 
 
 def check_bytes(head: bytes, tail: bytes, size: int) -> str | None:

@@ -1,0 +1,143 @@
+"""A trained checkpoint applied to photos: the same preprocessing as evaluation, the stored temperature and threshold,
+a plain-language risk band, optional flip TTA and Grad-CAM. Shared by predict.py, app.py and export.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lesion.data.readers import BadImageError, decode
+from lesion.data.transforms import LesionTransforms
+from lesion.module import LesionClassifier
+
+DISCLAIMER = (
+    "This is not a diagnosis. It is a research model's estimate from one photo; "
+    "only a doctor can examine a skin spot. If a spot worries you, see a doctor whatever this says."
+)
+DEFAULT_BANDS = {
+    "low": "low: no sign of concern in this photo",
+    "elevated": "elevated: please show this spot to a doctor",
+}
+
+
+def load_model(ckpt_path: str | Path) -> LesionClassifier:
+    """A checkpoint in eval mode on the CPU, with a clear error for a wrong path."""
+    ckpt = Path(ckpt_path)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt} does not exist; pass a .ckpt from outputs/.../checkpoints/")
+    # weights_only: a checkpoint from elsewhere cannot run pickled code; ours hold plain values only.
+    return LesionClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+
+
+def eval_transforms(model: LesionClassifier) -> LesionTransforms:
+    """The evaluation-time transforms of the run that trained `model` (resize, fixed CLAHE, normalisation)."""
+    transforms = dict((model.hparams.get("data") or {}).get("transforms") or {})
+    return LesionTransforms(model.data_config, **transforms)
+
+
+@dataclass
+class Result:
+    """One photo's outcome: a prediction, or the reason it could not be read."""
+
+    file: str
+    p_malignant: float | None = None
+    decision: str | None = None
+    risk_band: str | None = None
+    message: str | None = None
+    error: str | None = None
+    overlay: np.ndarray | None = field(default=None, repr=False)
+
+    def row(self) -> dict:
+        values = {k: v for k, v in self.__dict__.items() if k != "overlay"}
+        return values | {"note": DISCLAIMER}
+
+
+class Screener:
+    """Calibrated P(malignant), decision and risk band for RGB photos (uint8 HxWx3), with the model loaded once.
+
+    tta: average the calibrated probabilities over the identity, horizontal, vertical and both flips.
+    gradcam: also return a Grad-CAM overlay of what drove P(malignant) (see `lesion.explain`).
+    """
+
+    def __init__(
+        self,
+        model: LesionClassifier,
+        tta: bool = False,
+        gradcam: bool = False,
+        max_pixels: int | None = 100_000_000,
+        bands: dict[str, str] | None = None,
+    ):
+        self.model = model.eval()
+        self.transforms = eval_transforms(model)
+        self.tta = tta
+        self.max_pixels = max_pixels
+        self.bands = dict(DEFAULT_BANDS, **(bands or {}))
+        self.threshold = float(model.threshold)
+        self.explainer = None
+        if gradcam:
+            from lesion.explain import GradCam  # grad-cam is imported only when asked for
+
+            self.explainer = GradCam(model)
+
+    def read(self, data: bytes, name: str) -> np.ndarray:
+        """Encoded bytes -> RGB uint8, or BadImageError naming `name` (empty, not an image, truncated, too big)."""
+        return decode(data, Path(name).name, name, self.max_pixels)
+
+    def tensor(self, image: np.ndarray) -> torch.Tensor:
+        return self.transforms(image, train=False)
+
+    @torch.no_grad()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Calibrated P(malignant) for a normalised batch, averaged over flips when tta is on."""
+        views = [batch]
+        if self.tta:
+            views += [batch.flip(-1), batch.flip(-2), batch.flip(-1, -2)]
+        temperature = self.model.temperature
+        probs = [self.model.malignant_probability((self.model(v).float() / temperature).softmax(-1)) for v in views]
+        return torch.stack(probs).mean(0)
+
+    def describe(self, name: str, p: float) -> Result:
+        elevated = p > self.threshold
+        band = "elevated" if elevated else "low"
+        return Result(
+            file=name,
+            p_malignant=p,
+            decision="refer" if elevated else "no referral",
+            risk_band=band,
+            message=self.bands[band],
+        )
+
+    def __call__(self, images: list[np.ndarray], names: list[str]) -> list[Result]:
+        if not images:
+            return []
+        batch = torch.stack([self.tensor(im) for im in images])
+        results = [self.describe(n, float(p)) for n, p in zip(names, self.probabilities(batch))]
+        if self.explainer is not None:
+            for result, image, x in zip(results, images, batch):
+                result.overlay = self.explainer.overlay(image, x)
+        return results
+
+    def screen_files(self, paths: list[Path], batch_size: int = 16, progress=None) -> list[Result]:
+        """Every file gets a Result: bad ones carry their error and the rest are still screened."""
+        results: dict[int, Result] = {}
+        pending: list[tuple[int, np.ndarray, str]] = []
+
+        def flush() -> None:
+            out = self([im for _, im, _ in pending], [n for _, _, n in pending])
+            results.update({i: r for (i, _, _), r in zip(pending, out)})
+            pending.clear()
+
+        for i, path in enumerate(paths):
+            try:
+                pending.append((i, self.read(path.read_bytes(), str(path)), str(path)))
+            except (BadImageError, OSError) as err:
+                results[i] = Result(file=str(path), error=str(err))
+            if len(pending) == batch_size:
+                flush()
+            if progress is not None:
+                progress.update(1)
+        flush()
+        return [results[i] for i in range(len(paths))]

@@ -1,0 +1,138 @@
+"""MODEL_CARD.md (Mitchell et al., "Model Cards for Model Reporting") from a checkpoint and its eval artifacts."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+from lesion.inference import DISCLAIMER
+from lesion.module import LesionClassifier
+
+OP_METRICS = [("auroc", "AUROC"), ("pauc80", "pAUC80 (TPR >= 0.8)"), ("recall", "sensitivity"),
+              ("specificity", "specificity")]  # fmt: skip
+
+
+def find_eval_dir(ckpt_path: Path, search: Path) -> Path | None:
+    """The newest eval.py run dir under `search` whose metrics.json names this checkpoint."""
+    matches = []
+    for metrics in search.glob("**/metrics.json"):
+        try:
+            named = json.loads(metrics.read_text()).get("checkpoint")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if named and Path(named).resolve() == ckpt_path.resolve():
+            matches.append(metrics.parent)
+    return max(matches, key=lambda d: d.stat().st_mtime) if matches else None
+
+
+def _section(path: Path | None, name: str, how: str) -> str:
+    if path is None or not (path / name).is_file():
+        return f"_Not evaluated: {how}_\n"
+    lines = (path / name).read_text().splitlines()
+    return "\n".join(line for line in lines if not line.startswith("# ")).strip() + "\n"
+
+
+def _metrics_table(metrics: dict) -> str:
+    rows = ["| metric | at the operating threshold | 95% CI | at 0.5 |", "|---|---:|---|---:|"]
+    for key, label in OP_METRICS:
+        value, ci, half = metrics.get(f"test_op/{key}"), metrics.get(f"test_op/{key}_ci"), metrics.get(f"test/{key}")
+        if value is None:
+            continue
+        ci_text = f"{ci[0]:.3f} to {ci[1]:.3f}" if ci else "n/a"
+        rows.append(f"| {label} | {value:.3f} | {ci_text} | {half:.3f} |" if half is not None else "")
+    return "\n".join(r for r in rows if r)
+
+
+def _training_data(model: LesionClassifier, run_dir: Path) -> str:
+    data = dict(model.hparams.get("data") or {})
+    lines = [
+        f"- Dataset: `{data.get('name', 'unknown')}` (task `{data.get('task', 'binary')}`), root `{data.get('root')}`.",
+        f"- Classes: {', '.join(model.hparams.class_names)}; malignant: {', '.join(model.hparams.malignant)}.",
+    ]
+    splits = run_dir / "splits.csv"
+    if splits.is_file():
+        counts = pd.read_csv(splits)["split"].value_counts()
+        lines.append(
+            "- Splits (lesion-disjoint where the data names lesions): "
+            + ", ".join(f"{k} {int(counts.get(k, 0)):,}" for k in ("train", "val", "test"))
+            + f" images (`{splits}`)."
+        )
+    transforms = data.get("transforms") or {}
+    lines.append(
+        f"- Preprocessing: resize to {model.data_config['input_size'][-1]} px"
+        + (", CLAHE" if transforms.get("clahe") else "")
+        + f"; training augmentation: {', '.join(k for k in ('hflip', 'vflip', 'phone') if transforms.get(k)) or 'none'}"
+        + (f", rotation +-{transforms['rotate']} deg" if transforms.get("rotate") else "")
+        + "."
+    )
+    return "\n".join(lines)
+
+
+def model_card(
+    model: LesionClassifier, ckpt_path: Path, eval_dir: Path | None, exported: list[Path] | None = None
+) -> str:
+    """The card's Markdown. Metrics come from eval.py's metrics.json when there is one, else from train.py's."""
+    run_dir = ckpt_path.resolve().parent.parent
+    source = eval_dir / "metrics.json" if eval_dir else run_dir / "metrics.json"
+    metrics = json.loads(source.read_text()) if source.is_file() else {}
+    threshold, temperature = float(model.threshold), float(model.temperature)
+    backbone = dict(model.hparams.backbone)
+    how_eval = f"run `python eval.py ckpt_path={ckpt_path}` and export again."
+    metrics_text = (
+        f"Test split, from `{source}`. Operating threshold {threshold:.4f} on calibrated P(malignant), chosen on the"
+        f" validation split for sensitivity >= its target; bootstrap 95% confidence intervals.\n\n"
+        f"{_metrics_table(metrics)}\n"
+        if metrics
+        else f"_No metrics found: {how_eval}_\n"
+    )
+    calibration = ""
+    if "test_calibration/ece_before" in metrics:
+        calibration = (
+            f"\nCalibration (temperature {temperature:.3f}): ECE {metrics['test_calibration/ece_before']:.3f} -> "
+            f"{metrics['test_calibration/ece_after']:.3f}, Brier {metrics['test_calibration/brier_before']:.3f} -> "
+            f"{metrics['test_calibration/brier_after']:.3f}.\n"
+        )
+    files = "".join(f"- `{p}`\n" for p in exported or [])
+    return f"""# Model card: lesion screening model ({backbone.get("model_name")})
+
+> {DISCLAIMER}
+
+## Model details
+- Checkpoint: `{ckpt_path}`; card written {date.today().isoformat()} by `export.py` of the `lesion` framework.
+- Architecture: timm `{backbone.get("model_name")}`; cut after: `{backbone.get("cut_after") or "no cut"}`;
+  head: `{backbone.get("head")}`; frozen: `{", ".join(backbone.get("freeze") or []) or "nothing"}`;
+  LAuReL: `{backbone.get("laurel", "none")}`; input: {model.data_config["input_size"][-1]} px RGB.
+- Output: calibrated P(malignant) (temperature scaling, T = {temperature:.4f}); "refer" above {threshold:.4f}.
+{files}
+## Intended use
+- Research on screening skin lesions from photos: ranking and flagging lesions so that a person sees a doctor sooner.
+- Decision support studies with a clinician in the loop, on populations like the training data.
+
+## Out-of-scope use
+- Diagnosis, or ruling a lesion out: a "low" result must never stop anyone from seeing a doctor.
+- Use without clinical validation on the target population, camera and setting (this model was trained on
+  dermoscopic images; phone photos differ in light, focus and framing).
+- Children, mucosa, nails, scalp under hair, and skin types the training data barely covers (see fairness).
+- Any image that is not a single skin lesion.
+
+## Training data
+{_training_data(model, run_dir)}
+
+## Metrics at the operating point
+{metrics_text}{calibration}
+## Fairness
+{_section(eval_dir, "fairness.md", how_eval)}
+## Robustness to phone-camera conditions
+{_section(eval_dir, "robustness.md", how_eval)}
+## Limitations
+- Test metrics come from a split of the same collection as the training data: they overstate performance on new
+  clinics, cameras and populations.
+- HAM10000/ISIC 2018 is mostly light skin from European centres; darker skin tones are rare or absent, and the
+  skin-tone estimate (ITA) is a proxy, not a Fitzpatrick assessment.
+- Groups marked underpowered in the fairness table have too few malignant or benign images to be judged.
+- The threshold was chosen for a target sensitivity on validation data; on other data the sensitivity can be lower.
+- Grad-CAM maps show where the score came from, not why, and can be misleading.
+"""

@@ -1,0 +1,99 @@
+"""The phone web page: one HTML page and one JSON endpoint (FastAPI), around a Screener loaded once.
+
+The page posts the photo's bytes as the request body. The server reads at most `max_bytes` of it into memory (never
+to disk, and no name or path from the client is used), checks the declared type and the bytes themselves, and answers
+P(malignant), the risk band, the Grad-CAM overlay and the disclaimer, or a JSON error the page shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import threading
+from importlib.resources import files
+
+import cv2
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from lesion.data.readers import BadImageError
+from lesion.inference import DISCLAIMER, Screener
+
+
+class UploadError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+async def read_limited(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `max_bytes` (and up front when Content-Length does)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise UploadError(413, f"The photo is {int(declared) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise UploadError(413, f"The photo is over the limit of {max_bytes / 1e6:.0f} MB.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def png_data_url(rgb) -> str:
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode() if ok else ""
+
+
+def create_app(screener: Screener, max_bytes: int = 10_000_000, model_name: str = "") -> FastAPI:
+    """The app around a loaded screener; model calls are serialised (Grad-CAM hooks are per model)."""
+    app = FastAPI(title="lesion photo check", docs_url=None, redoc_url=None)
+    lock = threading.Lock()
+    page = (
+        files("lesion")
+        .joinpath("static/index.html")
+        .read_text()
+        .replace("__DISCLAIMER__", html.escape(DISCLAIMER))
+        .replace("__MAX_BYTES__", str(int(max_bytes)))
+        .replace("__MODEL__", html.escape(model_name or "unnamed"))
+    )
+
+    def screen(data: bytes) -> dict:
+        image = screener.read(data, "upload")
+        with lock:
+            result = screener([image], ["upload"])[0]
+        row = result.row()
+        row["overlay"] = png_data_url(result.overlay) if result.overlay is not None else None
+        row["disclaimer"] = DISCLAIMER
+        return {k: v for k, v in row.items() if k not in ("file", "error", "note")}
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.post("/api/screen")
+    async def screen_upload(request: Request) -> JSONResponse:
+        try:
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if not kind.startswith("image/"):
+                raise UploadError(
+                    415, f"This is not a photo (the file's type is {kind or 'unknown'}); choose an image."
+                )
+            data = await read_limited(request, max_bytes)
+            if not data:
+                raise UploadError(400, "The file is empty; choose a photo.")
+            return JSONResponse(await run_in_threadpool(screen, data))
+        except UploadError as err:
+            return JSONResponse({"error": err.message, "disclaimer": DISCLAIMER}, status_code=err.status)
+        except BadImageError as err:
+            return JSONResponse(
+                {"error": f"This file could not be read as a photo ({err.reason}).", "disclaimer": DISCLAIMER},
+                status_code=400,
+            )
+
+    @app.get("/healthz")
+    def health() -> dict:
+        return {"ok": True, "threshold": screener.threshold}
+
+    return app

@@ -1,0 +1,241 @@
+"""Using a trained model: predict.py, export.py (ONNX/TorchScript parity, metadata, model card), the web page."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+from conftest import SHARED_ISIC2018, TINY, compose_config
+from fakes import jpeg
+
+from eval import evaluate
+from export import run_export
+from lesion.backbones import build_backbone
+from lesion.explain import last_feature_map
+from lesion.export import ScreeningNet
+from lesion.inference import DISCLAIMER, Screener, load_model
+from predict import run_predict
+from train import train
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict:
+    """One tiny trained and evaluated run, shared by this module's tests."""
+    run, ev = tmp_path_factory.mktemp("train"), tmp_path_factory.mktemp("eval")
+    train(compose_config("train", [*TINY, "data.num_val=16", "data.num_test=16"], run))
+    ckpt = json.loads((run / "metrics.json").read_text())["best_checkpoint"]
+    overrides = [f"ckpt_path={ckpt}", "bootstrap.resamples=20", "robustness.max_images=8", "fairness.min_positives=1"]
+    evaluate(compose_config("eval", overrides, ev))
+    return {"ckpt": ckpt, "run": run, "eval": ev}
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height but carries almost no data: a decompression-bomb stand-in."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def test_predict_writes_a_row_per_file_and_a_clear_error_per_bad_file(trained, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        (photos / f"spot{i}.jpg").write_bytes(jpeg(i, size=40))
+    (photos / "notes.txt").write_text("not an image")
+    (photos / "empty.jpg").write_bytes(b"")
+    (photos / "cut.jpg").write_bytes(jpeg(7, size=40)[:200])
+    (photos / "bomb.png").write_bytes(png_header_only(60_000, 60_000))  # 3.6e9 px: PIL's own ceiling
+    (photos / "big.png").write_bytes(png_header_only(5_000, 5_000))  # 25 Mpx: over max_pixels below
+    out = tmp_path / "out"
+    overrides = [f"ckpt_path={trained['ckpt']}", f"input={photos}", "max_pixels=10000000"]
+    results = run_predict(compose_config("predict", overrides, out))
+    assert len(results) == 8
+    table = pd.read_csv(out / "predictions.csv").set_index("file")
+    errors = table["error"].dropna().to_dict()
+    assert {Path(f).name: e for f, e in errors.items()}.keys() == {
+        "notes.txt",
+        "empty.jpg",
+        "cut.jpg",
+        "bomb.png",
+        "big.png",
+    }
+    reasons = {Path(f).name: e for f, e in errors.items()}
+    assert "not a JPEG, PNG or BMP" in reasons["notes.txt"] and "empty" in reasons["empty.jpg"]
+    assert "truncated JPEG" in reasons["cut.jpg"] and "decompression bomb" in reasons["bomb.png"]
+    assert "over the limit of 10,000,000" in reasons["big.png"] and str(photos / "big.png") in reasons["big.png"]
+    good = table[table["error"].isna()]
+    assert len(good) == 3 and good["p_malignant"].between(0, 1).all()
+    threshold = float(load_model(trained["ckpt"]).threshold)
+    assert ((good["p_malignant"] > threshold) == (good["risk_band"] == "elevated")).all()
+    assert (good["decision"].isin(["refer", "no referral"])).all()
+    assert (table["note"] == DISCLAIMER).all()
+    for overlay in good["gradcam"]:
+        assert Path(overlay).stat().st_size > 0
+    summary = json.loads((out / "predictions.json").read_text())
+    assert summary["disclaimer"] == DISCLAIMER and len(summary["predictions"]) == 8
+
+
+def test_tta_averages_the_calibrated_probability_over_four_flips(trained):
+    model = load_model(trained["ckpt"])
+    model.temperature.fill_(1.7)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        views = [x, x.flip(-1), x.flip(-2), x.flip(-1, -2)]
+        expected = torch.stack([model.malignant_probability((model(v) / 1.7).softmax(-1)) for v in views]).mean(0)
+        plain = model.malignant_probability((model(x) / 1.7).softmax(-1))
+    torch.testing.assert_close(Screener(model, tta=True).probabilities(x), expected)
+    torch.testing.assert_close(Screener(model, tta=False).probabilities(x), plain)
+
+
+def test_gradcam_targets_the_last_feature_map_and_overlays_the_photo(trained):
+    resnet = build_backbone("resnet50", num_classes=2)
+    assert last_feature_map(resnet, 64) is resnet.layer4
+    lite = build_backbone("tf_efficientnet_lite0", num_classes=2)
+    assert last_feature_map(lite, 64) is lite.bn2
+    screener = Screener(load_model(trained["ckpt"]), gradcam=True)
+    image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    result = screener([image], ["x.jpg"])[0]
+    assert result.overlay.shape == image.shape and result.overlay.dtype == np.uint8
+
+
+def test_onnx_export_matches_pytorch_on_32_images_with_metadata(trained, tmp_path):
+    written = run_export(compose_config("export", [f"ckpt_path={trained['ckpt']}", "card=false"], tmp_path))
+    model = load_model(trained["ckpt"])
+    session = ort.InferenceSession(written["model"], providers=["CPUExecutionProvider"])
+    images = torch.rand(32, *model.data_config["input_size"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ScreeningNet(model)(images)[1].numpy()
+        direct = model.malignant_probability((model(
+            (images - torch.tensor(model.data_config["mean"]).view(1, 3, 1, 1))
+            / torch.tensor(model.data_config["std"]).view(1, 3, 1, 1)
+        ) / model.temperature).softmax(-1)).numpy()  # fmt: skip
+    np.testing.assert_allclose(expected, direct, atol=1e-6)
+    probs, p_malignant = session.run(None, {"image": images.numpy()})
+    assert np.abs(p_malignant - expected).max() <= 1e-4
+    assert probs.shape == (32, 2)
+    single = session.run(["p_malignant"], {"image": images[:1].numpy()})[0]  # the batch axis is dynamic
+    assert abs(single[0] - expected[0]) <= 1e-4
+    meta = session.get_modelmeta().custom_metadata_map
+    assert float(meta["threshold"]) == pytest.approx(float(model.threshold))
+    assert float(meta["temperature"]) == pytest.approx(float(model.temperature))
+    assert json.loads(meta["mean"]) == pytest.approx(model.data_config["mean"])
+    assert json.loads(meta["input_size"]) == model.data_config["input_size"]
+
+
+def test_torchscript_export_matches_pytorch_and_carries_metadata(trained, tmp_path):
+    overrides = [f"ckpt_path={trained['ckpt']}", "format=torchscript", "card=false"]
+    written = run_export(compose_config("export", overrides, tmp_path))
+    model = load_model(trained["ckpt"])
+    extra = {"metadata.json": ""}
+    scripted = torch.jit.load(written["model"], _extra_files=extra)
+    images = torch.rand(4, *model.data_config["input_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(images)[1], ScreeningNet(model)(images)[1], atol=1e-5, rtol=0)
+    assert float(json.loads(extra["metadata.json"])["threshold"]) == pytest.approx(float(model.threshold))
+
+
+def test_export_writes_a_model_card_from_the_eval_artifacts(trained, tmp_path):
+    overrides = [f"ckpt_path={trained['ckpt']}", f"eval_search={trained['eval'].parent}"]
+    written = run_export(compose_config("export", overrides, tmp_path))
+    card = Path(written["card"]).read_text()
+    for heading in ("Intended use", "Out-of-scope use", "Training data", "Metrics at the operating point", "Fairness",
+                    "Robustness", "Limitations"):  # fmt: skip
+        assert f"## {heading}" in card, heading
+    fairness = (trained["eval"] / "fairness.md").read_text().splitlines()
+    table_row = [line for line in fairness if line.startswith("| ")][-1]
+    assert table_row in card
+    assert (
+        next(line for line in (trained["eval"] / "robustness.md").read_text().splitlines() if "gaussian_blur" in line)
+        in card
+    )
+    report = json.loads((trained["eval"] / "metrics.json").read_text())
+    assert f"| sensitivity | {report['test_op/recall']:.3f} |" in card
+    assert "Not evaluated" not in card and DISCLAIMER in card
+
+
+def test_app_checks_type_size_and_bytes(trained, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app import build_app
+
+    config = compose_config("app", [f"ckpt_path={trained['ckpt']}", "max_upload_mb=0.001"], tmp_path)
+    client = TestClient(build_app(config))
+    assert "not a diagnosis" in client.get("/").text.lower()
+    ok = client.post("/api/screen", content=jpeg(1, size=20), headers={"Content-Type": "image/jpeg"})
+    assert ok.status_code == 200 and 0 <= ok.json()["p_malignant"] <= 1 and ok.json()["disclaimer"] == DISCLAIMER
+    assert ok.json()["overlay"].startswith("data:image/png;base64,")
+    text = client.post("/api/screen", content=b"hello", headers={"Content-Type": "text/plain"})
+    assert text.status_code == 415 and "not a photo" in text.json()["error"]
+    fake = client.post("/api/screen", content=b"hello", headers={"Content-Type": "image/jpeg"})
+    assert fake.status_code == 400 and "could not be read" in fake.json()["error"]
+    big = client.post("/api/screen", content=jpeg(1, size=200), headers={"Content-Type": "image/jpeg"})
+    assert big.status_code == 413 and "limit" in big.json()["error"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_web_page_in_a_real_browser(trained, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"BROWSER TEST SKIPPED: {CHROMIUM} is missing; install Debian's chromium (apt-get install chromium)"
+        )
+    if not SHARED_ISIC2018.is_dir():
+        pytest.skip(f"needs a real lesion image from {SHARED_ISIC2018}, which is absent (a fresh clone)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    import uvicorn
+
+    from app import build_app
+
+    lesion_image = next(SHARED_ISIC2018.glob("ISIC2018_Task3_Training_Input/*.jpg"))
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not a photo")
+    port = _free_port()
+    config = compose_config("app", [f"ckpt_path={trained['ckpt']}", f"port={port}"], tmp_path)
+    server = uvicorn.Server(uvicorn.Config(build_app(config), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+            page.goto(f"http://127.0.0.1:{port}/")
+            assert "not a diagnosis" in page.inner_text("#disclaimer").lower()
+            assert page.get_attribute("#camera", "capture") == "environment"
+            assert page.get_attribute("#camera", "accept") == "image/*"
+            page.set_input_files("#gallery", str(lesion_image))
+            page.wait_for_selector("#result", state="visible", timeout=60_000)
+            assert page.inner_text("#probability").endswith("%")
+            assert page.inner_text("#band") in ("Low", "Elevated")
+            assert page.inner_text("#message")
+            assert page.get_attribute("#overlay", "src").startswith("data:image/png;base64,")
+            page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
+            page.set_input_files("#gallery", str(text_file))
+            page.wait_for_selector("#error", state="visible", timeout=30_000)
+            assert "not a photo" in page.inner_text("#error")
+            assert not page.is_visible("#result")
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
