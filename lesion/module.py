@@ -25,6 +25,7 @@ class LesionClassifier(L.LightningModule):
     malignant_weight: when set, weight 1 for benign classes and this for malignant ones (any number of classes);
     it replaces class_weights, which must then be null or "balanced".
     channels_last: NHWC memory format for the network and its inputs (a speed option).
+    compile: `torch.compile` the network in place (parameter names, so checkpoints, stay the same).
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class LesionClassifier(L.LightningModule):
         malignant_weight: float | None = None,
         channels_last: bool = False,
         data: dict | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -51,6 +53,8 @@ class LesionClassifier(L.LightningModule):
         self.net = build_backbone(**backbone, num_classes=num_classes)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        if compile:
+            self.net.compile()  # nn.Module.compile: in place, so state_dict keys keep no `_orig_mod.` prefix
         self.data_config = backbone_data_config(**backbone)
         self.register_buffer("malignant_mask", torch.tensor([c in malignant for c in class_names]))
         self.register_buffer("loss_weights", self._fixed_weights(class_weights, num_classes))

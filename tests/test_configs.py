@@ -81,3 +81,24 @@ def test_run_ids_differ_between_processes_started_together():
     ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()}
     ids.add(OmegaConf.create({"d": "${run_id:}"}).d)
     assert len(ids) == 2 and all(ids)
+
+
+def test_trainer_configs_carry_their_hardware_speed_options(tmp_path):
+    cpu = compose_config("train", ["trainer=cpu"], tmp_path)
+    gpu = compose_config("train", ["trainer=gpu"], tmp_path)
+    assert (
+        cpu["trainer"]["precision"] == "32-true" and not cpu["model"]["channels_last"] and not cpu["model"]["compile"]
+    )
+    assert gpu["trainer"]["precision"] == "bf16-mixed" and gpu["model"]["channels_last"]
+    assert gpu["model"]["lr"] == cpu["model"]["lr"]  # the trainer adds speed keys; it does not replace model.*
+    assert (
+        compose_config("train", ["trainer=gpu", "model.channels_last=false"], tmp_path)["model"]["channels_last"]
+        is False
+    )
+
+
+def test_compile_keeps_parameter_names(tmp_path):
+    cfg = compose_config("train", ["backbone=resnet50_trunc", "backbone.input_size=64"], tmp_path)
+    plain = LesionClassifier(backbone=cfg["backbone"] | {"pretrained": False})
+    compiled = LesionClassifier(backbone=cfg["backbone"] | {"pretrained": False}, compile=True)
+    assert list(plain.state_dict()) == list(compiled.state_dict())
