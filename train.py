@@ -17,7 +17,7 @@ from lesion.config import to_plain
 from lesion.data import build_datamodule
 from lesion.evaluation import operating_point_after_fit
 from lesion.module import LesionClassifier
-from lesion.trainer import build_trainer, resume_checkpoint
+from lesion.trainer import EpochHistory, build_trainer, resume_checkpoint
 
 log = logging.getLogger("lesion")
 
@@ -50,6 +50,8 @@ def train(config: dict) -> dict:
         "fit_seconds": round(seconds, 1),
         "train_img_per_s": round(trainer.global_step * datamodule.batch_size / seconds, 1),
     }
+    history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
+    metrics |= history.at_best() if history else {}
     # One batch says nothing about a threshold; under DDP, predict() sees one rank's share: use eval.py then.
     if not trainer.fast_dev_run and trainer.world_size == 1:
         op = config["operating_point"]

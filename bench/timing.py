@@ -30,8 +30,11 @@ class StepTimer(Callback):
         (Path(trainer.default_root_dir) / "step_timer.json").write_text(json.dumps({"img_per_s": value}))
 
 
-def bare_loop(model, images: torch.Tensor, labels: torch.Tensor, steps: int, warmup: int = 3) -> float:
-    """img/s of a plain forward/backward/Adam step on `model` (a LesionClassifier), same loss weights."""
+def bare_loop(
+    model, images: torch.Tensor, labels: torch.Tensor, steps: int, warmup: int = 3, bf16: bool = False
+) -> float:
+    """img/s of a plain forward/backward/Adam step on `model` (a LesionClassifier), same loss weights; bf16: CPU
+    bf16 autocast around the forward pass, as Lightning's precision=bf16-mixed does."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=model.hparams.lr)
     model.train()
@@ -39,7 +42,8 @@ def bare_loop(model, images: torch.Tensor, labels: torch.Tensor, steps: int, war
     for step in range(warmup + steps):
         if step == warmup:
             start = time.perf_counter()
-        loss = F.cross_entropy(model(images), labels, weight=model.loss_weights)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(images).float(), labels, weight=model.loss_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

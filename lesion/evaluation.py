@@ -198,7 +198,10 @@ def operating_point_after_fit(
 ) -> tuple[dict, Predictions]:
     """Calibrate on val, choose the threshold, store both in the best checkpoint, and report test at it.
     Returns the report (without the `test/` keys, which trainer.test already gave) and the test predictions."""
-    info = calibrate(model, predict(model, datamodule.val_dataloader(), trainer), target_sensitivity)
+    val = predict(model, datamodule.val_dataloader(), trainer)
+    info = calibrate(model, val, target_sensitivity)
+    # Val at the chosen threshold, with CIs (the study comparison reports val and test side by side).
+    info |= {k: v for k, v in screening_report(model, val, "val", resamples).items() if "calibration" not in k}
     if best:
         store_operating_point(best, model)
     test = predict(model, datamodule.test_dataloader(), trainer)

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc  # noqa: E402
 
@@ -100,15 +101,38 @@ def plot_robustness(table, path: Path) -> None:
 
 
 def plot_sweep(table, metric: str, path: Path) -> None:
-    """A bar per sweep job of its best monitored val metric, labelled by its overrides."""
-    done = table[table[metric].notna()]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(done) + 1.4))
-    ax.barh(range(len(done)), done[metric], color="tab:blue")
-    ax.set_yticks(range(len(done)), [o or "(defaults)" for o in done["overrides"]], fontsize=8)
-    ax.invert_yaxis()
+    """A bar per sweep job of its best monitored val metric, labelled by its overrides; with test AUROC and its
+    bootstrap CI beside it when the jobs report them."""
+    done = table[table[metric].notna()].reset_index(drop=True)
+    with_test = "test/auroc" in done and "test_op/auroc_ci" in done and done["test_op/auroc_ci"].astype(bool).all()
+    fig, ax = plt.subplots(figsize=(7.5, (0.7 if with_test else 0.45) * len(done) + 1.4))
+    rows = range(len(done))
+    height = 0.4 if with_test else 0.8
+    ax.barh([r - height / 2 * with_test for r in rows], done[metric], height, color="tab:blue", label=metric)
     for i, value in enumerate(done[metric]):
-        ax.text(value, i, f" {value:.3f}", va="center", fontsize=8)
-    _finish(fig, ax, path, metric, "", "Sweep: " + metric)
+        ax.text(value, i - height / 2 * with_test, f" {value:.3f}", va="center", fontsize=8)
+    if with_test:
+        bounds = [[float(x) for x in str(ci).split("-", 1)] if ci else [np.nan] * 2 for ci in done["test_op/auroc_ci"]]
+        low = done["test/auroc"] - [b[0] for b in bounds]
+        high = [b[1] for b in bounds] - done["test/auroc"]
+        ax.barh([r + height / 2 for r in rows], done["test/auroc"], height, color="tab:orange",
+                xerr=[low, high], capsize=2, label="test AUROC (95% CI)")  # fmt: skip
+        for i, value in enumerate(done["test/auroc"]):
+            ax.text(value, i + height / 2, f" {value:.3f}", va="center", fontsize=8)
+    labels = [o or "(defaults)" for o in done["overrides"]]
+    if "init" in done:
+        labels = [f"{label}\n[{init}]" for label, init in zip(labels, done["init"])]
+    ax.set_yticks(list(rows), labels, fontsize=8)
+    ax.invert_yaxis()
+    _finish(
+        fig,
+        ax,
+        path,
+        metric if not with_test else "AUROC",
+        "",
+        "Sweep: " + metric,
+        "lower right" if with_test else None,
+    )
 
 
 def plot_reliability(p_malignant: dict[str, torch.Tensor], target: torch.Tensor, path: Path, bins: int = 10) -> None:

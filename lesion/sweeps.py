@@ -14,13 +14,22 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 COLUMNS = (
+    "val/auroc",
+    "val/pauc80",
     "test/auroc",
+    "test_op/auroc_ci",
     "test/pauc80",
+    "test_op/pauc80_ci",
     "test_op/recall",
+    "test_op/recall_ci",
     "test_op/specificity",
+    "test_op/specificity_ci",
     "test/recall",
     "test/specificity",
     "threshold",
+    "best_epoch",
+    "train_loss_at_best",
+    "val_loss_at_best",
     "epochs",
     "fit_seconds",
     "train_img_per_s",
@@ -34,12 +43,14 @@ def summarise(sweep_dir: Path) -> pd.DataFrame:
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
         config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
         monitor, mode = config.get("monitor", monitor), config.get("monitor_mode", mode)
-        row = {"job": job.name, "overrides": " ".join(overrides), "status": "failed"}
+        backbone = config.get("backbone") or {}
+        init = "ImageNet" if backbone.get("pretrained") or backbone.get("weights") else "from scratch"
+        row = {"job": job.name, "overrides": " ".join(overrides), "status": "failed", "init": init}
         metrics_file = job / "metrics.json"
         if metrics_file.is_file():
             metrics = json.loads(metrics_file.read_text())
             row |= {"status": "done", f"best {metrics['monitor']}": metrics.get("best_val_score")}
-            row |= {k: metrics.get(k) for k in COLUMNS if k in metrics}
+            row |= {k: _ci_text(metrics[k]) if k.endswith("_ci") else metrics[k] for k in COLUMNS if k in metrics}
         rows.append(row)
     table = pd.DataFrame(rows)
     if len(table) > 1:  # keep only what differs between jobs: the swept overrides
@@ -72,6 +83,11 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
             write_summary(sweep_dir)
+
+
+def _ci_text(interval) -> str:
+    """A bootstrap interval as `low-high`, 3 decimals (a cell, not a list)."""
+    return f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else ""
 
 
 def _num(path: Path) -> tuple[int, str]:

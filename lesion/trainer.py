@@ -26,10 +26,39 @@ class SeedEachEpoch(Callback):
         L.seed_everything(self.seed + trainer.current_epoch, workers=True, verbose=False)
 
 
+class EpochHistory(Callback):
+    """Per-epoch train and val loss and the monitored metric, to report the generalisation gap at the best epoch."""
+
+    def __init__(self, monitor: str, mode: str):
+        self.monitor, self.mode, self.rows = monitor, mode, []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs after the epoch's validation, so both losses are in callback_metrics.
+        metrics = trainer.callback_metrics
+        row = {"epoch": trainer.current_epoch}
+        for key, name in (("train/loss_epoch", "train_loss"), ("val/loss", "val_loss"), (self.monitor, "score")):
+            if key in metrics:
+                row[name] = float(metrics[key])
+        self.rows.append(row)
+
+    def at_best(self) -> dict:
+        """`best_epoch`, `train_loss_at_best`, `val_loss_at_best` for the epoch with the best monitored score."""
+        scored = [r for r in self.rows if "score" in r]
+        if not scored:
+            return {}
+        pick = max if self.mode == "max" else min
+        best = pick(scored, key=lambda r: r["score"])
+        return {
+            "best_epoch": best["epoch"],
+            "train_loss_at_best": best.get("train_loss"),
+            "val_loss_at_best": best.get("val_loss"),
+        }
+
+
 def build_callbacks(callbacks: dict, monitor: str, mode: str, output_dir: Path, seed: int) -> list[Callback]:
     """`callbacks` blocks map onto ModelCheckpoint, EarlyStopping and TQDMProgressBar; a null block turns one off.
     `extra` is a list of `_target_` blocks for any other callback."""
-    built: list[Callback] = [SeedEachEpoch(seed)]
+    built: list[Callback] = [SeedEachEpoch(seed), EpochHistory(monitor, mode)]
     if callbacks.get("checkpoint") is not None:
         built.append(
             ModelCheckpoint(

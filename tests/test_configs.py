@@ -102,3 +102,22 @@ def test_compile_keeps_parameter_names(tmp_path):
     plain = LesionClassifier(backbone=cfg["backbone"] | {"pretrained": False})
     compiled = LesionClassifier(backbone=cfg["backbone"] | {"pretrained": False}, compile=True)
     assert list(plain.state_dict()) == list(compiled.state_dict())
+
+
+def test_study_comparison_sweeps_every_study_row_on_one_protocol(tmp_path):
+    cfg = compose_config("train", ["experiment=study_comparison"], tmp_path)
+    rows = [
+        r.strip()
+        for r in OmegaConf.load(CONF / "experiment" / "study_comparison.yaml").hydra.sweeper.params.study_row.split(",")
+    ]
+    assert sorted(rows) == group_options("study_row") and len(rows) == 9
+    seen = set()
+    for row in rows:
+        job = compose_config("train", ["experiment=study_comparison", f"study_row={row}"], tmp_path)
+        backbone = job["backbone"]
+        seen.add((backbone["model_name"], backbone["cut_after"], tuple(backbone["freeze"]), backbone["laurel"]))
+        for key in ("data", "model", "trainer", "seed", "operating_point"):  # identical protocol
+            assert job[key] == cfg[key], (row, key)
+        assert backbone["input_size"] == 112
+    assert len(seen) == 9
+    assert cfg["data"]["name"] == "isic2018" and cfg["data"]["task"] == "binary" and cfg["monitor"] == "val/auroc"

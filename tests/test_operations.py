@@ -87,6 +87,17 @@ def test_multirun_jobs_are_separate_wandb_runs_in_one_group_with_a_summary(tmp_p
     assert list(table["overrides"]) in (["model.lr=0.001", "model.lr=0.0001"], ["model.lr=0.0001", "model.lr=0.001"])
     assert table["best val/loss"].is_monotonic_increasing and (sweep / "summary.png").stat().st_size > 0
     assert "| model.lr=" in (sweep / "summary.md").read_text()
+    # The study comparison's columns: val and test with CIs, the loss gap at the best epoch, how the weights began.
+    for column in (
+        "val/auroc",
+        "test_op/auroc_ci",
+        "test_op/recall_ci",
+        "train_loss_at_best",
+        "val_loss_at_best",
+        "init",
+    ):
+        assert column in table, column
+    assert table["test_op/auroc_ci"].str.fullmatch(r"\d\.\d{3}-\d\.\d{3}").all()
 
 
 def test_optuna_search_runs_trials_and_maximises_val_auroc(tmp_path):

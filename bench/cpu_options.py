@@ -1,0 +1,64 @@
+"""python bench/cpu_options.py [--backbones resnet50_trunc efficientnet_lite0] [--size 224] [--batch 32] [--steps 6]
+
+CPU speed options, each against fp32 in the same process: channels_last (model.channels_last), bf16 autocast
+(trainer.precision=bf16-mixed), both, and torch.compile (model.compile; compile time reported apart). Training img/s
+of the bare forward/backward/Adam loop on a LesionClassifier with in-memory synthetic images. A default is kept
+only if it measurably helps here (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from timing import bare_loop  # noqa: E402
+
+from lesion.module import LesionClassifier  # noqa: E402
+
+OPTIONS = {
+    "fp32": {},
+    "channels_last": {"channels_last": True},
+    "bf16": {"bf16": True},
+    "bf16+channels_last": {"channels_last": True, "bf16": True},
+    "compile": {"compile": True},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", nargs="+", default=["resnet50_trunc", "efficientnet_lite0"])
+    parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=6)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, batch {args.batch}")
+    print(f"{'backbone':<20} {'option':<20} {'img/s':>7} {'vs fp32':>8} {'warm-up s':>10}")
+    for name in args.backbones:
+        cfg = yaml.safe_load((ROOT / "conf" / "backbone" / f"{name}.yaml").read_text())
+        cfg |= {"pretrained": False, "weights": None, "input_size": args.size}
+        images, labels = torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, 2, (args.batch,))
+        base = None
+        for option in args.options:
+            flags = dict(OPTIONS[option])
+            bf16 = flags.pop("bf16", False)
+            torch.manual_seed(0)
+            model = LesionClassifier(backbone=cfg, lr=1e-5, **flags)
+            start = time.perf_counter()
+            bare_loop(model, images, labels, steps=1, warmup=1, bf16=bf16)  # compiles, when asked
+            warmup = time.perf_counter() - start
+            speed = bare_loop(model, images, labels, args.steps, warmup=1, bf16=bf16)
+            base = base or speed
+            print(f"{name:<20} {option:<20} {speed:>7.1f} {speed / base:>8.2f} {warmup:>10.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
