@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import base64
 import html
+import socket
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 
 import cv2
@@ -97,3 +101,30 @@ def create_app(screener: Screener, max_bytes: int = 10_000_000, model_name: str 
         return {"ok": True, "threshold": screener.threshold}
 
     return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(app: FastAPI, port: int | None = None, timeout: float = 30.0) -> Iterator[str]:
+    """Serve `app` on 127.0.0.1 in a background thread (tests, screenshots); yields its base URL."""
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + timeout
+    while not server.started and time.time() < deadline and thread.is_alive():
+        time.sleep(0.05)
+    if not server.started:
+        raise RuntimeError(f"the app did not start on 127.0.0.1:{port} within {timeout} s")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

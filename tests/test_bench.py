@@ -34,3 +34,32 @@ def test_frozen_stages_keep_no_activations_and_get_no_gradients():
     assert frozen["frozen_outputs_requiring_grad"] == 0 and frozen["frozen_params_with_grad"] == 0
     assert frozen["saved_for_backward_mb"] < 0.7 * trainable["saved_for_backward_mb"]
     assert frozen["train_gflop_per_img"] < trainable["train_gflop_per_img"]
+
+
+def test_study_gpu_script_runs_end_to_end_on_the_cpu_at_toy_size(tmp_path):
+    from conftest import SHARED_ISIC2018
+
+    if not SHARED_ISIC2018.is_dir():
+        import pytest
+
+        pytest.skip(f"packs the real images from {SHARED_ISIC2018}, which is absent (a fresh clone)")
+    run = dict(cwd=ROOT, capture_output=True, text=True, check=True)
+    subprocess.run(
+        [sys.executable, "bench/pack_isic2018.py", "--root", str(SHARED_ISIC2018), "--out", str(tmp_path)], **run
+    )
+    rows = ["efficientnet_lite0", "resnet50_trunc_laurel_rw"]
+    cmd = [
+        sys.executable,
+        "bench/study_gpu.py",
+        "--smoke",
+        "--device",
+        "cpu",
+        "--pack",
+        str(tmp_path / "isic2018_pack.npz"),
+    ]
+    cmd += ["--cache", str(tmp_path / "cache.npy"), "--out", str(tmp_path), "--rows", *rows]
+    out = subprocess.run(cmd, **run).stdout
+    table = (tmp_path / "study_gpu.md").read_text()
+    for row in rows:
+        assert f"| {row} |" in table and "failed" not in table, out
+    assert "| efficientnet_lite0 | ImageNet |" in table and "| resnet50_trunc_laurel_rw | from scratch |" in table

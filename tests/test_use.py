@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
 import struct
-import threading
-import time
 import zlib
 from pathlib import Path
 
@@ -187,12 +184,6 @@ def test_app_checks_type_size_and_bytes(trained, tmp_path):
     assert big.status_code == 413 and "limit" in big.json()["error"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_web_page_in_a_real_browser(trained, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip(
@@ -201,41 +192,29 @@ def test_web_page_in_a_real_browser(trained, tmp_path):
     if not SHARED_ISIC2018.is_dir():
         pytest.skip(f"needs a real lesion image from {SHARED_ISIC2018}, which is absent (a fresh clone)")
     playwright = pytest.importorskip("playwright.sync_api")
-    import uvicorn
-
     from app import build_app
+    from lesion.webapp import serving
 
     lesion_image = next(SHARED_ISIC2018.glob("ISIC2018_Task3_Training_Input/*.jpg"))
     text_file = tmp_path / "notes.txt"
     text_file.write_text("not a photo")
-    port = _free_port()
-    config = compose_config("app", [f"ckpt_path={trained['ckpt']}", f"port={port}"], tmp_path)
-    server = uvicorn.Server(uvicorn.Config(build_app(config), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 30
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
-            page.goto(f"http://127.0.0.1:{port}/")
-            assert "not a diagnosis" in page.inner_text("#disclaimer").lower()
-            assert page.get_attribute("#camera", "capture") == "environment"
-            assert page.get_attribute("#camera", "accept") == "image/*"
-            page.set_input_files("#gallery", str(lesion_image))
-            page.wait_for_selector("#result", state="visible", timeout=60_000)
-            assert page.inner_text("#probability").endswith("%")
-            assert page.inner_text("#band") in ("Low", "Elevated")
-            assert page.inner_text("#message")
-            assert page.get_attribute("#overlay", "src").startswith("data:image/png;base64,")
-            page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
-            page.set_input_files("#gallery", str(text_file))
-            page.wait_for_selector("#error", state="visible", timeout=30_000)
-            assert "not a photo" in page.inner_text("#error")
-            assert not page.is_visible("#result")
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    config = compose_config("app", [f"ckpt_path={trained['ckpt']}"], tmp_path)
+    with serving(build_app(config)) as url, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+        page.goto(url + "/")
+        assert "not a diagnosis" in page.inner_text("#disclaimer").lower()
+        assert page.get_attribute("#camera", "capture") == "environment"
+        assert page.get_attribute("#camera", "accept") == "image/*"
+        page.set_input_files("#gallery", str(lesion_image))
+        page.wait_for_selector("#result", state="visible", timeout=60_000)
+        assert page.inner_text("#probability").endswith("%")
+        assert page.inner_text("#band") in ("Low", "Elevated")
+        assert page.inner_text("#message")
+        assert page.get_attribute("#overlay", "src").startswith("data:image/png;base64,")
+        page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
+        page.set_input_files("#gallery", str(text_file))
+        page.wait_for_selector("#error", state="visible", timeout=30_000)
+        assert "not a photo" in page.inner_text("#error")
+        assert not page.is_visible("#result")
+        browser.close()
