@@ -23,7 +23,7 @@ from lesion.evaluation import (
     skin_tone_frame,
 )
 from lesion.fairness import fairness_markdown, fairness_table, group_columns
-from lesion.module import LesionClassifier
+from lesion.inference import load_model
 from lesion.reports import (
     LABELS,
     confusion_table,
@@ -42,10 +42,7 @@ def evaluate(config: dict) -> dict:
     """Test-split screening report: metrics at 0.5 and at the operating point with CIs, calibration, confusion
     tables, ROC/PR/reliability plots, fairness and robustness; every artifact lands in the run dir."""
     ckpt = Path(config["ckpt_path"])
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt} does not exist; pass a .ckpt from outputs/.../checkpoints/")
-    # weights_only: a checkpoint from elsewhere cannot run pickled code; ours hold plain values only.
-    model = LesionClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    model = load_model(ckpt)
     datamodule = build_datamodule(config.get("data") or model.hparams.data, model.data_config)
     names = list(model.hparams.class_names)
     if list(datamodule.classes) != names:
