@@ -26,6 +26,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from timing import bare_loop  # noqa: E402
 
+PLACEHOLDER = "/tmp/lesion-bench-output-dir"  # replaced by a temporary dir per run
+
 import lesion.config  # noqa: E402,F401  (run_id resolver)
 from lesion.config import to_plain  # noqa: E402
 from lesion.module import LesionClassifier  # noqa: E402
@@ -74,7 +76,7 @@ def main() -> None:
     print(f"{'backbone':<20} {'bare img/s':>10} {'train.py img/s':>15} {'ratio':>6}{real_header}")
     for backbone in args.backbones:
         cfg = config(backbone, args.size, args.batch, args.steps, "unused", args.extra)
-        framework = timed_train(config(backbone, args.size, args.batch, args.steps, "{out}", args.extra))
+        framework = timed_train(config(backbone, args.size, args.batch, args.steps, PLACEHOLDER, args.extra))
         torch.manual_seed(0)
         model = LesionClassifier(backbone=cfg["backbone"], **{k: v for k, v in cfg["model"].items()})
         images = torch.randn(args.batch, 3, args.size, args.size)
@@ -82,7 +84,7 @@ def main() -> None:
         bare = bare_loop(model, images, labels, args.steps)
         line = f"{backbone:<20} {bare:>10.1f} {framework:>15.1f} {framework / bare:>6.3f}"
         if args.real:
-            real_cfg = config(backbone, args.size, args.batch, args.steps, "{out}", args.extra, args.real)
+            real_cfg = config(backbone, args.size, args.batch, args.steps, PLACEHOLDER, args.extra, args.real)
             warm_cache(real_cfg)
             real = timed_train(real_cfg)
             line += f" {real:>15.1f} {real / framework:>14.3f}"
@@ -90,9 +92,9 @@ def main() -> None:
 
 
 def timed_train(cfg: dict) -> float:
-    """train.py's img/s (StepTimer) for a config whose output dir is the placeholder {out}."""
+    """train.py's img/s (StepTimer) for a config whose output dir is PLACEHOLDER."""
     with tempfile.TemporaryDirectory() as out:
-        cfg = json.loads(json.dumps(cfg).replace("{out}", out))
+        cfg = json.loads(json.dumps(cfg).replace(PLACEHOLDER, out))
         train(cfg)
         return json.loads((Path(out) / "step_timer.json").read_text())["img_per_s"]
 

@@ -89,6 +89,8 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def run_row(row: str, args) -> dict:
     torch.manual_seed(PROTOCOL["seed"])
+    if args.device == "cpu":  # the rows run side by side: one thread each, or they fight over the cores
+        torch.set_num_threads(1)
     device = torch.device(args.device)
     name, laurel = ROWS[row]
     cfg = yaml.safe_load((ROOT / "conf" / "backbone" / f"{name}.yaml").read_text())

@@ -89,6 +89,7 @@ def export_onnx(model: LesionClassifier, path: Path, ckpt_path: str | Path = "",
             opset_version=opset,
             dynamo=True,
             external_data=False,
+            verbose=False,
         )
     proto = onnx.load(str(path))
     for key, value in metadata(model, ckpt_path).items():
