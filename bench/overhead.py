@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--extra", nargs="*", default=[], help="more train.py overrides, e.g. model.channels_last=true")
     parser.add_argument("--real", default=None, help="ISIC 2018 root: also train on the real images (cache on)")
+    parser.add_argument("--real-workers", type=int, default=2, help="loader workers for the real-data run")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, batch {args.batch}")
     real_header = f" {'real-data img/s':>15} {'real/synthetic':>14}" if args.real else ""
@@ -84,7 +85,9 @@ def main() -> None:
         bare = bare_loop(model, images, labels, args.steps)
         line = f"{backbone:<20} {bare:>10.1f} {framework:>15.1f} {framework / bare:>6.3f}"
         if args.real:
-            real_cfg = config(backbone, args.size, args.batch, args.steps, PLACEHOLDER, args.extra, args.real)
+            real_cfg = config(
+                backbone, args.size, args.batch, args.steps, PLACEHOLDER, args.extra, args.real, args.real_workers
+            )
             warm_cache(real_cfg)
             real = timed_train(real_cfg)
             line += f" {real:>15.1f} {real / framework:>14.3f}"

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 import torch
 import torch.nn.functional as F
 
+log = logging.getLogger(__name__)
+# A model whose val NLL wants T beyond these bounds has scores with next to no calibrated signal: an unbounded T
+# (thousands) squeezes every float32 probability to the prior's neighbourhood, ties the scores, and destroys the
+# ranking that AUROC and the threshold rely on.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 200) -> float:
-    """The temperature T > 0 minimising the NLL of softmax(logits / T) (Guo et al., ICML 2017)."""
+    """The temperature T > 0 minimising the NLL of softmax(logits / T) (Guo et al., ICML 2017), kept within
+    TEMPERATURE_BOUNDS (with a warning when a bound is hit)."""
     logits, labels = logits.detach().double(), labels.detach().long()
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
@@ -19,7 +29,17 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp())
+    fitted = float(log_t.detach().exp())
+    low, high = TEMPERATURE_BOUNDS
+    if not math.isfinite(fitted) or not low <= fitted <= high:
+        bounded = high if not math.isfinite(fitted) or fitted > high else low
+        log.warning(
+            "temperature scaling wanted T = %.4g, outside %s; using %.4g. The model's scores carry little calibrated "
+            "signal on this validation split: check its training before trusting its probabilities",
+            fitted, TEMPERATURE_BOUNDS, bounded,
+        )  # fmt: skip
+        return bounded
+    return fitted
 
 
 def calibration_scores(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, float]:

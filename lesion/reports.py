@@ -104,7 +104,7 @@ def plot_sweep(table, metric: str, path: Path) -> None:
     """A bar per sweep job of its best monitored val metric, labelled by its overrides; with test AUROC and its
     bootstrap CI beside it when the jobs report them."""
     done = table[table[metric].notna()].reset_index(drop=True)
-    with_test = "test/auroc" in done and "test_op/auroc_ci" in done and done["test_op/auroc_ci"].astype(bool).all()
+    with_test = "test_op/auroc" in done and "test_op/auroc_ci" in done and done["test_op/auroc_ci"].astype(bool).all()
     fig, ax = plt.subplots(figsize=(7.5, (0.7 if with_test else 0.45) * len(done) + 1.4))
     rows = range(len(done))
     height = 0.4 if with_test else 0.8
@@ -113,11 +113,12 @@ def plot_sweep(table, metric: str, path: Path) -> None:
         ax.text(value, i - height / 2 * with_test, f" {value:.3f}", va="center", fontsize=8)
     if with_test:
         bounds = [[float(x) for x in str(ci).split("-", 1)] if ci else [np.nan] * 2 for ci in done["test_op/auroc_ci"]]
-        low = done["test/auroc"] - [b[0] for b in bounds]
-        high = [b[1] for b in bounds] - done["test/auroc"]
-        ax.barh([r + height / 2 for r in rows], done["test/auroc"], height, color="tab:orange",
+        test = done["test_op/auroc"].to_numpy(float)
+        low = np.clip(test - [b[0] for b in bounds], 0, None)  # a percentile CI need not contain the point
+        high = np.clip([b[1] for b in bounds] - test, 0, None)
+        ax.barh([r + height / 2 for r in rows], test, height, color="tab:orange",
                 xerr=[low, high], capsize=2, label="test AUROC (95% CI)")  # fmt: skip
-        for i, value in enumerate(done["test/auroc"]):
+        for i, value in enumerate(test):
             ax.text(value, i + height / 2, f" {value:.3f}", va="center", fontsize=8)
     labels = [o or "(defaults)" for o in done["overrides"]]
     if "init" in done:

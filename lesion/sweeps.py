@@ -17,6 +17,7 @@ COLUMNS = (
     "val/auroc",
     "val/pauc80",
     "test/auroc",
+    "test_op/auroc",
     "test_op/auroc_ci",
     "test/pauc80",
     "test_op/pauc80_ci",

@@ -157,3 +157,19 @@ def test_eval_end_to_end_writes_every_artifact(tmp_path):
         len(robustness) == len(DEGRADATIONS) * 4 and (robustness.loc[robustness.severity == 0, "auroc_drop"] == 0).all()
     )
     assert "skin_tone" in set(pd.read_csv(ev / "fairness.csv")["attribute"])
+
+
+def test_temperature_stays_bounded_and_keeps_the_ranking_of_scores_without_signal():
+    from lesion.calibration import TEMPERATURE_BOUNDS, fit_temperature
+    from lesion.metrics import screening_metrics
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (400,), generator=generator)
+    # Confident and wrong as often as right: NLL alone would push T towards infinity.
+    logits = torch.randn(400, 2, generator=generator) * 30
+    t = fit_temperature(logits, labels)
+    assert t == TEMPERATURE_BOUNDS[1]
+    p = (logits / t).softmax(-1)[:, 1]
+    assert p.unique().numel() > 390  # no float32 ties: the scores still rank the images
+    raw = screening_metrics(torch.sigmoid((logits[:, 1] - logits[:, 0]).double() / 1e3).float(), labels)["auroc"]
+    assert screening_metrics(p, labels)["auroc"] == pytest.approx(raw, abs=1e-3)
