@@ -87,7 +87,7 @@ def test_trainer_configs_carry_their_hardware_speed_options(tmp_path):
     cpu = compose_config("train", ["trainer=cpu"], tmp_path)
     gpu = compose_config("train", ["trainer=gpu"], tmp_path)
     assert (
-        cpu["trainer"]["precision"] == "32-true" and cpu["model"]["channels_last"] and not cpu["model"]["compile"]
+        cpu["trainer"]["precision"] == "32-true" and not cpu["model"]["channels_last"] and not cpu["model"]["compile"]
     )
     assert gpu["trainer"]["precision"] == "bf16-mixed" and gpu["model"]["channels_last"]
     assert gpu["model"]["lr"] == cpu["model"]["lr"]  # the trainer adds speed keys; it does not replace model.*
