@@ -66,6 +66,21 @@ def train_flops_per_image(net: torch.nn.Module, size: int, device: str) -> float
     return counter.get_total_flops() / batch
 
 
+def channels_last_gradient_gap(name: str, size: int, device: str) -> float:
+    """Largest relative difference between the parameter gradients of NCHW and channels_last fp32 training steps:
+    a speed option must not change the arithmetic (on one CPU build it did, for EfficientNet-Lite0)."""
+    grads = []
+    x = torch.randn(8, 3, size, size, device=device, generator=torch.Generator(device).manual_seed(0))
+    y = torch.arange(8, device=device) % 2
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(0)
+        net = build_backbone(**backbone_config(name, size), num_classes=2).to(device).train()
+        net = net.to(memory_format=memory_format)
+        F.cross_entropy(net(x.contiguous(memory_format=memory_format)), y).backward()
+        grads.append([p.grad.float() for p in net.parameters() if p.grad is not None])
+    return max(float((a - b).norm() / (a.norm() + 1e-12)) for a, b in zip(*grads))
+
+
 def measure(name: str, mode: str, args) -> dict:
     torch.manual_seed(0)
     net = build_backbone(**backbone_config(name, args.size), num_classes=2).to(args.device).train()
@@ -119,6 +134,9 @@ def main() -> None:
     peak = matmul_rate(args.device, args.matmul_n, 50 if args.device == "cuda" else 2)
     print(f"{name}, torch {torch.__version__}; {args.size} px, batch {args.batch}")
     print(f"measured {'bf16' if args.device == 'cuda' else 'fp32'} matmul rate: {peak / 1e12:.1f} TFLOP/s")
+    for model in args.models:
+        gap = channels_last_gradient_gap(model, args.size, args.device)
+        print(f"{model}: channels_last vs NCHW fp32 gradients, max relative difference {gap:.2e}", flush=True)
     header = (
         f"{'model':<16} {'mode':<16} {'img/s':>9} {'GFLOP/img':>10} {'TFLOP/s':>8} {'of matmul':>9} {'warmup s':>8}"
     )

@@ -24,7 +24,8 @@ def test_gpu_check_runs_without_hydra_omegaconf_albumentations_or_lightning():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "IMPORTED []" in out
-    assert out.count("resnet50_trunc") == 2 and "GFLOP/img" in out
+    assert sum(line.startswith("resnet50_trunc ") for line in out.splitlines()) == 2 and "GFLOP/img" in out
+    assert "resnet50_trunc: channels_last vs NCHW fp32 gradients" in out
 
 
 def test_frozen_stages_keep_no_activations_and_get_no_gradients():
