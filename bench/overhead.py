@@ -35,10 +35,10 @@ from train import train  # noqa: E402
 
 
 def config(
-    backbone: str, size: int, batch: int, steps: int, out: str, extra: list[str], real: str | None = None
+    backbone: str, size: int, batch: int, steps: int, out: str, extra: list[str], real: str | None = None, workers=2
 ) -> dict:
     data = (
-        ["data=isic2018", f"data.root={real}", "data.cache=true", "data.num_workers=2"]
+        ["data=isic2018", f"data.root={real}", "data.cache=true", f"data.num_workers={workers}"]
         if real
         else ["data=synthetic", f"data.num_images={int((steps + 3) * batch / 0.8) + 2 * batch}"]
     )
