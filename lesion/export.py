@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lesion.inference import eval_transforms
 from lesion.module import LesionClassifier
 
 FORMATS = ("onnx", "torchscript")
@@ -40,17 +41,13 @@ class ScreeningNet(nn.Module):
 def metadata(model: LesionClassifier, ckpt_path: str | Path = "") -> dict[str, str]:
     """What an app needs to use the file correctly, as string key/values (ONNX metadata_props)."""
     cfg = model.data_config
-    transforms = (model.hparams.get("data") or {}).get("transforms") or {}
-    clahe = bool(transforms.get("clahe")) and float(transforms.get("clahe_p", 1.0)) >= 1
+    # The run's own eval transforms decide: CLAHE is preprocessing only when it is fixed (clahe_p = 1).
+    clahe = eval_transforms(model).preprocess_settings()["clahe"]
     values = {
         "input": "image: float32 RGB in [0, 1], shape [N, 3, H, W]; normalisation is inside the graph",
         "input_size": json.dumps(cfg["input_size"]),
         "resize": f"{cfg['interpolation']} resize of the whole photo to H x W (no crop)",
-        "clahe": json.dumps(
-            {"clip_limit": transforms.get("clahe_clip_limit"), "tile_grid": transforms.get("clahe_tile_grid")}
-            if clahe
-            else None
-        ),
+        "clahe": json.dumps({"clip_limit": clahe[0], "tile_grid": clahe[1]} if clahe else None),
         "mean": json.dumps(cfg["mean"]),
         "std": json.dumps(cfg["std"]),
         "outputs": "probs: calibrated class probabilities [N, C]; p_malignant: their malignant sum [N]",
