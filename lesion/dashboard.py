@@ -41,7 +41,8 @@ def log_test_predictions(loggers, model, test, read, best: str, samples: int = 1
 
 
 def log_eval_artifacts(loggers, out_dir: Path, report: dict) -> None:
-    """eval.py's metrics, its CSV tables (fairness, robustness) as W&B tables and its PNGs as images."""
+    """eval.py's metrics, its CSV tables (fairness, robustness) as W&B tables under eval/table/<name> and its PNGs
+    as images under eval/plot/<name> (robustness has both, so the two need their own namespaces)."""
     runs = wandb_loggers(loggers)
     if not runs:
         return
@@ -50,9 +51,9 @@ def log_eval_artifacts(loggers, out_dir: Path, report: dict) -> None:
     scalars = {k: v for k, v in report.items() if isinstance(v, int | float)}
     payload: dict = dict(scalars)
     for csv in sorted(out_dir.glob("*.csv")):
-        payload[f"eval/{csv.stem}"] = wandb.Table(dataframe=pd.read_csv(csv))
+        payload[f"eval/table/{csv.stem}"] = wandb.Table(dataframe=pd.read_csv(csv))
     for png in sorted(out_dir.glob("*.png")):
-        payload[f"eval/{png.stem}"] = wandb.Image(str(png))
+        payload[f"eval/plot/{png.stem}"] = wandb.Image(str(png))
     for logger in runs:
         logger.experiment.log(payload)
 
