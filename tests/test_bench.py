@@ -64,3 +64,20 @@ def test_study_gpu_script_runs_end_to_end_on_the_cpu_at_toy_size(tmp_path):
     for row in rows:
         assert f"| {row} |" in table and "failed" not in table, out
     assert "| efficientnet_lite0 | ImageNet |" in table and "| resnet50_trunc_laurel_rw | from scratch |" in table
+
+
+def test_overhead_script_interleaves_rounds_and_prints_the_ratio_table(tmp_path):
+    import os
+
+    from fakes import make_isic2018
+
+    root = make_isic2018(tmp_path / "isic2018", n=84)
+    cmd = [sys.executable, "bench/overhead.py", "--backbones", "efficientnet_lite0", "--size", "64", "--batch", "4"]
+    cmd += ["--steps", "2", "--rounds", "2", "--real", str(root), "--real-workers", "0"]
+    env = os.environ | {"LESION_CACHE": str(tmp_path / "cache"), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, env=env).stdout
+    assert out.count("efficientnet_lite0 round ") == 2 and out.count("vs bare") == 4  # synthetic and real, twice
+    (row,) = [line for line in out.splitlines() if line.startswith("| efficientnet_lite0 |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 6 and all(float(c.split()[0]) > 0 for c in cells[1:])
+    assert any((tmp_path / "cache").iterdir()), "the real-data run did not use the preprocessing cache"
