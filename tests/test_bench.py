@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -25,7 +26,7 @@ def test_gpu_check_runs_without_hydra_omegaconf_albumentations_or_lightning():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "IMPORTED []" in out
     assert sum(line.startswith("resnet50_trunc ") for line in out.splitlines()) == 2 and "GFLOP/img" in out
-    assert "resnet50_trunc: channels_last vs NCHW fp32 gradients" in out
+    assert "resnet50_trunc: channels_last vs NCHW fp32, relative difference: logits" in out
 
 
 def test_frozen_stages_keep_no_activations_and_get_no_gradients():
@@ -81,3 +82,14 @@ def test_overhead_script_interleaves_rounds_and_prints_the_ratio_table(tmp_path)
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert len(cells) == 6 and all(float(c.split()[0]) > 0 for c in cells[1:])
     assert any((tmp_path / "cache").iterdir()), "the real-data run did not use the preprocessing cache"
+
+
+@pytest.mark.parametrize("backbone", ["resnet50_trunc", "efficientnet_lite0"])
+def test_channels_last_training_step_matches_nchw(backbone):
+    """The CPU default channels_last must not change the arithmetic beyond rounding: same logits, and gradients no
+    further from NCHW's than a 1e-6 change of the input moves them."""
+    from gpu import memory_format_parity
+
+    gap = memory_format_parity(backbone, 64, "cpu")
+    assert gap["logits"] < 1e-4, gap
+    assert gap["grads"] < 5 * gap["floor"] + 1e-5, gap

@@ -86,9 +86,7 @@ def test_run_ids_differ_between_processes_started_together():
 def test_trainer_configs_carry_their_hardware_speed_options(tmp_path):
     cpu = compose_config("train", ["trainer=cpu"], tmp_path)
     gpu = compose_config("train", ["trainer=gpu"], tmp_path)
-    assert (
-        cpu["trainer"]["precision"] == "32-true" and not cpu["model"]["channels_last"] and not cpu["model"]["compile"]
-    )
+    assert cpu["trainer"]["precision"] == "32-true" and cpu["model"]["channels_last"] and not cpu["model"]["compile"]
     assert gpu["trainer"]["precision"] == "bf16-mixed" and gpu["model"]["channels_last"]
     assert gpu["model"]["lr"] == cpu["model"]["lr"]  # the trainer adds speed keys; it does not replace model.*
     assert (

@@ -114,8 +114,11 @@ def test_multiclass_run_reports_balanced_accuracy_and_malignant_sum(tmp_path):
     assert model.is_malignant(torch.tensor([0, 1, 2])).tolist() == [0, 0, 1]
 
 
-def test_channels_last_on_synthetic_in_memory_data(tmp_path):
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_both_memory_formats_train_on_synthetic_in_memory_data(tmp_path, channels_last):
+    """channels_last is the CPU default; NCHW stays one override away."""
     tiny = [o for o in TINY if not o.startswith(("data.num_", "data.image_size"))]
-    overrides = [*tiny, "data=synthetic", "data.num_images=40", "model.channels_last=true", "trainer.fast_dev_run=true"]
-    metrics = train(compose_config("train", overrides, tmp_path))
+    overrides = [*tiny, "data=synthetic", "data.num_images=40", "trainer.fast_dev_run=true"]
+    config = compose_config("train", [*overrides, f"model.channels_last={channels_last}"], tmp_path)
+    metrics = train(config)
     assert "test/auroc" in metrics
