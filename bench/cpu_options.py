@@ -23,7 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from timing import BareStep  # noqa: E402
+from timing import BareStep, rotated  # noqa: E402
 
 from lesion.module import LesionClassifier  # noqa: E402
 
@@ -61,8 +61,7 @@ def main() -> None:
                 steps[option](images, labels)
             warmups[option] = time.perf_counter() - start
         for i in range(args.steps):
-            order = args.options[i % len(args.options) :] + args.options[: i % len(args.options)]
-            for option in order:
+            for option in rotated(args.options, i):
                 start = time.perf_counter()
                 steps[option](images, labels)
                 times[option].append(time.perf_counter() - start)

@@ -33,6 +33,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 PLACEHOLDER = "/tmp/lesion-bench-output-dir"  # replaced by a temporary dir per run
 
+from timing import rotated  # noqa: E402
+
 import lesion.config  # noqa: E402,F401  (run_id resolver)
 from lesion.config import to_plain  # noqa: E402
 from train import train  # noqa: E402
@@ -94,7 +96,7 @@ def main() -> None:
         results = {name: [] for name in configs}
         names = list(configs)
         for r in range(args.rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
+            for name in rotated(names, r):
                 results[name].append(paired_run(configs[name]))
             print(f"  {backbone} round {r + 1}: " + ", ".join(summary(n, results[n][-1]) for n in names), flush=True)
         rows.append((backbone, results))

@@ -13,6 +13,13 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 
+def rotated(items: list, k: int) -> list:
+    """`items` starting at position k (mod len): round k's order when runs are interleaved, so that no variant is
+    always first (or always right after the same one) while the machine drifts."""
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
 class BareStep:
     """A plain forward/backward/Adam step on a LesionClassifier (same loss weights, same lr): the reference that
     framework overhead is measured against. bf16: CPU bf16 autocast around the forward pass, as Lightning's
