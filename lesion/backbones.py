@@ -60,6 +60,8 @@ def build_backbone(
             f"Without internet, download them on another machine and pass backbone.weights=/path/to/{model_name}"
             ".safetensors (or .pth), or set backbone.pretrained=false to train from scratch"
         ) from err
+    if not cut_after:
+        _default_init_classifier(trunk)
     if weights is not None:
         load_checked(trunk, model_name, read_state_dict(weights), source=str(weights))
     elif pretrained and model_name in PACKAGED_WEIGHTS:
@@ -94,6 +96,17 @@ def _stage_index(model_name: str, stage: str) -> int:
     if stage not in names:
         raise ValueError(f"backbone.cut_after={stage!r} is not a feature stage of {model_name}; choose from {names}")
     return names.index(stage)
+
+
+def _default_init_classifier(net: nn.Module) -> None:
+    """Give timm's new classifier PyTorch's nn.Linear initialisation, U(+-1/sqrt(in_features)), before any weights load.
+
+    timm's EfficientNets draw theirs by the TF rule, U(+-1/sqrt(num_classes)): meant for 1000 classes, it is +-0.71
+    for 2, which on ImageNet features gives logits of several units and a first loss near 4 (it crippled the
+    EfficientNet rows of the study comparison). ResNet's and VGG's heads already start at PyTorch's default scale."""
+    classifier = net.get_classifier()
+    if isinstance(classifier, nn.Linear):
+        classifier.reset_parameters()
 
 
 def _freeze(net: nn.Module, names: Sequence[str]) -> None:

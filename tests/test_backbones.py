@@ -124,6 +124,16 @@ def test_efficientnet_lite0_loads_packaged_imagenet_weights_offline(tmp_path):
     assert backbone_data_config(**cfg)["mean"] == [0.5, 0.5, 0.5]
 
 
+@pytest.mark.parametrize("name", backbone_names())
+def test_a_new_classifier_starts_at_pytorch_linear_scale(name, tmp_path):
+    """Every family's fresh 2-class head is U(+-1/sqrt(in_features)); EfficientNet's own TF rule gave +-0.71."""
+    net = build_backbone(**backbone_cfg(name, tmp_path), num_classes=2)
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    head = linears[-1]
+    bound = head.in_features**-0.5
+    assert head.out_features == 2 and head.weight.abs().max() <= bound and head.weight.std() > bound / 4
+
+
 def test_input_size_and_normalisation_come_from_the_pretrained_config():
     assert backbone_data_config("inception_v3")["input_size"] == [3, 299, 299]
     assert backbone_data_config("resnet50")["std"] == pytest.approx([0.229, 0.224, 0.225])
