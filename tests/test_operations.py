@@ -92,9 +92,11 @@ def test_multirun_jobs_are_separate_wandb_runs_in_one_group_with_a_summary(tmp_p
     run(["-m", "model.lr=1e-3,1e-4", "logger=wandb", f"hydra.sweep.dir={sweep}", "trainer.max_epochs=1", *SMALL])
     ids, groups = set(), set()
     for job in ("0", "1"):
-        keys = ("val/auroc", "val/recall", "train/loss_epoch", "test/auroc", "test/predictions", "test/roc")
-        keys += ("test/confusion_matrix",)
-        records = wait_for_history(sweep / job, keys)
+        scalars = ("val/auroc", "val/recall", "train/loss_epoch", "test/auroc")
+        records = wait_for_history(sweep / job, (*scalars, "test/predictions", "test/roc", "test/confusion_matrix"))
+        logged = history_keys(records)
+        for key in scalars:
+            assert key in logged, key  # the exact scalar keys, not only their prefixes
         (meta,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
         ids.add(meta.run_id)
         groups.add(meta.run_group)
