@@ -27,7 +27,14 @@ def train(config: dict) -> dict:
     L.seed_everything(config["seed"], workers=True)
     datamodule = build_datamodule(config["data"], backbone_data_config(**config["backbone"]))
     classes = {"class_names": list(datamodule.classes), "malignant": list(datamodule.malignant)}
-    model = LesionClassifier(backbone=config["backbone"], data=config["data"], **classes, **config["model"])
+    model = LesionClassifier(
+        backbone=config["backbone"],
+        data=config["data"],
+        optimizer=config["optimizer"],
+        scheduler=config["scheduler"],
+        **classes,
+        **config["model"],
+    )
     ckpt_path = resume_checkpoint(config)
     trainer = build_trainer(config, ckpt_path)
     out = Path(config["paths"]["output_dir"])

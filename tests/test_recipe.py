@@ -1,0 +1,128 @@
+"""The recipe levers on tiny tensors: optimizer groups, schedules, EMA, mixup and the balanced objectives."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY, compose_config
+
+from lesion.backbones import build_backbone
+from lesion.module import LesionClassifier
+from lesion.optimizers import build_optimizer, build_scheduler
+from train import train
+
+LITE = {"model_name": "tf_efficientnet_lite0", "input_size": 32, "pretrained": False}
+
+
+def test_adamw_leaves_norms_and_biases_and_frozen_parameters_undecayed():
+    net = build_backbone(**LITE, num_classes=3, freeze=["conv_stem", "bn1"])
+    optimizer = build_optimizer(net, {"opt": "adamw", "lr": 1e-3, "weight_decay": 0.05, "filter_bias_and_bn": True})
+    assert isinstance(optimizer, torch.optim.AdamW)
+    by_decay = {g["weight_decay"]: g["params"] for g in optimizer.param_groups}
+    assert set(by_decay) == {0.0, 0.05}
+    assert all(p.ndim > 1 for p in by_decay[0.05]) and all(p.ndim <= 1 for p in by_decay[0.0])
+    trainable = {id(p) for p in net.parameters() if p.requires_grad}
+    grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(trainable) and id(net.conv_stem.weight) not in grouped
+
+
+def test_layer_decay_scales_the_lr_down_from_the_head():
+    net = build_backbone(**LITE, num_classes=3)
+    optimizer = build_optimizer(net, {"opt": "adamw", "lr": 1e-3, "weight_decay": 0.05, "layer_decay": 0.5})
+    scale = {id(p): g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
+    assert scale[id(net.classifier.weight)] == 1.0
+    assert scale[id(net.conv_stem.weight)] < scale[id(net.blocks[3][0].conv_pw.weight)] < 1.0
+
+
+def test_layer_decay_on_a_cut_trunk_and_unknown_keys_raise():
+    net = build_backbone("resnet50", num_classes=2, cut_after="layer3", head="linear", input_size=32)
+    with pytest.raises(ValueError, match="layer_decay=null"):
+        build_optimizer(net, {"opt": "adamw", "lr": 1e-3, "layer_decay": 0.7})
+    with pytest.raises(ValueError, match=r"unknown keys \['learning_rate'\]"):
+        build_optimizer(net, {"opt": "adamw", "learning_rate": 1e-3})
+
+
+def test_warmup_then_cosine_per_step():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    config = {"sched": "cosine", "warmup_epochs": 0.5, "warmup_lr": 0.0, "min_lr": 0.01, "step_on_epochs": False}
+    scheduler = build_scheduler(optimizer, config, max_epochs=4, steps_per_epoch=10)
+    lrs = []
+    for step in range(41):
+        scheduler.step_update(num_updates=step)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    cosine = [0.01 + 0.495 * (1 + math.cos(math.pi * t / 40)) for t in range(41)]  # timm: warmup inside the 40
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(0.2) and lrs[5:] == pytest.approx(cosine[5:])
+    after = lrs[5:]
+    assert all(a >= b for a, b in zip(after, after[1:])) and lrs[40] == pytest.approx(0.01, abs=1e-3)
+    assert build_scheduler(optimizer, {"sched": None}, 4, 10) is None
+
+
+def test_ema_follows_the_weights_and_serves_evaluation(tmp_path):
+    backbone = LITE | {"freeze": []}
+    model = LesionClassifier(backbone=backbone, class_names=["a", "b", "c"], malignant=["c"], ema_decay=0.5)
+    assert not any(p.requires_grad for p in model.ema.parameters())
+    ema_before = model.ema.module.classifier.weight.clone()
+    with torch.no_grad():
+        model.net.classifier.weight.add_(1.0)
+    model.ema.update(model.net, step=10**6)  # past the warmup: decay 0.5
+    expected = 0.5 * ema_before + 0.5 * model.net.classifier.weight
+    assert torch.allclose(model.ema.module.classifier.weight, expected)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    assert torch.equal(model(x), model.ema.module.eval()(x)) and model.eval_net is model.ema.module
+    model.train()
+    assert torch.equal(model(x), model.net(x))
+
+
+def test_soft_target_loss_matches_weighted_cross_entropy_and_mixup_mixes_pairs():
+    model = LesionClassifier(
+        backbone=LITE,
+        class_names=["a", "b", "c"],
+        malignant=["c"],
+        class_weights=[1.0, 2.0, 5.0],
+        mixup={"mixup_alpha": 0.4, "cutmix_alpha": 0.0, "prob": 1.0},
+        label_smoothing=0.1,
+    )
+    logits, labels = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    one_hot = F.one_hot(labels, 3).float()
+    weighted = F.cross_entropy(logits, labels, weight=model.loss_weights)
+    assert model._loss(logits, one_hot) == pytest.approx(float(weighted))
+    images = torch.randn(6, 3, 8, 8)
+    mixed, targets = model.mixup(images.clone(), labels)
+    assert torch.allclose(targets.sum(-1), torch.ones(6))
+    # Sample 0 (class 0) is mixed with sample 5 (class 2): its target is lam * smooth(0) + (1 - lam) * smooth(2).
+    lam = (targets[0, 0] - 0.1 / 3) / (1 - 0.1)
+    assert 0.0 < lam < 1.0 and targets[0, 2] == pytest.approx((1 - lam) * 0.9 + 0.1 / 3)
+    partner = (mixed - lam * images) / (1 - lam)
+    assert torch.allclose(partner, images.flip(0), atol=1e-4)
+
+
+def test_logit_adjustment_adds_the_scaled_log_prior_inside_the_loss():
+    model = LesionClassifier(backbone=LITE, class_names=["a", "b", "c"], malignant=["c"], logit_adjustment=1.0)
+    prior = torch.tensor([0.7, 0.2, 0.1])
+    model.log_prior.copy_(prior.log())
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 0])
+    assert model._loss(logits, labels) == pytest.approx(float(F.cross_entropy(logits + prior.log(), labels)))
+
+
+def test_recipe_levers_train_through_train_py(tmp_path):
+    overrides = [
+        *TINY,
+        "optimizer=adamw",
+        "scheduler=warmup_cosine",
+        "trainer.max_epochs=2",
+        "model.ema_decay=0.9",
+        "model.label_smoothing=0.1",
+        "model.logit_adjustment=1.0",
+        "model.mixup={mixup_alpha: 0.2, cutmix_alpha: 1.0, prob: 1.0}",
+    ]
+    metrics = train(compose_config("train", overrides, tmp_path))
+    assert 0.0 <= metrics["test/auroc"] <= 1.0
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    best = LesionClassifier.load_from_checkpoint(written["best_checkpoint"], weights_only=True)
+    assert best.ema is not None and bool(best.calibrated)
+    assert best.hparams.optimizer["opt"] == "adamw" and best.hparams.scheduler["step_on_epochs"] is False
