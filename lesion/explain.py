@@ -12,7 +12,7 @@ from torch import nn
 from lesion.module import LesionClassifier
 
 
-def last_feature_map(net: nn.Module, input_size: int) -> nn.Module:
+def last_feature_map(net: nn.Module, input_size: int | tuple[int, int]) -> nn.Module:
     """The module that produces the network's last spatial feature map (at least 2x2): a ResNet's last stage, an
     EfficientNet's last BN-act, the VGG head's last pool. Found by running a probe and watching module outputs, so it
     works for every backbone and cut."""
@@ -27,7 +27,8 @@ def last_feature_map(net: nn.Module, input_size: int) -> nn.Module:
     try:
         net.eval()
         with torch.no_grad():
-            net(torch.zeros(1, 3, input_size, input_size))
+            hw = (input_size, input_size) if isinstance(input_size, int) else input_size
+            net(torch.zeros(1, 3, *hw))
     finally:
         net.train(was_training)
         for hook in hooks:
@@ -53,7 +54,7 @@ class GradCam:
 
     def __init__(self, model: LesionClassifier):
         self.model = model.eval()
-        size = model.data_config["input_size"][-1]
+        size = tuple(model.data_config["input_size"][1:])
         self.layer = last_feature_map(model.eval_net, size)
         self.cam = GradCAM(model=model, target_layers=[self.layer])
         self.cam.compute_input_gradient = True  # a map even when every layer below is frozen

@@ -31,8 +31,20 @@ class ScreeningNet(nn.Module):
         self.register_buffer("std", torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("temperature", model.temperature.detach().float().clone())
         self.register_buffer("malignant", model.malignant_mask.detach().float().clone())
+        settings = eval_transforms(model).preprocess_settings()
+        self.constancy_power = settings.get("color_constancy")
+        if self.constancy_power and settings["clahe"]:
+            raise ValueError(
+                "this run used Shades of Gray before fixed CLAHE; the graph can hold only the colour constancy, "
+                "after the app's CLAHE. Export a run without one of them"
+            )
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.constancy_power:  # Shades of Gray, as lesion.data.transforms.ShadesOfGray (0-255 there, 0-1 here)
+            p = self.constancy_power
+            illuminant = image.clamp_min(1e-6).pow(p).mean(dim=(2, 3), keepdim=True).pow(1.0 / p)
+            gains = illuminant.norm(dim=1, keepdim=True) / (3**0.5 * illuminant.clamp_min(1e-6))
+            image = (image * gains).clamp(0.0, 1.0)
         logits = self.net((image - self.mean) / self.std).float()
         probs = (logits / self.temperature).softmax(-1)
         return probs, probs @ self.malignant
@@ -42,12 +54,18 @@ def metadata(model: LesionClassifier, ckpt_path: str | Path = "") -> dict[str, s
     """What an app needs to use the file correctly, as string key/values (ONNX metadata_props)."""
     cfg = model.data_config
     # The run's own eval transforms decide: CLAHE is preprocessing only when it is fixed (clahe_p = 1).
-    clahe = eval_transforms(model).preprocess_settings()["clahe"]
+    settings = eval_transforms(model).preprocess_settings()
+    clahe = settings["clahe"]
     values = {
         "input": "image: float32 RGB in [0, 1], shape [N, 3, H, W]; normalisation is inside the graph",
         "input_size": json.dumps(cfg["input_size"]),
         "resize": f"{cfg['interpolation']} resize of the whole photo to H x W (no crop)",
         "clahe": json.dumps({"clip_limit": clahe[0], "tile_grid": clahe[1]} if clahe else None),
+        "color_constancy": json.dumps(
+            {"method": "shades_of_gray", "power": settings["color_constancy"], "where": "inside the graph"}
+            if settings.get("color_constancy")
+            else None
+        ),
         "mean": json.dumps(cfg["mean"]),
         "std": json.dumps(cfg["std"]),
         "outputs": "probs: calibrated class probabilities [N, C]; p_malignant: their malignant sum [N]",

@@ -62,7 +62,8 @@ def _training_data(model: LesionClassifier, run_dir: Path) -> str:
         )
     transforms = data.get("transforms") or {}
     lines.append(
-        f"- Preprocessing: resize to {model.data_config['input_size'][-1]} px"
+        f"- Preprocessing: resize to {_size(model)}"
+        + (", Shades of Gray colour constancy" if transforms.get("color_constancy") else "")
         + (", CLAHE" if transforms.get("clahe") else "")
         + f"; training augmentation: {', '.join(k for k in ('hflip', 'vflip', 'phone') if transforms.get(k)) or 'none'}"
         + (f", rotation +-{transforms['rotate']} deg" if transforms.get("rotate") else "")
@@ -104,7 +105,7 @@ def model_card(
 - Checkpoint: `{ckpt_path}`; card written {date.today().isoformat()} by `export.py` of the `lesion` framework.
 - Architecture: timm `{backbone.get("model_name")}`; cut after: `{backbone.get("cut_after") or "no cut"}`;
   head: `{backbone.get("head")}`; frozen: `{", ".join(backbone.get("freeze") or []) or "nothing"}`;
-  LAuReL: `{backbone.get("laurel", "none")}`; input: {model.data_config["input_size"][-1]} px RGB.
+  LAuReL: `{backbone.get("laurel", "none")}`; input: {_size(model)} RGB.
 - Output: calibrated P(malignant) (temperature scaling, T = {temperature:.4f}); "refer" above {threshold:.4f}.
 {files}
 ## Intended use
@@ -136,3 +137,8 @@ def model_card(
 - The threshold was chosen for a target sensitivity on validation data; on other data the sensitivity can be lower.
 - Grad-CAM maps show where the score came from, not why, and can be misleading.
 """
+
+
+def _size(model) -> str:
+    _, height, width = model.data_config["input_size"]
+    return f"{height} px" if height == width else f"{width}x{height} px (width x height)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -126,3 +127,32 @@ def test_recipe_levers_train_through_train_py(tmp_path):
     best = LesionClassifier.load_from_checkpoint(written["best_checkpoint"], weights_only=True)
     assert best.ema is not None and bool(best.calibrated)
     assert best.hparams.optimizer["opt"] == "adamw" and best.hparams.scheduler["step_on_epochs"] is False
+
+
+def test_shades_of_gray_removes_a_colour_cast_and_is_cached_preprocessing():
+    from lesion.data.transforms import LesionTransforms, ShadesOfGray
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(40, 200, (32, 32, 1)).repeat(3, axis=2).astype(np.uint8)
+    cast = np.clip(grey * np.array([1.3, 1.0, 0.7]), 0, 255).astype(np.uint8)
+    corrected = ShadesOfGray(6.0)(cast).astype(float)
+    means = corrected.reshape(-1, 3).mean(0)
+    assert np.ptp(means) < 0.03 * means.mean() < np.ptp(cast.reshape(-1, 3).mean(0))
+    data_config = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}
+    on = LesionTransforms(data_config, color_constancy=True)
+    assert on.preprocess_settings()["color_constancy"] == 6.0
+    assert "color_constancy" not in LesionTransforms(data_config).preprocess_settings()  # old cache keys unchanged
+    assert np.array_equal(on.preprocess(image=cast)["image"], ShadesOfGray(6.0)(cast))
+
+
+def test_exported_graph_applies_shades_of_gray_like_training():
+    from lesion.export import ScreeningNet
+
+    model = LesionClassifier(backbone=LITE, data={"transforms": {"color_constancy": True}}).eval()
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    image = np.clip(image * np.array([1.2, 1.0, 0.8]), 0, 255).astype(np.uint8)
+    from lesion.inference import eval_transforms
+
+    expected = model.eval_net(eval_transforms(model)(image, train=False)[None]).softmax(-1)
+    probs, _ = ScreeningNet(model).eval()(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
+    assert torch.allclose(probs, expected, atol=0.02)  # uint8 rounding in training's preprocessing

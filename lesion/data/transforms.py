@@ -33,6 +33,9 @@ class LesionTransforms:
         clahe_p: float = 1.0,
         phone: bool = False,
         phone_p: float = 0.5,
+        color_constancy: bool = False,
+        color_constancy_power: float = 6.0,
+        color_jitter: float = 0.0,
     ):
         _, height, width = data_config["input_size"]
         self.interpolation = data_config.get("interpolation", "bilinear")
@@ -45,7 +48,9 @@ class LesionTransforms:
             p=1.0 if self.fixed_clahe else clahe_p,
         )
         resize = A.Resize(height, width, interpolation=INTERPOLATION[self.interpolation])
-        self.preprocess = A.Compose([resize] + ([clahe_op] if self.fixed_clahe else []))
+        self.color_constancy = color_constancy_power if color_constancy else None
+        constancy = [A.Lambda(image=ShadesOfGray(color_constancy_power))] if color_constancy else []
+        self.preprocess = A.Compose([resize, *constancy] + ([clahe_op] if self.fixed_clahe else []))
         augment: list[A.BasicTransform] = []
         if clahe and not self.fixed_clahe:
             augment.append(clahe_op)
@@ -55,6 +60,8 @@ class LesionTransforms:
             augment.append(A.VerticalFlip(p=0.5))
         if rotate:
             augment.append(A.Rotate(limit=(-rotate, rotate), border_mode=cv2.BORDER_REFLECT_101, p=1.0))
+        if color_jitter:
+            augment.append(A.ColorJitter(color_jitter, color_jitter, color_jitter, color_jitter / 4, p=0.8))
         if phone:
             augment += phone_conditions(phone_p)
         self.augment = A.Compose(augment)
@@ -65,7 +72,8 @@ class LesionTransforms:
 
     def preprocess_settings(self) -> dict:
         """Everything that shapes `preprocess` output, for cache keys."""
-        return {"size": list(self.size), "interpolation": self.interpolation, "clahe": self.fixed_clahe and self.clahe}
+        settings = {"size": list(self.size), "interpolation": self.interpolation, "clahe": self.fixed_clahe and self.clahe}
+        return settings | ({"color_constancy": self.color_constancy} if self.color_constancy else {})
 
     def finish(self, image: np.ndarray, train: bool, seed: int | None = None) -> torch.Tensor:
         """Augment (training) and normalise. albumentations keeps its own RNG, deaf to global seeds: `seed` (one
@@ -81,6 +89,21 @@ class LesionTransforms:
     def __call__(self, image: np.ndarray, train: bool) -> torch.Tensor:
         """RGB uint8 HxWx3 -> normalised float CxHxW."""
         return self.finish(self.preprocess(image=image)["image"], train)
+
+
+class ShadesOfGray:
+    """Shades of Gray colour constancy (Finlayson and Trezzi, 2004), the fixed preprocessing of several ISIC 2018-2019
+    winners (e.g. Gessert et al. 2020): the illuminant is the Minkowski p-norm mean of each channel, and each channel
+    is scaled so that it becomes grey. p=1 is grey world, p=inf max-RGB. RGB uint8 in and out."""
+
+    def __init__(self, power: float = 6.0):
+        self.power = power
+
+    def __call__(self, image: np.ndarray, **_) -> np.ndarray:
+        pixels = image.astype(np.float32).reshape(-1, 3)
+        illuminant = np.power(np.mean(np.power(pixels, self.power), axis=0), 1.0 / self.power)
+        gains = np.linalg.norm(illuminant) / (np.sqrt(3.0) * np.maximum(illuminant, 1e-6))
+        return np.clip(image.astype(np.float32) * gains, 0, 255).astype(np.uint8)
 
 
 def phone_conditions(p: float) -> list[A.BasicTransform]:
