@@ -12,6 +12,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from lesion import dashboard
+from lesion.activation_cache import ActivationCache
 from lesion.backbones import backbone_data_config
 from lesion.config import to_plain
 from lesion.data import build_datamodule
@@ -35,6 +36,10 @@ def train(config: dict) -> dict:
         **classes,
         **config["model"],
     )
+    if config["activation_cache"]["enabled"]:
+        datamodule = ActivationCache(
+            datamodule, model, config["activation_cache"]["views"], config["activation_cache"]["dtype"]
+        )
     ckpt_path = resume_checkpoint(config)
     trainer = build_trainer(config, ckpt_path)
     out = Path(config["paths"]["output_dir"])

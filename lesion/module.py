@@ -11,6 +11,7 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3
 from torchmetrics.classification import BinaryStatScores
 
+from lesion.activation_cache import run_suffix
 from lesion.backbones import backbone_data_config, build_backbone
 from lesion.metrics import diagnosis_collection, screening_collection
 from lesion.optimizers import build_optimizer, build_scheduler
@@ -78,6 +79,7 @@ class LesionClassifier(L.LightningModule):
             if isinstance(class_weights, list | tuple):
                 raise ValueError("set model.class_weights or model.malignant_weight, not both")
             self.loss_weights.copy_(1 + (malignant_weight - 1) * self.malignant_mask.float())
+        self.prefix_depth = 0  # blocks whose activations arrive cached (lesion.activation_cache sets it)
         # The operating point, set on validation after fit (lesion.evaluation.calibrate) and kept in checkpoints.
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("threshold", torch.tensor(0.5))
@@ -110,7 +112,7 @@ class LesionClassifier(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Calibrated probabilities (softmax of logits / temperature) and the decision at the stored threshold."""
-        logits = self(batch["image"]).float()
+        logits = self._logits(batch).float()
         probs = (logits / self.temperature).softmax(dim=-1)
         p_malignant = self.malignant_probability(probs)
         return {
@@ -166,15 +168,24 @@ class LesionClassifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_confusion("test")
 
+    def _logits(self, batch: dict, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for a batch of images, or of cached prefix activations ("features", lesion.activation_cache)."""
+        if "features" not in batch:
+            return self(batch["image"] if inputs is None else inputs)
+        features = batch["features"] if inputs is None else inputs
+        if self.hparams.channels_last:
+            features = features.contiguous(memory_format=torch.channels_last)
+        return run_suffix(self.net if self.training else self.eval_net, features, self.prefix_depth)
+
     def _step(self, batch: dict, split: str) -> torch.Tensor:
-        images, labels = batch["image"], batch["label"]
+        images, labels = batch.get("features", batch.get("image")), batch["label"]
         targets = None
         if split == "train" and self.mixup is not None and len(labels) % 2 == 0:  # timm's Mixup pairs the batch
             images, targets = self.mixup(images, labels)
         elif split == "train" and self.hparams.label_smoothing:
             targets = F.one_hot(labels, len(self.loss_weights)).float()
             targets = targets * (1 - self.hparams.label_smoothing) + self.hparams.label_smoothing / targets.shape[1]
-        logits = self(images)
+        logits = self._logits(batch, images)  # mixup on cached activations is manifold mixup (Verma et al., 2019)
         loss = self._loss(logits, labels if targets is None else targets)
         probs = logits.detach().float().softmax(dim=-1)
         p_malignant, y_malignant = self.malignant_probability(probs), self.is_malignant(labels)

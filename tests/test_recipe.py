@@ -156,3 +156,50 @@ def test_exported_graph_applies_shades_of_gray_like_training():
     expected = model.eval_net(eval_transforms(model)(image, train=False)[None]).softmax(-1)
     probs, _ = ScreeningNet(model).eval()(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
     assert torch.allclose(probs, expected, atol=0.02)  # uint8 rounding in training's preprocessing
+
+
+def test_cached_activations_equal_recomputed_ones_and_give_the_same_logits(tmp_path):
+    from lesion.activation_cache import ActivationCache, prefix_depth
+    from lesion.backbones import backbone_data_config
+    from lesion.data import build_datamodule
+
+    freeze = "backbone.freeze=[conv_stem,bn1,blocks.0,blocks.1]"
+    config = compose_config("train", [*TINY, freeze, "model.channels_last=false"], tmp_path)
+    datamodule = build_datamodule(config["data"], backbone_data_config(**config["backbone"]))
+    model = LesionClassifier(backbone=config["backbone"], class_names=["apple", "orange"], malignant=["orange"])
+    cache = ActivationCache(datamodule, model, views=2, dtype="float32")
+    cache.setup("fit")
+    assert model.prefix_depth == 2 and cache.sets["train"].views.shape[:2] == (2, 8)
+    batch = next(iter(datamodule.val_dataloader()))
+    cached = next(iter(cache.val_dataloader()))
+    model.eval()
+    with torch.no_grad():
+        recomputed = model.net.blocks[:2](model.net.bn1(model.net.conv_stem(batch["image"])))
+        assert torch.allclose(cached["features"], recomputed, atol=1e-6)
+        assert torch.allclose(model._logits(cached), model(batch["image"]), atol=1e-5)
+    assert cached["image_id"] == batch["image_id"]
+    with pytest.raises(ValueError, match="prefix of the network"):
+        prefix_depth(model.net, ["conv_stem", "blocks.0"])
+
+
+def test_activation_cache_trains_through_train_py(tmp_path):
+    overrides = [
+        *TINY,
+        "backbone.freeze=[conv_stem,bn1,blocks.0]",
+        "activation_cache.enabled=true",
+        "model.ema_decay=0.9",
+    ]
+    metrics = train(compose_config("train", overrides, tmp_path))
+    assert 0.0 <= metrics["test_op/auroc"] <= 1.0 and metrics["epochs"] == 1
+
+
+def test_input_size_can_be_height_and_width(tmp_path):
+    from lesion.backbones import backbone_data_config
+
+    assert backbone_data_config("tf_efficientnet_lite0", input_size=[150, 200])["input_size"] == [3, 150, 200]
+    with pytest.raises(ValueError, match=r"\[height, width\]"):
+        backbone_data_config("tf_efficientnet_lite0", input_size=[150, 200, 3])
+    metrics = train(compose_config("train", [*TINY, "backbone.input_size=[48,64]"], tmp_path))
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    model = LesionClassifier.load_from_checkpoint(written["best_checkpoint"], weights_only=True)
+    assert model.data_config["input_size"] == [3, 48, 64] and 0.0 <= metrics["test/auroc"] <= 1.0

@@ -72,7 +72,11 @@ class LesionTransforms:
 
     def preprocess_settings(self) -> dict:
         """Everything that shapes `preprocess` output, for cache keys."""
-        settings = {"size": list(self.size), "interpolation": self.interpolation, "clahe": self.fixed_clahe and self.clahe}
+        settings = {
+            "size": list(self.size),
+            "interpolation": self.interpolation,
+            "clahe": self.fixed_clahe and self.clahe,
+        }
         return settings | ({"color_constancy": self.color_constancy} if self.color_constancy else {})
 
     def finish(self, image: np.ndarray, train: bool, seed: int | None = None) -> torch.Tensor:
