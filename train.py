@@ -52,6 +52,8 @@ def train(config: dict) -> dict:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    # Test and calibration read images: cached activations allow no test-time augmentation (identical otherwise).
+    datamodule = getattr(datamodule, "inner", datamodule)
     # fast_dev_run saves no checkpoint: test the weights in memory then.
     metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)[0]
     score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None

@@ -33,6 +33,8 @@ class LesionClassifier(L.LightningModule):
     switch_prob) for training batches, or None.
     ema_decay: keep an EMA of the weights (timm ModelEmaV3, with warmup), used for validation, test, prediction,
     checkpoints' consumers and export; None: off.
+    tta: flip test-time augmentation: outside fit's validation, logits are averaged over the identity, horizontal,
+    vertical and both flips, so test, calibration, eval.py, predict.py and export all score the same function.
     logit_adjustment: tau of the logit-adjusted loss (Menon et al., ICLR 2021): tau * log(class prior of the training
     split) is added to the logits inside the loss, so the network's own logits rank classes as if they were balanced.
     channels_last: NHWC memory format for the network and its inputs (a speed option).
@@ -52,6 +54,7 @@ class LesionClassifier(L.LightningModule):
         mixup: dict | None = None,
         ema_decay: float | None = None,
         logit_adjustment: float = 0.0,
+        tta: bool = False,
         channels_last: bool = False,
         data: dict | None = None,
         compile: bool = False,
@@ -94,7 +97,13 @@ class LesionClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return (self.net if self.training else self.eval_net)(x)
+        if self.training:
+            return self.net(x)
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"  # fast validation while fitting
+        if not self.hparams.tta or fitting:
+            return self.eval_net(x)
+        views = (x, x.flip(-1), x.flip(-2), x.flip(-2, -1))
+        return torch.stack([self.eval_net(v) for v in views]).mean(0)
 
     @property
     def eval_net(self) -> torch.nn.Module:

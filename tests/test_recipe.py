@@ -203,3 +203,17 @@ def test_input_size_can_be_height_and_width(tmp_path):
     written = json.loads((tmp_path / "metrics.json").read_text())
     model = LesionClassifier.load_from_checkpoint(written["best_checkpoint"], weights_only=True)
     assert model.data_config["input_size"] == [3, 48, 64] and 0.0 <= metrics["test/auroc"] <= 1.0
+
+
+def test_flip_tta_averages_logits_outside_fit_and_reaches_the_exported_graph():
+    from lesion.export import ScreeningNet
+
+    model = LesionClassifier(backbone=LITE, tta=True, channels_last=False).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        views = [model.net(v) for v in (x, x.flip(-1), x.flip(-2), x.flip(-2, -1))]
+        expected = torch.stack(views).mean(0)
+        assert torch.allclose(model(x), expected, atol=1e-6) and not torch.allclose(model(x), views[0])
+        normalised = (x - 0.5) / 0.5
+        probs, _ = ScreeningNet(model).eval()(x)
+        assert torch.allclose(probs, model(normalised).softmax(-1), atol=1e-6)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The recipe ablation behind README "Results": each row adds one lever to the row before, on the same lesion-disjoint
+# split; every row is sized to about 10 minutes of training on 2 CPU cores. Then the external set, then the table.
+#   bash bench/ablation.sh [ROOT=../shared/data/isic2018] [ROWS="A B C D E F"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=${ROOT:-../shared/data/isic2018}
+EXTERNAL=${EXTERNAL:-../shared/data/isic2017_test}
+OUT=${OUT:-outputs/ablation}
+PY=${PY:-.venv/bin/python}
+BASE=(experiment=isic2018_cpu_baseline "data.root=$ROOT" callbacks.progress_bar=null)
+mkdir -p "$OUT"
+declare -A ROW
+ROW[A]="trainer.max_epochs=2 trainer.limit_train_batches=0.7"                       # the old baseline, 224x224
+ROW[B]="backbone.input_size=[150,200] trainer.max_epochs=3"                            # + native 150x200
+ROW[C]="${ROW[B]} optimizer=adamw scheduler=warmup_cosine optimizer.lr=5e-4 model.label_smoothing=0.1 model.ema_decay=0.999"
+ROW[D]="${ROW[C]} model.malignant_weight=null model.class_weights=balanced"         # + balanced 7-class CE
+ROW[E]="${ROW[D]} data.transforms.color_constancy=true data.transforms.color_jitter=0.1"
+ROW[F]="${ROW[E]} activation_cache.enabled=true trainer.max_epochs=4"                 # + cached frozen prefix
+for row in ${ROWS:-A B C D E F}; do
+  dir="$OUT/$row"
+  if [ -f "$dir/metrics.json" ]; then echo "row $row: done already ($dir)"; continue; fi
+  echo "row $row: ${ROW[$row]}"
+  # shellcheck disable=SC2086
+  /usr/bin/time -f "row $row: %e s wall, %M KB peak RSS" "$PY" train.py "${BASE[@]}" ${ROW[$row]} "hydra.run.dir=$dir" \
+    > "$dir.log" 2>&1 || { echo "row $row failed: see $dir.log"; tail -5 "$dir.log"; exit 1; }
+  tail -1 "$dir.log"
+  ckpt=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['best_checkpoint'])" "$dir/metrics.json")
+  "$PY" bench/external.py "$ckpt" --root "$EXTERNAL" --out "$dir/external.json" 2>/dev/null
+done
+"$PY" bench/ablation_table.py "$OUT"
