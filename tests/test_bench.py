@@ -93,3 +93,32 @@ def test_channels_last_training_step_matches_nchw(backbone):
     gap = memory_format_parity(backbone, 64, "cpu")
     assert gap["logits"] < 1e-4, gap
     assert gap["grads"] < 5 * gap["floor"] + 1e-5, gap
+
+
+def test_external_report_scores_a_benign_malignant_folder_and_the_ablation_table_reads_runs(tmp_path):
+    import json
+
+    from conftest import TINY, compose_config
+    from external import external_report
+    from fakes import make_folder
+
+    from train import train
+
+    run = tmp_path / "ablation" / "A"
+    run.mkdir(parents=True)
+    train(compose_config("train", [*TINY, "trainer.max_epochs=1"], run))
+    ckpt = json.loads((run / "metrics.json").read_text())["best_checkpoint"]
+    report = external_report(ckpt, make_folder(tmp_path / "external", per_class=6), tta=True, resamples=20)
+    assert report["images"] == 12 and report["malignant"] == 6 and 0.0 <= report["auroc"] <= 1.0
+    assert report["auroc_ci"][0] <= report["auroc"] <= report["auroc_ci"][1]
+    (run / "external.json").write_text(json.dumps(report))
+    (tmp_path / "ablation" / "A.log").write_text("row A: 61.5 s wall, 1 KB peak RSS\n")
+    out = subprocess.run(
+        [sys.executable, "bench/ablation_table.py", str(tmp_path / "ablation")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    (row,) = [line for line in out.stdout.splitlines() if line.startswith("| A |")]
+    assert f"| {report['auroc']:.3f} (" in row and "| 1.0 |" in row
