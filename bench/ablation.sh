@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The recipe ablation behind README "Results": each row adds one lever to the row before, on the same lesion-disjoint
 # split; every row is sized to about 10 minutes of training on 2 CPU cores. Then the external set, then the table.
-#   bash bench/ablation.sh [ROOT=../shared/data/isic2018] [ROWS="A B C D E F"]
+#   [ROOT=../shared/data/isic2018] [ROWS="A B C D E F"] bash bench/ablation.sh
+# The final row is the full recipe for the hour: python train.py experiment=isic2018_cpu_best data.root=$ROOT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-../shared/data/isic2018}
@@ -15,7 +16,7 @@ ROW[A]="trainer.max_epochs=2 trainer.limit_train_batches=0.7"                   
 ROW[B]="backbone.input_size=[150,200] trainer.max_epochs=3"                            # + native 150x200
 ROW[C]="${ROW[B]} optimizer=adamw scheduler=warmup_cosine optimizer.lr=5e-4 model.label_smoothing=0.1 model.ema_decay=0.999"
 ROW[D]="${ROW[C]} model.malignant_weight=null model.class_weights=balanced"         # + balanced 7-class CE
-ROW[E]="${ROW[D]} data.transforms.color_constancy=true data.transforms.color_jitter=0.1"
+ROW[E]="${ROW[D]} data.transforms.color_constancy=true data.transforms.color_jitter=0.2 data.transforms.rotate=180 data.transforms.scale=0.15 data.transforms.translate=0.05"
 ROW[F]="${ROW[E]} activation_cache.enabled=true trainer.max_epochs=4"                 # + cached frozen prefix
 for row in ${ROWS:-A B C D E F}; do
   dir="$OUT/$row"

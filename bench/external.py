@@ -34,8 +34,13 @@ def folder_cases(root: Path) -> tuple[list[Path], torch.Tensor]:
     return files, torch.tensor(labels)
 
 
-def external_report(ckpt: Path, root: Path, tta: bool = False, resamples: int = 1000) -> dict:
+def external_report(
+    ckpt: Path, root: Path, tta: bool = False, resamples: int = 1000, model_tta: bool | None = None
+) -> dict:
+    """model_tta: override the checkpoint's own flip TTA (model.tta) to measure with or without it."""
     model = load_model(ckpt)
+    if model_tta is not None:
+        model.hparams.tta = model_tta
     files, y = folder_cases(root)
     screener = Screener(model, tta=tta)
     with tqdm(total=len(files), desc=f"external {root.name}", unit="img") as bar:
@@ -51,6 +56,7 @@ def external_report(ckpt: Path, root: Path, tta: bool = False, resamples: int = 
         "checkpoint": str(ckpt),
         "root": str(root),
         "tta": tta,
+        "model_tta": bool(model.hparams.get("tta", False)),
         "images": len(files),
         "malignant": int(y.sum()),
         "threshold": threshold,
@@ -69,12 +75,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpt", type=Path)
     parser.add_argument("--root", type=Path, default=Path("../shared/data/isic2017_test"))
-    parser.add_argument("--tta", action="store_true", help="average over flips")
+    parser.add_argument("--tta", action="store_true", help="average the Screener's probabilities over flips")
+    parser.add_argument("--model-tta", choices=("on", "off"), default=None, help="override the checkpoint's model.tta")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    report = external_report(args.ckpt, args.root, args.tta, args.resamples)
+    model_tta = None if args.model_tta is None else args.model_tta == "on"
+    report = external_report(args.ckpt, args.root, args.tta, args.resamples, model_tta)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
     r = report

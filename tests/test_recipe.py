@@ -217,3 +217,18 @@ def test_flip_tta_averages_logits_outside_fit_and_reaches_the_exported_graph():
         normalised = (x - 0.5) / 0.5
         probs, _ = ScreeningNet(model).eval()(x)
         assert torch.allclose(probs, model(normalised).softmax(-1), atol=1e-6)
+
+
+def test_scale_or_translate_turn_the_rotation_into_one_affine():
+    import albumentations as A
+
+    from lesion.data.transforms import LesionTransforms
+
+    data_config = {"input_size": [3, 30, 40], "mean": [0.5] * 3, "std": [0.5] * 3}
+    plain = LesionTransforms(data_config, rotate=20)
+    zoom = LesionTransforms(data_config, rotate=180, scale=0.15, translate=0.05)
+    assert any(isinstance(t, A.Rotate) for t in plain.augment.transforms)
+    (affine,) = [t for t in zoom.augment.transforms if isinstance(t, A.Affine)]
+    assert affine.scale["x"] == (0.85, 1.15) and affine.rotate == (-180.0, 180.0)
+    image = np.random.default_rng(0).integers(0, 256, (30, 40, 3)).astype(np.uint8)
+    assert zoom(image, train=True).shape == (3, 30, 40)

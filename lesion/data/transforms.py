@@ -27,6 +27,8 @@ class LesionTransforms:
         hflip: bool = True,
         vflip: bool = True,
         rotate: float = 0.0,
+        scale: float = 0.0,
+        translate: float = 0.0,
         clahe: bool = False,
         clahe_clip_limit: float = 2.0,
         clahe_tile_grid: int = 8,
@@ -58,7 +60,17 @@ class LesionTransforms:
             augment.append(A.HorizontalFlip(p=0.5))
         if vflip:
             augment.append(A.VerticalFlip(p=0.5))
-        if rotate:
+        if scale or translate:  # one resampling for rotation, zoom and shift
+            augment.append(
+                A.Affine(
+                    scale=(1 - scale, 1 + scale),
+                    translate_percent=(-translate, translate),
+                    rotate=(-rotate, rotate),
+                    border_mode=cv2.BORDER_REFLECT_101,
+                    p=1.0,
+                )
+            )
+        elif rotate:
             augment.append(A.Rotate(limit=(-rotate, rotate), border_mode=cv2.BORDER_REFLECT_101, p=1.0))
         if color_jitter:
             augment.append(A.ColorJitter(color_jitter, color_jitter, color_jitter, color_jitter / 4, p=0.8))
