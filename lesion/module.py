@@ -77,7 +77,7 @@ class LesionClassifier(L.LightningModule):
         self.data_config = backbone_data_config(**backbone)
         self.register_buffer("malignant_mask", torch.tensor([c in malignant for c in class_names]))
         self.register_buffer("loss_weights", self._fixed_weights(class_weights, num_classes))
-        self.register_buffer("log_prior", torch.zeros(num_classes))  # filled at fit start when logit_adjustment
+        self.register_buffer("log_prior", torch.zeros(num_classes))  # log training class prior, filled at fit start
         if malignant_weight is not None:
             if isinstance(class_weights, list | tuple):
                 raise ValueError("set model.class_weights or model.malignant_weight, not both")
@@ -141,9 +141,15 @@ class LesionClassifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         balanced = self.hparams.class_weights == "balanced" and self.hparams.malignant_weight is None
-        if stage != "fit" or not (balanced or self.hparams.logit_adjustment):
+        class_counts = getattr(self.trainer.datamodule, "class_counts", None)
+        if stage != "fit" or (class_counts is None and not (balanced or self.hparams.logit_adjustment)):
             return
-        counts = torch.tensor(self.trainer.datamodule.class_counts("train"), dtype=torch.float32)
+        if class_counts is None:
+            raise ValueError("class_weights=balanced / logit_adjustment need a datamodule with class_counts()")
+        counts = torch.tensor(class_counts("train"), dtype=torch.float32)
+        if not (balanced or self.hparams.logit_adjustment):  # the prior is kept for post-hoc adjustment
+            self.log_prior.copy_((counts.clamp_min(1) / counts.sum()).log())
+            return
         if (counts == 0).any():
             empty = [c for c, n in zip(self.hparams.class_names, counts) if n == 0]
             raise ValueError(f"class_weights=balanced / logit_adjustment: the training split has no images of {empty}")
