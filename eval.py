@@ -70,7 +70,7 @@ def evaluate(config: dict) -> dict:
     before = test.p_malignant(model, temperature=1.0)
     plot_reliability({"uncalibrated": before, "temperature-scaled": p}, test.y_malignant, out / "reliability.png")
     if len(names) > 2:
-        (out / "per_class.md").write_text(markdown_table(per_class_table(test, names, float(model.temperature))))
+        (out / "per_class.md").write_text(markdown_table(per_class_table(test, names, model)))
     if config["fairness"]["enabled"]:
         groups = group_columns(skin_tone_frame(datamodule, test.image_ids))
         table, gaps = fairness_table(

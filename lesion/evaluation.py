@@ -73,7 +73,6 @@ def screening_report(
 ) -> dict:
     """Flat metrics: `<split>/…` at 0.5, `<split>_op/…` at the stored threshold (with CIs), calibration before/after."""
     temperature, threshold = float(model.temperature), float(model.threshold)
-    probs = test.probs(temperature)
     p = test.p_malignant(model)
     report: dict = {"threshold": threshold, "temperature": temperature}
     report |= {f"{split}/{k}": v for k, v in screening_metrics(p, test.y_malignant, 0.5).items()}
@@ -87,14 +86,16 @@ def screening_report(
     num_classes = len(model.hparams.class_names)
     if num_classes > 2:
         report[f"{split}/balanced_accuracy"] = float(
-            diagnosis_collection(num_classes)(probs, test.labels)["balanced_accuracy"]
+            diagnosis_collection(num_classes)(model.diagnosis_logits(test.logits).softmax(-1), test.labels)[
+                "balanced_accuracy"
+            ]
         )
     return report
 
 
-def per_class_table(test: Predictions, class_names: list[str], temperature: float = 1.0) -> pd.DataFrame:
-    """Per-class sensitivity, precision and support for a diagnosis (multiclass) model."""
-    predicted = test.probs(temperature).argmax(dim=-1)
+def per_class_table(test: Predictions, class_names: list[str], model: LesionClassifier) -> pd.DataFrame:
+    """Per-class sensitivity, precision and support for a diagnosis (multiclass) model, at its 7-class decision."""
+    predicted = model.diagnosis_logits(test.logits).argmax(dim=-1)
     rows = []
     for i, name in enumerate(class_names):
         actual, called = test.labels == i, predicted == i

@@ -33,6 +33,8 @@ class LesionClassifier(L.LightningModule):
     switch_prob) for training batches, or None.
     ema_decay: keep an EMA of the weights (timm ModelEmaV3, with warmup), used for validation, test, prediction,
     checkpoints' consumers and export; None: off.
+    posthoc_adjustment: tau of post-hoc logit adjustment (Menon et al., ICLR 2021) for the 7-class decision only:
+    argmax of logits - tau * log(training prior) (balanced_accuracy, per-class tables); P(malignant) is unchanged.
     tta: flip test-time augmentation: outside fit's validation, logits are averaged over the identity, horizontal,
     vertical and both flips, so test, calibration, eval.py, predict.py and export all score the same function.
     logit_adjustment: tau of the logit-adjusted loss (Menon et al., ICLR 2021): tau * log(class prior of the training
@@ -54,6 +56,7 @@ class LesionClassifier(L.LightningModule):
         mixup: dict | None = None,
         ema_decay: float | None = None,
         logit_adjustment: float = 0.0,
+        posthoc_adjustment: float = 0.0,
         tta: bool = False,
         channels_last: bool = False,
         data: dict | None = None,
@@ -136,6 +139,10 @@ class LesionClassifier(L.LightningModule):
     def malignant_probability(self, probs: torch.Tensor) -> torch.Tensor:
         return probs[:, self.malignant_mask].sum(dim=-1)
 
+    def diagnosis_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits for the multiclass decision: post-hoc adjusted for the training prior when posthoc_adjustment."""
+        return logits.float() - self.hparams.get("posthoc_adjustment", 0.0) * self.log_prior.to(logits.device)
+
     def is_malignant(self, labels: torch.Tensor) -> torch.Tensor:
         return self.malignant_mask[labels].long()
 
@@ -164,7 +171,7 @@ class LesionClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Checkpoints written before the operating point existed load as uncalibrated (eval.py then calibrates).
         state = checkpoint["state_dict"]
-        for name in ("temperature", "threshold", "calibrated"):
+        for name in ("temperature", "threshold", "calibrated", "log_prior"):
             state.setdefault(name, getattr(self, name).detach().clone())
 
     def on_fit_start(self) -> None:
@@ -211,7 +218,7 @@ class LesionClassifier(L.LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=size)
         if hasattr(self, f"{split}_diagnosis"):
             diagnosis = getattr(self, f"{split}_diagnosis")
-            diagnosis.update(probs, labels)
+            diagnosis.update(self.diagnosis_logits(logits.detach()).softmax(dim=-1), labels)
             self.log_dict(diagnosis, on_step=False, on_epoch=True, batch_size=size)
         if split != "train":
             getattr(self, f"{split}_counts").update(p_malignant, y_malignant)

@@ -232,3 +232,14 @@ def test_scale_or_translate_turn_the_rotation_into_one_affine():
     assert affine.scale["x"] == (0.85, 1.15) and affine.rotate == (-180.0, 180.0)
     image = np.random.default_rng(0).integers(0, 256, (30, 40, 3)).astype(np.uint8)
     assert zoom(image, train=True).shape == (3, 30, 40)
+
+
+def test_posthoc_adjustment_moves_the_7_class_decision_but_not_p_malignant():
+    model = LesionClassifier(backbone=LITE, class_names=["a", "b", "c"], malignant=["c"], posthoc_adjustment=1.0)
+    model.log_prior.copy_(torch.tensor([0.8, 0.15, 0.05]).log())
+    logits = torch.tensor([[2.0, 1.0, 0.5]])
+    assert logits.argmax(-1).item() == 0 and model.diagnosis_logits(logits).argmax(-1).item() == 2
+    plain = LesionClassifier(backbone=LITE, class_names=["a", "b", "c"], malignant=["c"])
+    assert torch.equal(plain.diagnosis_logits(logits), logits)
+    probs = logits.softmax(-1)
+    assert torch.equal(model.malignant_probability(probs), plain.malignant_probability(probs))
