@@ -147,22 +147,23 @@ class LesionClassifier(L.LightningModule):
         return self.malignant_mask[labels].long()
 
     def setup(self, stage: str) -> None:
+        """At fit start: the training split's class prior (kept for post-hoc adjustment) and balanced weights."""
+        if stage != "fit":
+            return
         balanced = self.hparams.class_weights == "balanced" and self.hparams.malignant_weight is None
+        needed = balanced or bool(self.hparams.logit_adjustment)
         class_counts = getattr(self.trainer.datamodule, "class_counts", None)
-        if stage != "fit" or (class_counts is None and not (balanced or self.hparams.logit_adjustment)):
-            return
         if class_counts is None:
-            raise ValueError("class_weights=balanced / logit_adjustment need a datamodule with class_counts()")
-        counts = torch.tensor(class_counts("train"), dtype=torch.float32)
-        if not (balanced or self.hparams.logit_adjustment):  # the prior is kept for post-hoc adjustment
-            self.log_prior.copy_((counts.clamp_min(1) / counts.sum()).log())
+            if needed:
+                raise ValueError("class_weights=balanced / logit_adjustment need a datamodule with class_counts()")
             return
-        if (counts == 0).any():
+        counts = torch.tensor(class_counts("train"), dtype=torch.float32)
+        if needed and (counts == 0).any():
             empty = [c for c, n in zip(self.hparams.class_names, counts) if n == 0]
             raise ValueError(f"class_weights=balanced / logit_adjustment: the training split has no images of {empty}")
         if balanced:
             self.loss_weights.copy_(counts.sum() / (len(counts) * counts))
-        self.log_prior.copy_((counts / counts.sum()).log())
+        self.log_prior.copy_((counts.clamp_min(1) / counts.sum()).log())
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         if self.ema is not None:
