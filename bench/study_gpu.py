@@ -109,6 +109,9 @@ def run_row(row: str, args) -> dict:
     splits = {
         s: torch.from_numpy(np.flatnonzero(pack["splits"] == i)).to(device) for i, s in enumerate(pack["split_names"])
     }
+    if PROTOCOL.get("limit"):  # --smoke: `limit` images of each split, evenly spaced so both classes stay
+        limit = PROTOCOL["limit"]
+        splits = {s: index[:: max(len(index) // limit, 1)][:limit] for s, index in splits.items()}
     weight = torch.tensor(PROTOCOL["class_weights"], device=device)
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=PROTOCOL["lr"])
     generator = torch.Generator(device=device).manual_seed(PROTOCOL["seed"])
