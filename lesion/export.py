@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lesion.inference import eval_transforms
-from lesion.module import LesionClassifier
+from lesion.module import LesionClassifier, flip_tta
 
 FORMATS = ("onnx", "torchscript")
 
@@ -25,7 +25,8 @@ class ScreeningNet(nn.Module):
 
     def __init__(self, model: LesionClassifier):
         super().__init__()
-        self.model = model  # its eval-mode forward: the weight EMA and flip TTA when the run used them
+        self.net = model.eval_net  # the weight EMA when the run kept one
+        self.tta = bool(model.hparams.get("tta", False))
         cfg = model.data_config
         self.register_buffer("mean", torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1))
@@ -45,7 +46,8 @@ class ScreeningNet(nn.Module):
             illuminant = image.clamp_min(1e-6).pow(p).mean(dim=(2, 3), keepdim=True).pow(1.0 / p)
             gains = illuminant.norm(dim=1, keepdim=True) / (3**0.5 * illuminant.clamp_min(1e-6))
             image = (image * gains).clamp(0.0, 1.0)
-        logits = self.model((image - self.mean) / self.std).float()
+        x = (image - self.mean) / self.std
+        logits = (flip_tta(self.net, x) if self.tta else self.net(x)).float()
         probs = (logits / self.temperature).softmax(-1)
         return probs, probs @ self.malignant
 

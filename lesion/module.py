@@ -20,6 +20,11 @@ SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
 
 
+def flip_tta(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits averaged over the identity, horizontal, vertical and both flips."""
+    return torch.stack([net(v) for v in (x, x.flip(-1), x.flip(-2), x.flip(-2, -1))]).mean(0)
+
+
 class LesionClassifier(L.LightningModule):
     """Classifies lesion images into `class_names`; P(malignant) sums the probabilities of `malignant` classes.
 
@@ -105,8 +110,7 @@ class LesionClassifier(L.LightningModule):
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"  # fast validation while fitting
         if not self.hparams.tta or fitting:
             return self.eval_net(x)
-        views = (x, x.flip(-1), x.flip(-2), x.flip(-2, -1))
-        return torch.stack([self.eval_net(v) for v in views]).mean(0)
+        return flip_tta(self.eval_net, x)
 
     @property
     def eval_net(self) -> torch.nn.Module:
