@@ -72,6 +72,8 @@ class ActivationCache(L.LightningDataModule):
             raise ValueError(f"activation_cache.views must be at least 1, got {views}")
         if datamodule.sampler or datamodule.neg_ratio or datamodule.on_bad_image != "error":
             raise ValueError("activation_cache needs data.sampler=null, data.neg_ratio=null, data.on_bad_image=error")
+        if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+            raise ValueError(f"activation_cache.dtype must be a torch dtype name such as float16, got {dtype!r}")
         self.inner, self.model, self.views, self.dtype = datamodule, model, views, getattr(torch, dtype)
         self.depth = prefix_depth(model.net, model.hparams.backbone.get("freeze") or ())
         model.prefix_depth = self.depth
@@ -87,7 +89,7 @@ class ActivationCache(L.LightningDataModule):
             return
         self.inner.setup(stage)
         rng = np.random.default_rng([self.inner.seed, 7919])
-        for split in ("train", "val", "test"):
+        for split in ("train", "val"):  # test is cached on first use: train.py tests on images (TTA)
             dataset = self.inner.dataset(split, train=split == "train")
             n = len(dataset)
             views = self.views if split == "train" else 1
@@ -96,7 +98,7 @@ class ActivationCache(L.LightningDataModule):
             self.sets[split] = CachedActivations(
                 store.view(views, n, *store.shape[1:]), dataset.labels, dataset.image_ids
             )
-        size = sum(s.views.numel() * s.views.element_size() for s in self.sets.values())
+        size = sum(s.views.numel() * s.views.element_size() for s in self.sets.values())  # train + val
         log.info(
             "activation cache: blocks 0-%d frozen, %d training views, %.2f GB", self.depth - 1, self.views, size / 1e9
         )
@@ -129,6 +131,10 @@ class ActivationCache(L.LightningDataModule):
         return DataLoader(self.sets["val"], self.inner.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
+        if "test" not in self.sets:
+            dataset = self.inner.dataset("test")
+            store = self._compute(dataset, list(range(len(dataset))), "caching test")
+            self.sets["test"] = CachedActivations(store[None], dataset.labels, dataset.image_ids)
         return DataLoader(self.sets["test"], self.inner.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:

@@ -180,6 +180,8 @@ def test_cached_activations_equal_recomputed_ones_and_give_the_same_logits(tmp_p
     assert cached["image_id"] == batch["image_id"]
     with pytest.raises(ValueError, match="prefix of the network"):
         prefix_depth(model.net, ["conv_stem", "blocks.0"])
+    with pytest.raises(ValueError, match=r"activation_cache\.dtype .* 'half16'"):
+        ActivationCache(datamodule, model, views=1, dtype="half16")
 
 
 def test_activation_cache_trains_through_train_py(tmp_path):
