@@ -10,7 +10,7 @@ import uvicorn
 from omegaconf import DictConfig
 
 from lesion.config import to_plain
-from lesion.inference import Screener, load_model
+from lesion.inference import Screener, load_calibrated
 from lesion.webapp import create_app
 
 log = logging.getLogger("lesion")
@@ -18,9 +18,9 @@ log = logging.getLogger("lesion")
 
 def build_app(config: dict):
     """Load the model once and wrap it in the web app."""
-    model = load_model(config["ckpt_path"])
+    model = load_calibrated(config["ckpt_path"], config["allow_uncalibrated"])
     screener = Screener(model, config["tta"], config["gradcam"], config["max_pixels"], config.get("bands"))
-    name = f"{model.hparams.backbone['model_name']} ({Path(config['ckpt_path']).name})"
+    name = f"{model.hparams.backbone['model_name']} ({Path(str(config['ckpt_path'])).name})"
     return create_app(screener, int(config["max_upload_mb"] * 1_000_000), name)
 
 

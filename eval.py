@@ -1,9 +1,10 @@
-"""python eval.py ckpt_path=outputs/.../checkpoints/best.ckpt [data=isic2018 data.root=...] [fairness.enabled=false]"""
+"""python eval.py ckpt_path=outputs/.../checkpoints/best.ckpt (or [a.ckpt,b.ckpt]: an ensemble) [data=...]"""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import hydra
@@ -14,6 +15,7 @@ from omegaconf import DictConfig
 from lesion import dashboard
 from lesion.config import to_plain
 from lesion.data import build_datamodule
+from lesion.ensemble import LesionEnsemble
 from lesion.evaluation import (
     calibrate,
     per_class_table,
@@ -21,6 +23,7 @@ from lesion.evaluation import (
     robustness_table,
     screening_report,
     skin_tone_frame,
+    store_operating_point,
 )
 from lesion.fairness import fairness_markdown, fairness_table, group_columns
 from lesion.inference import load_model
@@ -41,8 +44,8 @@ log = logging.getLogger("lesion")
 def evaluate(config: dict) -> dict:
     """Test-split screening report: metrics at 0.5 and at the operating point with CIs, calibration, confusion
     tables, ROC/PR/reliability plots, fairness and robustness; every artifact lands in the run dir."""
-    ckpt = Path(config["ckpt_path"])
-    model = load_model(ckpt)
+    ckpt = config["ckpt_path"]
+    model = load_model(ckpt, config.get("tta"))
     datamodule = build_datamodule(config.get("data") or model.hparams.data, model.data_config)
     names = list(model.hparams.class_names)
     if list(datamodule.classes) != names:
@@ -51,9 +54,12 @@ def evaluate(config: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(**config["trainer"], logger=False, default_root_dir=str(out))
     test = predict(model, datamodule.test_dataloader(), trainer)
+    written = {}
     if not bool(model.calibrated):
-        log.warning("%s has no stored operating point: choosing it on the val split now", ckpt.name)
+        log.warning("%s has no stored operating point: choosing it on the val split now", ckpt)
         calibrate(model, predict(model, datamodule.val_dataloader(), trainer), config["target_sensitivity"])
+        written["calibrated_checkpoint"] = str(save_calibrated(model, ckpt, out, config["save_operating_point"]))
+        log.info("the operating point is stored in %s: pass it to predict.py, app.py and export.py", written)
     boot, bins = config["bootstrap"], config["calibration"]["bins"]
     report = screening_report(model, test, "test", boot["resamples"], boot["level"], bins)
     p = test.p_malignant(model)
@@ -64,7 +70,7 @@ def evaluate(config: dict) -> dict:
         counts = {k: int(report[f"{prefix}/{k}"]) for k in ("tp", "fn", "fp", "tn")}
         tables.append(f"## Threshold {threshold:.4f}\n\n{confusion_table(counts, axes)}")
         plot_confusion(counts, out / f"confusion_matrix{'_op' if prefix == 'test_op' else ''}.png", axes)
-    (out / "confusion_matrix.md").write_text(f"# Confusion matrix ({ckpt.name})\n\n" + "\n".join(tables))
+    (out / "confusion_matrix.md").write_text(f"# Confusion matrix ({_name(ckpt)})\n\n" + "\n".join(tables))
     plot_roc(p, test.y_malignant, out / "roc.png", report["test/auroc"])
     plot_pr(p, test.y_malignant, out / "pr.png")
     before = test.p_malignant(model, temperature=1.0)
@@ -86,13 +92,30 @@ def evaluate(config: dict) -> dict:
         table.to_csv(out / "robustness.csv", index=False)
         (out / "robustness.md").write_text("# Robustness to phone-camera conditions\n\n" + markdown_table(table) + "\n")
         plot_robustness(table, out / "robustness.png")
-    (out / "metrics.json").write_text(json.dumps(report | {"checkpoint": str(ckpt)}, indent=2, sort_keys=True))
+    (out / "metrics.json").write_text(json.dumps(report | {"checkpoint": ckpt} | written, indent=2, sort_keys=True))
     loggers = [instantiate(block) for block in (config.get("logger") or {}).values()]
     dashboard.log_eval_artifacts(loggers, out, report)
     dashboard.finish(loggers)
     log.info(_summary(report))
     log.info("evaluation written to %s", out)
     return report
+
+
+def save_calibrated(model, ckpt: str | list, out: Path, in_place: bool) -> Path:
+    """Keep the operating point just fitted: an ensemble is written to the run dir as ensemble.ckpt; a checkpoint
+    gets a calibrated copy beside it (`<name>.calibrated.ckpt`), or is updated in place when `in_place`."""
+    if isinstance(model, LesionEnsemble):
+        return model.save(out / "ensemble.ckpt")
+    source = Path(ckpt[0] if isinstance(ckpt, list) else ckpt)
+    target = source if in_place else source.with_name(f"{source.stem}.calibrated.ckpt")
+    if target != source:
+        shutil.copyfile(source, target)
+    store_operating_point(str(target), model)
+    return target
+
+
+def _name(ckpt: str | list) -> str:
+    return ", ".join(Path(c).name for c in ckpt) if isinstance(ckpt, list) else Path(ckpt).name
 
 
 def _summary(report: dict) -> str:

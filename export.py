@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from lesion.config import to_plain
 from lesion.export import FORMATS, export
-from lesion.inference import load_model
+from lesion.inference import load_calibrated
 from lesion.model_card import find_eval_dir, model_card
 
 log = logging.getLogger("lesion")
@@ -23,8 +23,10 @@ def run_export(config: dict) -> dict:
     fmt = config["format"]
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}: choose one of {FORMATS}")
+    model = load_calibrated(config["ckpt_path"], config["allow_uncalibrated"])
+    if isinstance(config["ckpt_path"], list):
+        raise ValueError("export.py takes one checkpoint: for an ensemble, the ensemble.ckpt that eval.py wrote")
     ckpt = Path(config["ckpt_path"])
-    model = load_model(ckpt)
     out = Path(config["paths"]["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     path = Path(config["output"]) if config["output"] else out / f"model{SUFFIX[fmt]}"

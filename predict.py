@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from lesion.config import to_plain
-from lesion.inference import DISCLAIMER, Result, Screener, load_model
+from lesion.inference import DISCLAIMER, Result, Screener, load_calibrated
 
 log = logging.getLogger("lesion")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -33,7 +33,7 @@ def input_files(path: Path) -> list[Path]:
 
 def run_predict(config: dict) -> list[Result]:
     """Screen every input file; write predictions.csv/.json and Grad-CAM overlays to the run dir."""
-    model = load_model(config["ckpt_path"])
+    model = load_calibrated(config["ckpt_path"], config["allow_uncalibrated"])
     screener = Screener(model, config["tta"], config["gradcam"], config["max_pixels"], config.get("bands"))
     files = input_files(Path(config["input"]))
     out = Path(config["paths"]["output_dir"])

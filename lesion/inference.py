@@ -3,6 +3,7 @@ a plain-language risk band, optional flip TTA and Grad-CAM. Shared by predict.py
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from lesion.data.readers import BadImageError, decode
 from lesion.data.transforms import LesionTransforms
 from lesion.module import LesionClassifier
 
+log = logging.getLogger(__name__)
 DISCLAIMER = (
     "This is not a diagnosis. It is a research model's estimate from one photo; "
     "only a doctor can examine a skin spot. If a spot worries you, see a doctor whatever this says."
@@ -23,13 +25,38 @@ DEFAULT_BANDS = {
 }
 
 
-def load_model(ckpt_path: str | Path) -> LesionClassifier:
-    """A checkpoint in eval mode on the CPU, with a clear error for a wrong path."""
+def load_model(ckpt_path: str | Path | list, tta: bool | None = None) -> LesionClassifier:
+    """A checkpoint (or an ensemble: a list of checkpoints, or the ensemble checkpoint eval.py wrote) in eval mode on
+    the CPU, with a clear error for a wrong path. tta: flip TTA of an ensemble assembled from a list (None: when any
+    member used it); a checkpoint keeps the TTA its operating point was fitted with."""
+    from lesion.ensemble import ENSEMBLE_KEY, LesionEnsemble
+
+    if isinstance(ckpt_path, list | tuple):
+        return LesionEnsemble.from_checkpoints(ckpt_path, tta) if len(ckpt_path) > 1 else load_model(ckpt_path[0])
     ckpt = Path(ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt} does not exist; pass a .ckpt from outputs/.../checkpoints/")
     # weights_only: a checkpoint from elsewhere cannot run pickled code; ours hold plain values only.
-    return LesionClassifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+    cls = LesionEnsemble if ENSEMBLE_KEY in hparams else LesionClassifier
+    return cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+
+
+def load_calibrated(ckpt_path: str | Path | list, allow_uncalibrated: bool = False) -> LesionClassifier:
+    """`load_model` for the entry points that make decisions (predict.py, app.py, export.py): a model without a fitted
+    temperature and threshold is refused (its decisions would use an arbitrary 0.5), or allowed with a warning."""
+    model = load_model(ckpt_path)
+    if not bool(model.calibrated):
+        how = (
+            f"ckpt_path={ckpt_path} has no fitted temperature and threshold (a DDP or fast_dev_run run, an old "
+            "checkpoint, or a list of checkpoints): run `python eval.py ckpt_path=...` on it first, which fits them on "
+            "the val split and writes a calibrated checkpoint (<name>.calibrated.ckpt beside it; ensemble.ckpt in its "
+            "run dir for a list), then pass that file"
+        )
+        if not allow_uncalibrated:
+            raise ValueError(how + "; allow_uncalibrated=true uses it as it is")
+        log.warning("%s; allow_uncalibrated=true: using temperature 1 and threshold 0.5", how)
+    return model
 
 
 def eval_transforms(model: LesionClassifier) -> LesionTransforms:

@@ -20,10 +20,12 @@ def find_eval_dir(ckpt_path: Path, search: Path) -> Path | None:
     matches = []
     for metrics in search.glob("**/metrics.json"):
         try:
-            named = json.loads(metrics.read_text()).get("checkpoint")
+            values = json.loads(metrics.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if named and Path(named).resolve() == ckpt_path.resolve():
+        # eval.py names the checkpoint it read, and the calibrated one it wrote (e.g. an ensemble's ensemble.ckpt)
+        named = [values.get("checkpoint"), values.get("calibrated_checkpoint")]
+        if any(isinstance(n, str) and Path(n).resolve() == ckpt_path.resolve() for n in named):
             matches.append(metrics.parent)
     return max(matches, key=lambda d: d.stat().st_mtime) if matches else None
 
@@ -106,7 +108,8 @@ def model_card(
 - Architecture: timm `{backbone.get("model_name")}`; cut after: `{backbone.get("cut_after") or "no cut"}`;
   head: `{backbone.get("head")}`; frozen: `{", ".join(backbone.get("freeze") or []) or "nothing"}`;
   LAuReL: `{backbone.get("laurel", "none")}`; input: {_size(model)} RGB.
-- Output: calibrated P(malignant) (temperature scaling, T = {temperature:.4f}); "refer" above {threshold:.4f}.
+{_ensemble(model)}- Output: calibrated P(malignant) (temperature scaling, T = {temperature:.4f});
+  "refer" above {threshold:.4f}.
 {files}
 ## Intended use
 - Research on screening skin lesions from photos: ranking and flagging lesions so that a person sees a doctor sooner.
@@ -137,6 +140,15 @@ def model_card(
 - The threshold was chosen for a target sensitivity on validation data; on other data the sensitivity can be lower.
 - Grad-CAM maps show where the score came from, not why, and can be misleading.
 """
+
+
+def _ensemble(model) -> str:
+    members = model.hparams.get("members")
+    if not members:
+        return ""
+    paths = getattr(model, "member_paths", None) or []
+    named = f": {', '.join(f'`{p}`' for p in paths)}" if paths else ""
+    return f"- Ensemble of {len(members)} checkpoints (mean logits, one temperature and threshold){named}.\n"
 
 
 def _size(model) -> str:
