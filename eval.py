@@ -57,9 +57,12 @@ def evaluate(config: dict) -> dict:
     written = {}
     if not bool(model.calibrated):
         log.warning("%s has no stored operating point: choosing it on the val split now", ckpt)
-        calibrate(model, predict(model, datamodule.val_dataloader(), trainer), config["target_sensitivity"])
+        op = config["operating_point"]
+        val = predict(model, datamodule.val_dataloader(), trainer)
+        written |= calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"])
         written["calibrated_checkpoint"] = str(save_calibrated(model, ckpt, out, config["save_operating_point"]))
-        log.info("the operating point is stored in %s: pass it to predict.py, app.py and export.py", written)
+        log.info("operating point stored in %s: pass it to predict/app/export", written["calibrated_checkpoint"])
+    written |= {f"operating_point/{k}": v for k, v in (model.operating_point or {}).items() if k != "threshold"}
     boot, bins = config["bootstrap"], config["calibration"]["bins"]
     report = screening_report(model, test, "test", boot["resamples"], boot["level"], bins)
     p = test.p_malignant(model)

@@ -68,10 +68,7 @@ def train(config: dict) -> dict:
     metrics |= history.at_best() if history else {}
     # One batch says nothing about a threshold; under DDP, predict() sees one rank's share: use eval.py then.
     if not trainer.fast_dev_run and trainer.world_size == 1:
-        op = config["operating_point"]
-        report, test = operating_point_after_fit(
-            model, datamodule, trainer, best, op["target_sensitivity"], op["bootstrap_resamples"]
-        )
+        report, test = operating_point_after_fit(model, datamodule, trainer, best, config["operating_point"])
         metrics |= report
         dashboard.log_test_predictions(trainer.loggers, model, test, datamodule.reader(), best)
     if trainer.is_global_zero:

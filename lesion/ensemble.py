@@ -53,6 +53,7 @@ class LesionEnsemble(LesionClassifier):
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("threshold", torch.tensor(0.5))
         self.register_buffer("calibrated", torch.tensor(False))
+        self.operating_point: dict | None = None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -105,6 +106,7 @@ class LesionEnsemble(LesionClassifier):
                 "state_dict": self.state_dict(),
                 "hyper_parameters": {"members": list(self.hparams.members), "tta": bool(self.hparams.tta)},
                 "member_paths": list(getattr(self, "member_paths", [])),
+                "operating_point": self.operating_point,
                 "pytorch-lightning_version": L.__version__,
             },
             path,

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from lesion.calibration import calibration_scores, fit_temperature
 from lesion.metrics import diagnosis_collection, screening_metrics
 from lesion.module import LesionClassifier
-from lesion.operating_point import bootstrap_ci, threshold_for_sensitivity
+from lesion.operating_point import bootstrap_ci, choose_operating_point
 
 
 @dataclass
@@ -44,23 +44,31 @@ def predict(model: LesionClassifier, loader: DataLoader, trainer: L.Trainer) -> 
     )
 
 
-def calibrate(model: LesionClassifier, val: Predictions, target_sensitivity: float = 0.8) -> dict[str, float]:
-    """Fit the temperature on validation, then the threshold reaching `target_sensitivity` on calibrated
-    P(malignant); both are stored in the model's buffers, so its checkpoints carry them."""
+def calibrate(
+    model: LesionClassifier,
+    val: Predictions,
+    target_sensitivity: float = 0.8,
+    method: str = "lower_bound",
+    confidence: float = 0.95,
+) -> dict:
+    """Fit the temperature on validation, then the threshold for `target_sensitivity` on calibrated P(malignant)
+    (`lesion.operating_point.choose_operating_point`); both are stored in the model's buffers and the rule that chose
+    them in `model.operating_point`, so its checkpoints carry them."""
     temperature = fit_temperature(val.logits, val.labels)
     p = val.p_malignant(model, temperature)
-    threshold = threshold_for_sensitivity(p, val.y_malignant, target_sensitivity)
+    chosen = choose_operating_point(p, val.y_malignant, target_sensitivity, method, confidence)
     model.temperature.fill_(temperature)
-    model.threshold.fill_(threshold)
+    model.threshold.fill_(chosen["threshold"])
     model.calibrated.fill_(True)
-    at_threshold = screening_metrics(p, val.y_malignant, threshold)
+    model.operating_point = chosen
+    at_threshold = screening_metrics(p, val.y_malignant, chosen["threshold"])
     return {
         "temperature": temperature,
-        "threshold": threshold,
+        "threshold": chosen["threshold"],
         "target_sensitivity": target_sensitivity,
         "val_op/recall": at_threshold["recall"],
         "val_op/specificity": at_threshold["specificity"],
-    }
+    } | {f"operating_point/{k}": v for k, v in chosen.items() if k not in ("threshold", "target_sensitivity")}
 
 
 def screening_report(
@@ -191,16 +199,20 @@ def store_operating_point(ckpt_path: str, model: LesionClassifier) -> None:
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own checkpoint, written by this run
     for name in ("temperature", "threshold", "calibrated"):
         ckpt["state_dict"][name] = getattr(model, name).detach().cpu()
+    ckpt["operating_point"] = dict(model.operating_point or {})
     torch.save(ckpt, ckpt_path)
 
 
 def operating_point_after_fit(
-    model: LesionClassifier, datamodule, trainer: L.Trainer, best: str, target_sensitivity: float, resamples: int
+    model: LesionClassifier, datamodule, trainer: L.Trainer, best: str, operating_point: dict
 ) -> tuple[dict, Predictions]:
-    """Calibrate on val, choose the threshold, store both in the best checkpoint, and report test at it.
-    Returns the report (without the `test/` keys, which trainer.test already gave) and the test predictions."""
+    """Calibrate on val, choose the threshold (conf/train.yaml `operating_point`), store both in the best checkpoint,
+    and report test at it. Returns the report (without the `test/` keys, which trainer.test already gave) and the test
+    predictions."""
     val = predict(model, datamodule.val_dataloader(), trainer)
-    info = calibrate(model, val, target_sensitivity)
+    op = operating_point
+    resamples = op["bootstrap_resamples"]
+    info = calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"])
     # Val at the chosen threshold, with CIs (the study comparison reports val and test side by side).
     info |= {k: v for k, v in screening_report(model, val, "val", resamples).items() if "calibration" not in k}
     if best:

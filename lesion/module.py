@@ -95,6 +95,7 @@ class LesionClassifier(L.LightningModule):
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("threshold", torch.tensor(0.5))
         self.register_buffer("calibrated", torch.tensor(False))
+        self.operating_point: dict | None = None  # how the threshold was chosen (method, level, bound); checkpointed
         for split in SPLITS:
             setattr(self, f"{split}_metrics", screening_collection().clone(prefix=f"{split}/"))
             if num_classes > 2:
@@ -178,6 +179,10 @@ class LesionClassifier(L.LightningModule):
         state = checkpoint["state_dict"]
         for name in ("temperature", "threshold", "calibrated", "log_prior"):
             state.setdefault(name, getattr(self, name).detach().clone())
+        self.operating_point = checkpoint.get("operating_point")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["operating_point"] = self.operating_point
 
     def on_fit_start(self) -> None:
         """Log the numbers training actually uses: class counts per split, sampling, loss class weights."""

@@ -2,28 +2,89 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 import torch
+from scipy.stats import beta
 from torchmetrics.functional.classification import binary_auroc, binary_recall, binary_specificity
 
 from lesion.metrics import partial_auroc
 
+log = logging.getLogger(__name__)
 # A case is called malignant when P(malignant) > threshold (torchmetrics' convention).
 
 
-def threshold_for_sensitivity(p_malignant: torch.Tensor, target: torch.Tensor, sensitivity: float = 0.8) -> float:
-    """The highest threshold whose sensitivity on these scores is at least `sensitivity`.
+METHODS = ("point", "lower_bound")
 
-    The threshold sits halfway between the k-th highest malignant score (k = ceil(sensitivity x positives)) and the
-    next lower score, so the decisions on these scores are exactly those of the best such threshold.
+
+def threshold_for_sensitivity(p_malignant: torch.Tensor, target: torch.Tensor, sensitivity: float = 0.8) -> float:
+    """The highest threshold whose sensitivity on these scores is at least `sensitivity` (the `point` rule)."""
+    positives = _positive_scores(p_malignant, target)
+    return _threshold_detecting(p_malignant, positives, max(1, math.ceil(sensitivity * len(positives) - 1e-9)))
+
+
+def sensitivity_lower_bound(detected: int, positives: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson lower confidence bound on a sensitivity measured as detected / positives."""
+    if detected <= 0:
+        return 0.0
+    return float(beta.ppf(1 - confidence, detected, positives - detected + 1))
+
+
+def choose_operating_point(
+    p_malignant: torch.Tensor,
+    target: torch.Tensor,
+    sensitivity: float = 0.8,
+    method: str = "lower_bound",
+    confidence: float = 0.95,
+) -> dict:
+    """The decision threshold for a target sensitivity, chosen on validation scores.
+
+    point: the highest threshold whose val sensitivity reaches the target; on new data it then falls short about half
+    the time. lower_bound: the highest threshold whose one-sided Clopper-Pearson lower bound on sensitivity (level
+    `confidence`, from the val positives) reaches the target, so new data from the same distribution keeps the target
+    with at least that probability. With too few val positives for any threshold to certify the target, every val
+    positive is detected and the bound reached is reported (with a warning).
     """
+    if method not in METHODS:
+        raise ValueError(f"operating_point.method must be one of {METHODS}, got {method!r}")
+    positives = _positive_scores(p_malignant, target)
+    n = len(positives)
+    if method == "point":
+        needed = max(1, math.ceil(sensitivity * n - 1e-9))
+    else:
+        bounds = beta.ppf(1 - confidence, np.arange(1, n + 1), n - np.arange(1, n + 1) + 1)
+        reaching = np.nonzero(bounds >= sensitivity)[0]
+        needed = int(reaching[0]) + 1 if len(reaching) else n
+        if not len(reaching):
+            log.warning(
+                "%d malignant val images cannot certify sensitivity %.2f at %.0f%% confidence (detecting all of them "
+                "certifies %.3f): the threshold detects every one; more val positives are needed for the guarantee",
+                n, sensitivity, 100 * confidence, bounds[-1],
+            )  # fmt: skip
+    return {
+        "threshold": _threshold_detecting(p_malignant, positives, needed),
+        "method": method,
+        "confidence": confidence if method == "lower_bound" else None,
+        "target_sensitivity": sensitivity,
+        "val_positives": n,
+        "val_detected": needed,
+        "sensitivity_lower_bound": sensitivity_lower_bound(needed, n, confidence),
+    }
+
+
+def _positive_scores(p_malignant: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p, y = p_malignant.detach().double().flatten(), target.detach().flatten().bool()
-    positives = torch.sort(p[y], descending=True).values
-    if len(positives) == 0:
+    if not y.any():
         raise ValueError("cannot choose a threshold for a target sensitivity: no malignant cases in this split")
-    k = max(1, math.ceil(sensitivity * len(positives) - 1e-9))
+    return torch.sort(p[y], descending=True).values
+
+
+def _threshold_detecting(p_malignant: torch.Tensor, positives: torch.Tensor, k: int) -> float:
+    """Halfway between the k-th highest malignant score and the next lower score of any case, so the decisions on
+    these scores are exactly those of the highest threshold that detects k malignant cases."""
+    p = p_malignant.detach().double().flatten()
     kth = positives[k - 1]
     below = p[p < kth]
     lower = below.max() if len(below) else kth - 1e-6

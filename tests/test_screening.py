@@ -18,7 +18,12 @@ from lesion.calibration import calibration_scores, fit_temperature
 from lesion.fairness import fairness_table, group_columns, ita_category, ita_degrees
 from lesion.metrics import screening_metrics
 from lesion.module import LesionClassifier
-from lesion.operating_point import bootstrap_ci, threshold_for_sensitivity
+from lesion.operating_point import (
+    bootstrap_ci,
+    choose_operating_point,
+    sensitivity_lower_bound,
+    threshold_for_sensitivity,
+)
 from lesion.robustness import DEGRADATIONS, degrade
 from train import train
 
@@ -37,6 +42,48 @@ def test_threshold_reaches_the_target_sensitivity_and_is_the_highest_that_does(t
 def test_threshold_without_malignant_cases_is_an_error():
     with pytest.raises(ValueError, match="no malignant"):
         threshold_for_sensitivity(torch.rand(10), torch.zeros(10))
+
+
+def test_clopper_pearson_lower_bound_is_the_sensitivity_that_makes_the_observed_count_a_5_percent_tail():
+    from scipy.stats import binom
+
+    for detected, positives in ((8, 10), (170, 200), (40, 41)):
+        bound = sensitivity_lower_bound(detected, positives, 0.95)
+        assert binom.sf(detected - 1, positives, bound) == pytest.approx(0.05, abs=1e-9)  # P(X >= detected) = 5%
+    assert sensitivity_lower_bound(8, 10, 0.95) == pytest.approx(0.4931, abs=1e-4)
+    assert sensitivity_lower_bound(10, 10, 0.95) == pytest.approx(0.05**0.1, abs=1e-9)  # (1 - level)^(1/n)
+    assert sensitivity_lower_bound(0, 10, 0.95) == 0.0
+
+
+def test_lower_bound_threshold_keeps_its_promise_where_the_point_rule_fails_half_the_time():
+    """Val draws from known score distributions (malignant ~ N(1.5, 1), benign ~ N(0, 1), 150 malignant), each
+    threshold judged by its exact sensitivity on the population (a test set without sampling error)."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(0)
+    draws, kept = 1000, {"point": 0, "lower_bound": 0}
+    for _ in range(draws):
+        y = torch.tensor([1] * 150 + [0] * 600)
+        p = torch.tensor(np.concatenate([rng.normal(1.5, 1, 150), rng.normal(0, 1, 600)]))
+        for method in kept:
+            op = choose_operating_point(p, y, 0.8, method, 0.95)
+            kept[method] += norm.sf(op["threshold"] - 1.5) >= 0.8
+    mc_error = 3 * (0.95 * 0.05 / draws) ** 0.5
+    assert kept["lower_bound"] / draws >= 0.95 - mc_error
+    assert 0.35 <= kept["point"] / draws <= 0.65
+
+
+def test_lower_bound_detects_enough_val_positives_and_warns_when_too_few(caplog):
+    y = torch.tensor([1] * 200 + [0] * 200)
+    p = torch.cat([torch.linspace(0.3, 1.0, 200), torch.linspace(0.0, 0.7, 200)])
+    op = choose_operating_point(p, y, 0.8, "lower_bound", 0.95)
+    detected = int(((p > op["threshold"]) & (y == 1)).sum())
+    assert detected == op["val_detected"] and op["sensitivity_lower_bound"] >= 0.8
+    assert sensitivity_lower_bound(detected - 1, 200, 0.95) < 0.8  # the highest threshold that certifies it
+    few = choose_operating_point(p[190:210], y[190:210], 0.8, "lower_bound", 0.95)  # 10 positives: bound <= 0.741
+    assert few["val_detected"] == 10 and few["sensitivity_lower_bound"] < 0.8 and "cannot certify" in caplog.text
+    with pytest.raises(ValueError, match="operating_point.method"):
+        choose_operating_point(p, y, 0.8, "median")
 
 
 def test_temperature_scaling_lowers_nll_of_overconfident_logits():
@@ -132,6 +179,9 @@ def test_eval_end_to_end_writes_every_artifact(tmp_path):
     model = LesionClassifier.load_from_checkpoint(best)
     assert bool(model.calibrated) and float(model.threshold) == pytest.approx(trained["threshold"])
     assert float(model.temperature) == pytest.approx(trained["temperature"])
+    stored = torch.load(best, map_location="cpu", weights_only=False)["operating_point"]
+    assert stored["method"] == "lower_bound" and stored["confidence"] == 0.95 and model.operating_point == stored
+    assert trained["operating_point/sensitivity_lower_bound"] == pytest.approx(stored["sensitivity_lower_bound"])
     overrides = [f"ckpt_path={best}", "bootstrap.resamples=50", "robustness.max_images=8", "fairness.min_positives=1"]
     report = evaluate(compose_config("eval", overrides, ev))
     for name in (
