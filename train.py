@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig
 
 from lesion import dashboard
@@ -16,7 +17,7 @@ from lesion.activation_cache import ActivationCache
 from lesion.backbones import backbone_data_config
 from lesion.config import to_plain
 from lesion.data import build_datamodule
-from lesion.evaluation import operating_point_after_fit
+from lesion.evaluation import operating_point_after_fit, test_at_operating_point
 from lesion.module import LesionClassifier
 from lesion.trainer import EpochHistory, build_trainer, resume_checkpoint
 
@@ -54,8 +55,16 @@ def train(config: dict) -> dict:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     # Test and calibration read images: cached activations allow no test-time augmentation (identical otherwise).
     datamodule = getattr(datamodule, "inner", datamodule)
-    # fast_dev_run saves no checkpoint: test the weights in memory then.
-    metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)[0]
+    if best:  # fast_dev_run saves no checkpoint: the weights in memory then
+        model.load_state_dict(torch.load(best, map_location=model.device, weights_only=False)["state_dict"])
+    # Calibrated before the test, so that `test/…` describe calibrated P(malignant), the score eval.py reports and
+    # every decision uses. One batch says nothing about a threshold; under DDP, predict() sees one rank's share, so
+    # eval.py calibrates such checkpoints.
+    calibrating = not trainer.fast_dev_run and trainer.world_size == 1
+    val_report = (
+        operating_point_after_fit(model, datamodule, trainer, best, config["operating_point"]) if calibrating else {}
+    )
+    metrics = trainer.test(model, datamodule=datamodule)[0]
     score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     metrics |= {
         "monitor": config["monitor"],
@@ -66,10 +75,9 @@ def train(config: dict) -> dict:
     }
     history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
     metrics |= history.at_best() if history else {}
-    # One batch says nothing about a threshold; under DDP, predict() sees one rank's share: use eval.py then.
-    if not trainer.fast_dev_run and trainer.world_size == 1:
-        report, test = operating_point_after_fit(model, datamodule, trainer, best, config["operating_point"])
-        metrics |= report
+    if calibrating:
+        report, test = test_at_operating_point(model, datamodule, trainer, config["operating_point"])
+        metrics |= val_report | report
         dashboard.log_test_predictions(trainer.loggers, model, test, datamodule.reader(), best)
     if trainer.is_global_zero:
         (out / "metrics.json").write_text(json.dumps(metrics | {"best_checkpoint": best}, indent=2, sort_keys=True))

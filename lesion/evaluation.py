@@ -205,18 +205,24 @@ def store_operating_point(ckpt_path: str, model: LesionClassifier) -> None:
 
 def operating_point_after_fit(
     model: LesionClassifier, datamodule, trainer: L.Trainer, best: str, operating_point: dict
-) -> tuple[dict, Predictions]:
-    """Calibrate on val, choose the threshold (conf/train.yaml `operating_point`), store both in the best checkpoint,
-    and report test at it. Returns the report (without the `test/` keys, which trainer.test already gave) and the test
-    predictions."""
+) -> dict:
+    """Calibrate on val and choose the threshold (conf/train.yaml `operating_point`), store both in the best
+    checkpoint, and return the val figures at them (with CIs: the study comparison puts val and test side by side)."""
     val = predict(model, datamodule.val_dataloader(), trainer)
     op = operating_point
-    resamples = op["bootstrap_resamples"]
     info = calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"])
-    # Val at the chosen threshold, with CIs (the study comparison reports val and test side by side).
-    info |= {k: v for k, v in screening_report(model, val, "val", resamples).items() if "calibration" not in k}
+    report = screening_report(model, val, "val", op["bootstrap_resamples"])
+    info |= {k: v for k, v in report.items() if "calibration" not in k}
     if best:
         store_operating_point(best, model)
+    return info
+
+
+def test_at_operating_point(
+    model: LesionClassifier, datamodule, trainer: L.Trainer, operating_point: dict
+) -> tuple[dict, Predictions]:
+    """The test report at the stored operating point, without the `test/` keys (trainer.test gave those, on the same
+    calibrated scores), and the test predictions."""
     test = predict(model, datamodule.test_dataloader(), trainer)
-    report = screening_report(model, test, resamples=resamples)
-    return info | {k: v for k, v in report.items() if not k.startswith("test/")}, test
+    report = screening_report(model, test, resamples=operating_point["bootstrap_resamples"])
+    return {k: v for k, v in report.items() if not k.startswith("test/")}, test

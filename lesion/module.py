@@ -219,7 +219,8 @@ class LesionClassifier(L.LightningModule):
             targets = targets * (1 - self.hparams.label_smoothing) + self.hparams.label_smoothing / targets.shape[1]
         logits = self._logits(batch, images)  # mixup on cached activations is manifold mixup (Verma et al., 2019)
         loss = self._loss(logits, labels if targets is None else targets)
-        probs = logits.detach().float().softmax(dim=-1)
+        # Calibrated P(malignant) (train.py calibrates before testing; temperature 1 while fitting), as eval.py scores.
+        probs = (logits.detach().float() / self.temperature).softmax(dim=-1)
         p_malignant, y_malignant = self.malignant_probability(probs), self.is_malignant(labels)
         metrics = getattr(self, f"{split}_metrics")
         metrics.update(p_malignant, y_malignant)

@@ -223,3 +223,22 @@ def test_temperature_stays_bounded_and_keeps_the_ranking_of_scores_without_signa
     assert p.unique().numel() > 390  # no float32 ties: the scores still rank the images
     raw = screening_metrics(torch.sigmoid((logits[:, 1] - logits[:, 0]).double() / 1e3).float(), labels)["auroc"]
     assert screening_metrics(p, labels)["auroc"] == pytest.approx(raw, abs=1e-3)
+
+
+def test_train_and_eval_report_the_same_test_figures_for_a_7_class_model(tmp_path):
+    """One definition of P(malignant) everywhere: softmax(logits / T) summed over the malignant classes, with the
+    checkpoint's fitted temperature T, which changes the ranking of a sum of softmaxes."""
+    from fakes import make_isic2018
+
+    root = make_isic2018(tmp_path / "isic2018", n=140)
+    data = ["data=isic2018", f"data.root={root}", "data.task=diagnosis", "data.val_fraction=0.25"]
+    data += ["data.test_fraction=0.25", "data.batch_size=8", "data.eval_batch_size=8"]
+    tiny = [o for o in TINY if not o.startswith("data.")] + data + ["trainer.max_epochs=2"]
+    trained = train(compose_config("train", tiny, tmp_path / "train"))
+    best = json.loads((tmp_path / "train" / "metrics.json").read_text())["best_checkpoint"]
+    model = LesionClassifier.load_from_checkpoint(best)
+    assert len(model.hparams.class_names) == 7 and float(model.temperature) != pytest.approx(1.0, abs=1e-3)
+    overrides = [f"ckpt_path={best}", "bootstrap.resamples=20", "robustness.enabled=false", "fairness.enabled=false"]
+    report = evaluate(compose_config("eval", overrides, tmp_path / "eval"))
+    for key in ("test/auroc", "test/pauc80", "test/recall", "test/specificity", "test_op/recall", "test_op/auroc"):
+        assert trained[key] == pytest.approx(report[key], abs=1e-6), key
