@@ -45,7 +45,7 @@ def evaluate(config: dict) -> dict:
     """Test-split screening report: metrics at 0.5 and at the operating point with CIs, calibration, confusion
     tables, ROC/PR/reliability plots, fairness and robustness; every artifact lands in the run dir."""
     ckpt = config["ckpt_path"]
-    model = load_model(ckpt, config.get("tta"))
+    model = load_model(ckpt, config.get("tta"), config.get("posthoc_adjustment"))
     datamodule = build_datamodule(config.get("data") or model.hparams.data, model.data_config)
     names = list(model.hparams.class_names)
     if list(datamodule.classes) != names:

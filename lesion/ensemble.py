@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from lesion.module import LesionClassifier
+from lesion.module import LesionClassifier, initial_posthoc_tau
 
 ENSEMBLE_KEY = "members"  # a checkpoint whose hyperparameters hold this key is an ensemble
 
@@ -32,11 +32,13 @@ class LesionEnsemble(LesionClassifier):
 
     members: each member's hyperparameters (its weights are in the ensemble's state dict under `members.<i>.`).
     tta: flip test-time augmentation of the ensemble's logits.
+    posthoc_adjustment: of the 7-class decision, as LesionClassifier's (a number, or "val": fitted at calibration on
+    the ensemble's val output); None: the first member's setting.
     """
 
-    def __init__(self, members: list[dict], tta: bool = False):
+    def __init__(self, members: list[dict], tta: bool = False, posthoc_adjustment: float | str | None = None):
         L.LightningModule.__init__(self)  # not LesionClassifier's: the members build the networks
-        self.save_hyperparameters({"members": members, "tta": tta})
+        self.save_hyperparameters({"members": members, "tta": tta, "posthoc_adjustment": posthoc_adjustment})
         if not members:
             raise ValueError("an ensemble needs at least one member checkpoint")
         self.members = nn.ModuleList(LesionClassifier(**hparams) for hparams in members)
@@ -44,12 +46,15 @@ class LesionEnsemble(LesionClassifier):
         # What consumers read from a classifier's hyperparameters (load_from_checkpoint drops these extra keys).
         self.hparams.update(
             {k: first.hparams.get(k) for k in ("class_names", "malignant", "data", "backbone")}
-            | {"posthoc_adjustment": first.hparams.get("posthoc_adjustment", 0.0), "channels_last": False}
+            | {"channels_last": False}
         )
+        if posthoc_adjustment is None:
+            self.hparams.posthoc_adjustment = first.hparams.get("posthoc_adjustment", 0.0)
         self.data_config = first.data_config
         self.ema, self.prefix_depth = None, 0
         self.register_buffer("malignant_mask", first.malignant_mask.clone())
         self.register_buffer("log_prior", torch.zeros_like(first.log_prior))  # the members' mean, set on assembly
+        self.register_buffer("posthoc_tau", torch.tensor(initial_posthoc_tau(self.hparams.posthoc_adjustment)))
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("threshold", torch.tensor(0.5))
         self.register_buffer("calibrated", torch.tensor(False))
@@ -70,7 +75,9 @@ class LesionEnsemble(LesionClassifier):
         raise RuntimeError("an ensemble is assembled from trained checkpoints, not trained; train its members")
 
     @classmethod
-    def from_checkpoints(cls, paths: list[str | Path], tta: bool | None = None) -> LesionEnsemble:
+    def from_checkpoints(
+        cls, paths: list[str | Path], tta: bool | None = None, posthoc_adjustment: float | str | None = None
+    ) -> LesionEnsemble:
         """Assemble trained checkpoints (uncalibrated: fit its operating point on val, e.g. with eval.py).
 
         tta: None keeps flip TTA when any member used it. Members must share classes and input pipeline."""
@@ -90,7 +97,7 @@ class LesionEnsemble(LesionClassifier):
                 )
         if tta is None:
             tta = any(bool(m.hparams.get("tta", False)) for m in models)
-        ensemble = cls([dict(m.hparams) for m in models], tta=tta)
+        ensemble = cls([dict(m.hparams) for m in models], tta=tta, posthoc_adjustment=posthoc_adjustment)
         for member, model in zip(ensemble.members, models):
             member.load_state_dict(model.state_dict())
         ensemble.log_prior.copy_(torch.stack([m.log_prior for m in models]).mean(0))
@@ -104,7 +111,7 @@ class LesionEnsemble(LesionClassifier):
         torch.save(
             {
                 "state_dict": self.state_dict(),
-                "hyper_parameters": {"members": list(self.hparams.members), "tta": bool(self.hparams.tta)},
+                "hyper_parameters": {k: self.hparams[k] for k in ("members", "tta", "posthoc_adjustment")},
                 "member_paths": list(getattr(self, "member_paths", [])),
                 "operating_point": self.operating_point,
                 "pytorch-lightning_version": L.__version__,

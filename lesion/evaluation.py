@@ -61,14 +61,34 @@ def calibrate(
     model.threshold.fill_(chosen["threshold"])
     model.calibrated.fill_(True)
     model.operating_point = chosen
+    posthoc = {}
+    if model.hparams.get("posthoc_adjustment") == "val" and val.logits.shape[1] > 2:
+        posthoc = {"posthoc_tau": fit_posthoc_tau(model, val)}
     at_threshold = screening_metrics(p, val.y_malignant, chosen["threshold"])
-    return {
-        "temperature": temperature,
-        "threshold": chosen["threshold"],
-        "target_sensitivity": target_sensitivity,
-        "val_op/recall": at_threshold["recall"],
-        "val_op/specificity": at_threshold["specificity"],
-    } | {f"operating_point/{k}": v for k, v in chosen.items() if k not in ("threshold", "target_sensitivity")}
+    return (
+        {
+            "temperature": temperature,
+            "threshold": chosen["threshold"],
+            "target_sensitivity": target_sensitivity,
+            "val_op/recall": at_threshold["recall"],
+            "val_op/specificity": at_threshold["specificity"],
+        }
+        | {f"operating_point/{k}": v for k, v in chosen.items() if k not in ("threshold", "target_sensitivity")}
+        | posthoc
+    )
+
+
+POSTHOC_TAUS = torch.arange(0, 1.501, 0.05)
+
+
+def fit_posthoc_tau(model: LesionClassifier, val: Predictions) -> float:
+    """The post-hoc adjustment tau (on POSTHOC_TAUS) that maximises val balanced accuracy of the 7-class decision;
+    stored in `model.posthoc_tau` (ties: the smallest tau)."""
+    accuracy = diagnosis_collection(val.logits.shape[1])["balanced_accuracy"]
+    scores = [float(accuracy(val.logits.float() - tau * model.log_prior, val.labels)) for tau in POSTHOC_TAUS]
+    tau = float(POSTHOC_TAUS[int(torch.tensor(scores).argmax())])
+    model.posthoc_tau.fill_(tau)
+    return tau
 
 
 def screening_report(
@@ -197,7 +217,7 @@ def skin_tone_frame(datamodule, image_ids: list[str]) -> pd.DataFrame:
 def store_operating_point(ckpt_path: str, model: LesionClassifier) -> None:
     """Write the model's temperature, threshold and calibrated flag into an existing checkpoint file."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own checkpoint, written by this run
-    for name in ("temperature", "threshold", "calibrated"):
+    for name in ("temperature", "threshold", "calibrated", "posthoc_tau"):
         ckpt["state_dict"][name] = getattr(model, name).detach().cpu()
     ckpt["operating_point"] = dict(model.operating_point or {})
     torch.save(ckpt, ckpt_path)

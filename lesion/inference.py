@@ -25,14 +25,16 @@ DEFAULT_BANDS = {
 }
 
 
-def load_model(ckpt_path: str | Path | list, tta: bool | None = None) -> LesionClassifier:
+def load_model(ckpt_path: str | Path | list, tta: bool | None = None, posthoc: float | str | None = None):
     """A checkpoint (or an ensemble: a list of checkpoints, or the ensemble checkpoint eval.py wrote) in eval mode on
-    the CPU, with a clear error for a wrong path. tta: flip TTA of an ensemble assembled from a list (None: when any
-    member used it); a checkpoint keeps the TTA its operating point was fitted with."""
+    the CPU, with a clear error for a wrong path. tta, posthoc: flip TTA and post-hoc adjustment of an ensemble
+    assembled from a list (None: as its members); a checkpoint keeps those its operating point was fitted with."""
     from lesion.ensemble import ENSEMBLE_KEY, LesionEnsemble
 
     if isinstance(ckpt_path, list | tuple):
-        return LesionEnsemble.from_checkpoints(ckpt_path, tta) if len(ckpt_path) > 1 else load_model(ckpt_path[0])
+        return (
+            LesionEnsemble.from_checkpoints(ckpt_path, tta, posthoc) if len(ckpt_path) > 1 else load_model(ckpt_path[0])
+        )
     ckpt = Path(ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt} does not exist; pass a .ckpt from outputs/.../checkpoints/")

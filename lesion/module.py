@@ -40,6 +40,7 @@ class LesionClassifier(L.LightningModule):
     checkpoints' consumers and export; None: off.
     posthoc_adjustment: tau of post-hoc logit adjustment (Menon et al., ICLR 2021) for the 7-class decision only:
     argmax of logits - tau * log(training prior) (balanced_accuracy, per-class tables); P(malignant) is unchanged.
+    "val": tau is chosen at calibration, as the one maximising val balanced accuracy (grid 0 to 1.5), and stored.
     tta: flip test-time augmentation: outside fit's validation, logits are averaged over the identity, horizontal,
     vertical and both flips, so test, calibration, eval.py, predict.py and export all score the same function.
     logit_adjustment: tau of the logit-adjusted loss (Menon et al., ICLR 2021): tau * log(class prior of the training
@@ -61,7 +62,7 @@ class LesionClassifier(L.LightningModule):
         mixup: dict | None = None,
         ema_decay: float | None = None,
         logit_adjustment: float = 0.0,
-        posthoc_adjustment: float = 0.0,
+        posthoc_adjustment: float | str = 0.0,
         tta: bool = False,
         channels_last: bool = False,
         data: dict | None = None,
@@ -86,6 +87,9 @@ class LesionClassifier(L.LightningModule):
         self.register_buffer("malignant_mask", torch.tensor([c in malignant for c in class_names]))
         self.register_buffer("loss_weights", self._fixed_weights(class_weights, num_classes))
         self.register_buffer("log_prior", torch.zeros(num_classes))  # log training class prior, filled at fit start
+        self.register_buffer(
+            "posthoc_tau", torch.tensor(initial_posthoc_tau(posthoc_adjustment))
+        )  # "val": set at calibration
         if malignant_weight is not None:
             if isinstance(class_weights, list | tuple):
                 raise ValueError("set model.class_weights or model.malignant_weight, not both")
@@ -146,7 +150,7 @@ class LesionClassifier(L.LightningModule):
 
     def diagnosis_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits for the multiclass decision: post-hoc adjusted for the training prior when posthoc_adjustment."""
-        return logits.float() - self.hparams.get("posthoc_adjustment", 0.0) * self.log_prior.to(logits.device)
+        return logits.float() - self.posthoc_tau.to(logits.device) * self.log_prior.to(logits.device)
 
     def is_malignant(self, labels: torch.Tensor) -> torch.Tensor:
         return self.malignant_mask[labels].long()
@@ -177,7 +181,7 @@ class LesionClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Checkpoints written before the operating point existed load as uncalibrated (eval.py then calibrates).
         state = checkpoint["state_dict"]
-        for name in ("temperature", "threshold", "calibrated", "log_prior"):
+        for name in ("temperature", "threshold", "calibrated", "log_prior", "posthoc_tau"):
             state.setdefault(name, getattr(self, name).detach().clone())
         self.operating_point = checkpoint.get("operating_point")
 
@@ -278,3 +282,11 @@ class LesionClassifier(L.LightningModule):
             scheduler.step(epoch=self.current_epoch + 1)
         else:
             scheduler.step_update(num_updates=self.global_step)
+
+
+def initial_posthoc_tau(posthoc_adjustment: float | str) -> float:
+    if posthoc_adjustment == "val":
+        return 0.0
+    if isinstance(posthoc_adjustment, str):
+        raise ValueError(f"model.posthoc_adjustment must be a number or 'val', got {posthoc_adjustment!r}")
+    return float(posthoc_adjustment)

@@ -245,3 +245,28 @@ def test_posthoc_adjustment_moves_the_7_class_decision_but_not_p_malignant():
     assert torch.equal(plain.diagnosis_logits(logits), logits)
     probs = logits.softmax(-1)
     assert torch.equal(model.malignant_probability(probs), plain.malignant_probability(probs))
+
+
+def test_posthoc_adjustment_val_chooses_the_tau_with_the_best_val_balanced_accuracy():
+    from lesion.evaluation import POSTHOC_TAUS, Predictions, calibrate
+    from lesion.metrics import diagnosis_collection
+
+    model = LesionClassifier(backbone=LITE, class_names=["a", "b", "c"], malignant=["c"], posthoc_adjustment="val")
+    prior = torch.tensor([0.8, 0.15, 0.05])
+    model.log_prior.copy_(prior.log())
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (600,), generator=generator)
+    # Scores that carry the training prior, as a network trained on imbalanced data does: tau = 1 undoes it.
+    logits = 1.5 * F.one_hot(labels, 3) + torch.randn(600, 3, generator=generator) + prior.log()
+    val = Predictions([str(i) for i in range(600)], labels, logits, model.is_malignant(labels))
+    info = calibrate(model, val, 0.8, "point")
+    accuracy = diagnosis_collection(3)["balanced_accuracy"]
+    scores = [float(accuracy(logits - t * prior.log(), labels)) for t in POSTHOC_TAUS]
+    assert (
+        info["posthoc_tau"] == float(model.posthoc_tau) == pytest.approx(float(POSTHOC_TAUS[scores.index(max(scores))]))
+    )
+    assert 0.6 <= info["posthoc_tau"] <= 1.4 and max(scores) > scores[0] + 0.05
+    decided = model.diagnosis_logits(logits).argmax(-1)
+    assert torch.equal(decided, (logits - float(model.posthoc_tau) * prior.log()).argmax(-1))
+    with pytest.raises(ValueError, match="posthoc_adjustment"):
+        LesionClassifier(backbone=LITE, class_names=["a", "b", "c"], malignant=["c"], posthoc_adjustment="auto")
