@@ -1,4 +1,5 @@
-"""Calibration: temperature scaling fitted on validation, and NLL / Brier / ECE to judge it."""
+"""Calibration: temperature scaling fitted on validation, and NLL / Brier / ECE to judge it (of calibrated
+P(malignant), the screening score; top-label multiclass figures too)."""
 
 from __future__ import annotations
 
@@ -42,17 +43,30 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     return fitted
 
 
+def binary_calibration_scores(p_malignant: torch.Tensor, y_malignant: torch.Tensor, bins: int = 15) -> dict[str, float]:
+    """NLL, Brier score and expected calibration error (equal-width bins) of P(malignant) against malignant or not:
+    the quantity of the reliability diagram and of every decision."""
+    p, y = p_malignant.detach().double().flatten().clamp(1e-12, 1 - 1e-12), y_malignant.detach().double().flatten()
+    nll = -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+    brier = ((p - y) ** 2).mean()
+    return {"nll": float(nll), "brier": float(brier), "ece": _ece(p, y, bins)}
+
+
 def calibration_scores(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, float]:
     """NLL, multiclass Brier score and the top-label expected calibration error (equal-width bins)."""
     probs, labels = probs.detach().double(), labels.detach().long()
     nll = F.nll_loss(probs.clamp_min(1e-12).log(), labels)
     brier = ((probs - F.one_hot(labels, probs.shape[1])) ** 2).sum(dim=1).mean()
     confidence, predicted = probs.max(dim=1)
-    correct = (predicted == labels).double()
+    return {"nll": float(nll), "brier": float(brier), "ece": _ece(confidence, (predicted == labels).double(), bins)}
+
+
+def _ece(confidence: torch.Tensor, outcome: torch.Tensor, bins: int) -> float:
+    """Sum over equal-width bins of confidence of (share of cases) x |mean confidence - observed rate|."""
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
     ece = torch.zeros((), dtype=torch.float64)
     for lo, hi in zip(edges[:-1], edges[1:]):
         inside = (confidence > lo) & (confidence <= hi)
         if inside.any():
-            ece += inside.double().mean() * (confidence[inside].mean() - correct[inside].mean()).abs()
-    return {"nll": float(nll), "brier": float(brier), "ece": float(ece)}
+            ece += inside.double().mean() * (confidence[inside].mean() - outcome[inside].mean()).abs()
+    return float(ece)

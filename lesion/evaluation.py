@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from lesion.calibration import calibration_scores, fit_temperature
+from lesion.calibration import binary_calibration_scores, calibration_scores, fit_temperature
 from lesion.metrics import diagnosis_collection, screening_metrics
 from lesion.module import LesionClassifier
 from lesion.operating_point import bootstrap_ci, choose_operating_point
@@ -108,10 +108,13 @@ def screening_report(
     if resamples:
         for name, (low, high) in bootstrap_ci(p, test.y_malignant, threshold, resamples, level).items():
             report[f"{split}_op/{name}_ci"] = [low, high]
-    for state, t in (("before", 1.0), ("after", temperature)):
-        for name, value in calibration_scores(test.probs(t), test.labels, bins).items():
-            report[f"{split}_calibration/{name}_{state}"] = value
     num_classes = len(model.hparams.class_names)
+    for state, t in (("before", 1.0), ("after", temperature)):
+        scores = binary_calibration_scores(test.p_malignant(model, t), test.y_malignant, bins)
+        report |= {f"{split}_calibration/{name}_{state}": value for name, value in scores.items()}
+        if num_classes > 2:  # the top-label figures of the 7-class probabilities, under their own names
+            scores = calibration_scores(test.probs(t), test.labels, bins)
+            report |= {f"{split}_calibration_multiclass/{name}_{state}": value for name, value in scores.items()}
     if num_classes > 2:
         report[f"{split}/balanced_accuracy"] = float(
             diagnosis_collection(num_classes)(model.diagnosis_logits(test.logits).softmax(-1), test.labels)[

@@ -242,3 +242,31 @@ def test_train_and_eval_report_the_same_test_figures_for_a_7_class_model(tmp_pat
     report = evaluate(compose_config("eval", overrides, tmp_path / "eval"))
     for key in ("test/auroc", "test/pauc80", "test/recall", "test/specificity", "test_op/recall", "test_op/auroc"):
         assert trained[key] == pytest.approx(report[key], abs=1e-6), key
+
+
+def test_calibration_figures_describe_calibrated_p_malignant():
+    """ECE, NLL and Brier under test_calibration/ are those of P(malignant), checked against scikit-learn and a hand
+    count; the 7-class top-label figures have their own names."""
+    from sklearn.metrics import brier_score_loss, log_loss
+
+    from lesion.evaluation import Predictions, screening_report
+
+    lite = {"model_name": "tf_efficientnet_lite0", "pretrained": False}
+    names = ["a", "b", "c", "d"]
+    model = LesionClassifier(backbone=lite, class_names=names, malignant=["c", "d"])
+    model.temperature.fill_(1.6)
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 4, (500,), generator=generator)
+    logits = 2 * F.one_hot(labels, 4) + 1.5 * torch.randn(500, 4, generator=generator)
+    test = Predictions([str(i) for i in range(500)], labels, logits, model.is_malignant(labels))
+    report = screening_report(model, test, resamples=0, bins=10)
+    y = test.y_malignant.numpy()
+    for state, t in (("before", 1.0), ("after", 1.6)):
+        p = (logits / t).softmax(-1)[:, 2:].sum(-1).double().numpy()
+        assert report[f"test_calibration/brier_{state}"] == pytest.approx(brier_score_loss(y, p), abs=1e-9)
+        assert report[f"test_calibration/nll_{state}"] == pytest.approx(log_loss(y, p), abs=1e-9)
+        bins = np.minimum(np.ceil(p * 10).astype(int) - 1, 9)
+        ece = sum(abs(p[bins == b].mean() - y[bins == b].mean()) * (bins == b).mean() for b in set(bins))
+        assert report[f"test_calibration/ece_{state}"] == pytest.approx(ece, abs=1e-9)
+    top = calibration_scores((logits / 1.6).softmax(-1), labels, 10)
+    assert report["test_calibration_multiclass/ece_after"] == pytest.approx(top["ece"])
