@@ -20,10 +20,12 @@ from lesion.evaluation import (
     calibrate,
     per_class_table,
     predict,
+    refuse_leaks,
     robustness_table,
     screening_report,
     skin_tone_frame,
     store_operating_point,
+    training_splits,
 )
 from lesion.fairness import fairness_markdown, fairness_table, group_columns
 from lesion.inference import load_model
@@ -46,12 +48,19 @@ def evaluate(config: dict) -> dict:
     tables, ROC/PR/reliability plots, fairness and robustness; every artifact lands in the run dir."""
     ckpt = config["ckpt_path"]
     model = load_model(ckpt, config.get("tta"), config.get("posthoc_adjustment"))
-    datamodule = build_datamodule(config.get("data") or model.hparams.data, model.data_config)
+    out = Path(config["paths"]["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    splits = training_splits(model, ckpt)
+    data = config.get("data") or dict(model.hparams.data)
+    if not config.get("data") and splits:  # the training run's own split, whatever the data config would carve now
+        data["split_file"] = str(out / "splits.csv")
+        splits[0].to_csv(data["split_file"], index=False)
+    datamodule = build_datamodule(data, model.data_config)
     names = list(model.hparams.class_names)
     if list(datamodule.classes) != names:
         raise ValueError(f"data classes {list(datamodule.classes)} differ from the checkpoint's {names}")
-    out = Path(config["paths"]["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
+    datamodule.setup("test")
+    refuse_leaks(datamodule.frames["test"]["image_id"].tolist(), splits, ckpt)
     trainer = L.Trainer(**config["trainer"], logger=False, default_root_dir=str(out))
     test = predict(model, datamodule.test_dataloader(), trainer)
     written = {}

@@ -47,6 +47,8 @@ def train(config: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)  # Hydra makes it; callers composing the config themselves may not
     datamodule.setup("fit")
     datamodule.save_splits(out / "splits.csv")  # reuse with data.split_file=<this file>
+    frames = getattr(datamodule, "inner", datamodule).frames
+    model.split_ids = {split: frame["image_id"].astype(str).tolist() for split, frame in frames.items()}
     for logger in trainer.loggers:
         logger.log_hyperparams({"config": config})
     start = time.perf_counter()

@@ -59,10 +59,12 @@ class LesionEnsemble(LesionClassifier):
         self.register_buffer("threshold", torch.tensor(0.5))
         self.register_buffer("calibrated", torch.tensor(False))
         self.operating_point: dict | None = None
+        self.split_ids: list[dict[str, list[str]] | None] = [None] * len(members)  # each member's training splits
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.member_paths = list(checkpoint.get("member_paths", []))
+        self.split_ids = checkpoint.get("split_ids") or [None] * len(self.members)
 
     @property
     def eval_net(self) -> nn.Module:
@@ -102,6 +104,7 @@ class LesionEnsemble(LesionClassifier):
             member.load_state_dict(model.state_dict())
         ensemble.log_prior.copy_(torch.stack([m.log_prior for m in models]).mean(0))
         ensemble.member_paths = [str(p) for p in paths]
+        ensemble.split_ids = [m.split_ids for m in models]
         return ensemble.eval()
 
     def save(self, path: str | Path) -> Path:
@@ -114,6 +117,7 @@ class LesionEnsemble(LesionClassifier):
                 "hyper_parameters": {k: self.hparams[k] for k in ("members", "tta", "posthoc_adjustment")},
                 "member_paths": list(getattr(self, "member_paths", [])),
                 "operating_point": self.operating_point,
+                "split_ids": self.split_ids,
                 "pytorch-lightning_version": L.__version__,
             },
             path,

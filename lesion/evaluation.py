@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import pandas as pd
@@ -249,3 +250,33 @@ def test_at_operating_point(
     test = predict(model, datamodule.test_dataloader(), trainer)
     report = screening_report(model, test, resamples=operating_point["bootstrap_resamples"])
     return {k: v for k, v in report.items() if not k.startswith("test/")}, test
+
+
+def training_splits(model: LesionClassifier, ckpt_path: str | list) -> list[pd.DataFrame]:
+    """image_id/split tables of the run(s) that trained the model, one per member for an ensemble: stored in the
+    checkpoint (train.py), else the run's splits.csv beside its checkpoints/ folder; none when neither exists."""
+    stored = model.split_ids if isinstance(model.split_ids, list) else [model.split_ids]
+    paths = getattr(model, "member_paths", None) or (ckpt_path if isinstance(ckpt_path, list) else [ckpt_path])
+    tables = []
+    for i, ids in enumerate(stored):
+        if ids:
+            tables.append(
+                pd.DataFrame([(i, s) for s, names in ids.items() for i in names], columns=["image_id", "split"])
+            )
+        elif i < len(paths) and (Path(paths[i]).resolve().parent.parent / "splits.csv").is_file():
+            tables.append(pd.read_csv(Path(paths[i]).resolve().parent.parent / "splits.csv", dtype=str))
+    return tables
+
+
+def refuse_leaks(test_ids: list[str], splits: list[pd.DataFrame], ckpt_path) -> None:
+    """A clear error when test images were used to train or tune (val: early stopping, calibration) the model."""
+    seen = set()
+    for table in splits:
+        seen |= set(table.loc[table["split"].isin(["train", "val"]), "image_id"].astype(str))
+    leaked = sorted(set(map(str, test_ids)) & seen)
+    if leaked:
+        raise ValueError(
+            f"{len(leaked)} of the {len(test_ids)} test images were used to train or tune {ckpt_path} (its training "
+            f"run's train/val splits), e.g. {', '.join(leaked[:10])}: their figures would be optimistic. Evaluate on "
+            "the run's own test split (the default when data= is not given) or on data the run never saw"
+        )

@@ -100,6 +100,7 @@ class LesionClassifier(L.LightningModule):
         self.register_buffer("threshold", torch.tensor(0.5))
         self.register_buffer("calibrated", torch.tensor(False))
         self.operating_point: dict | None = None  # how the threshold was chosen (method, level, bound); checkpointed
+        self.split_ids: dict[str, list[str]] | None = None  # image ids per split of the training run; checkpointed
         for split in SPLITS:
             setattr(self, f"{split}_metrics", screening_collection().clone(prefix=f"{split}/"))
             if num_classes > 2:
@@ -184,9 +185,11 @@ class LesionClassifier(L.LightningModule):
         for name in ("temperature", "threshold", "calibrated", "log_prior", "posthoc_tau"):
             state.setdefault(name, getattr(self, name).detach().clone())
         self.operating_point = checkpoint.get("operating_point")
+        self.split_ids = checkpoint.get("split_ids")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["operating_point"] = self.operating_point
+        checkpoint["split_ids"] = self.split_ids  # eval.py evaluates on these splits and refuses leaks
 
     def on_fit_start(self) -> None:
         """Log the numbers training actually uses: class counts per split, sampling, loss class weights."""

@@ -242,6 +242,14 @@ def test_train_and_eval_report_the_same_test_figures_for_a_7_class_model(tmp_pat
     report = evaluate(compose_config("eval", overrides, tmp_path / "eval"))
     for key in ("test/auroc", "test/pauc80", "test/recall", "test/specificity", "test_op/recall", "test_op/auroc"):
         assert trained[key] == pytest.approx(report[key], abs=1e-6), key
+    # eval.py used the run's own split (stored in the checkpoint) ...
+    run_split = pd.read_csv(tmp_path / "train" / "splits.csv", dtype=str).sort_values("image_id")
+    eval_split = pd.read_csv(tmp_path / "eval" / "splits.csv", dtype=str).sort_values("image_id")
+    assert run_split.reset_index(drop=True).equals(eval_split.reset_index(drop=True))
+    # ... and refuses data carved differently, whose test split holds images the run trained or tuned on.
+    reseeded = [*overrides, *data, "data.seed=1"]
+    with pytest.raises(ValueError, match=r"\d+ of the \d+ test images were used to train or tune"):
+        evaluate(compose_config("eval", reseeded, tmp_path / "leak"))
 
 
 def test_calibration_figures_describe_calibrated_p_malignant():
