@@ -30,8 +30,10 @@ from lesion.evaluation import (
 from lesion.fairness import fairness_markdown, fairness_table, group_columns
 from lesion.inference import load_model
 from lesion.reports import (
+    DOMAIN_KEYS,
     LABELS,
     confusion_table,
+    domain_shift_table,
     markdown_table,
     plot_confusion,
     plot_pr,
@@ -51,19 +53,25 @@ def evaluate(config: dict) -> dict:
     out = Path(config["paths"]["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     splits = training_splits(model, ckpt)
-    data = config.get("data") or dict(model.hparams.data)
+    data = dict(config.get("data") or model.hparams.data)
+    # The checkpoint's own preprocessing (CLAHE, colour constancy) whatever data is evaluated: it is part of the model.
+    data["transforms"] = dict((model.hparams.data or {}).get("transforms") or data.get("transforms") or {})
     if not config.get("data") and splits:  # the training run's own split, whatever the data config would carve now
         data["split_file"] = str(out / "splits.csv")
         splits[0].to_csv(data["split_file"], index=False)
     datamodule = build_datamodule(data, model.data_config)
     names = list(model.hparams.class_names)
-    if list(datamodule.classes) != names:
-        raise ValueError(f"data classes {list(datamodule.classes)} differ from the checkpoint's {names}")
+    binary = _scored_through_p_malignant(datamodule, names)
     datamodule.setup("test")
     refuse_leaks(datamodule.frames["test"]["image_id"].tolist(), splits, ckpt)
     trainer = L.Trainer(**config["trainer"], logger=False, default_root_dir=str(out))
-    test = predict(model, datamodule.test_dataloader(), trainer)
+    test = predict(model, datamodule.test_dataloader(), trainer, binary_labels=binary)
     written = {}
+    if not bool(model.calibrated) and getattr(datamodule, "external", False):
+        raise ValueError(
+            f"{_name(ckpt)} has no operating point and data.external=true has no val split to fit one on: evaluate it "
+            "on its own data first (python eval.py ckpt_path=...), then pass the calibrated checkpoint it writes"
+        )
     if not bool(model.calibrated):
         log.warning("%s has no stored operating point: choosing it on the val split now", ckpt)
         op = config["operating_point"]
@@ -87,8 +95,14 @@ def evaluate(config: dict) -> dict:
     plot_pr(p, test.y_malignant, out / "pr.png")
     before = test.p_malignant(model, temperature=1.0)
     plot_reliability({"uncalibrated": before, "temperature-scaled": p}, test.y_malignant, out / "reliability.png")
-    if len(names) > 2:
+    if len(names) > 2 and not binary:
         (out / "per_class.md").write_text(markdown_table(per_class_table(test, names, model)))
+    elif len(names) > 2:
+        log.info("benign/malignant labels only: no per-class table for the %d-class checkpoint", len(names))
+    if getattr(datamodule, "external", False):
+        in_domain = _in_domain_metrics(model, ckpt)
+        (out / "domain_shift.md").write_text(domain_shift_table(in_domain, report))
+        report |= {f"in_domain/{k}": v for k, v in in_domain.items()}
     if config["fairness"]["enabled"]:
         groups = group_columns(skin_tone_frame(datamodule, test.image_ids))
         table, gaps = fairness_table(
@@ -124,6 +138,33 @@ def save_calibrated(model, ckpt: str | list, out: Path, in_place: bool) -> Path:
         shutil.copyfile(source, target)
     store_operating_point(str(target), model)
     return target
+
+
+def _scored_through_p_malignant(datamodule, names: list[str]) -> bool:
+    """True when benign/malignant data evaluates a multiclass checkpoint (through its P(malignant)); an error for
+    any other class mismatch."""
+    if list(datamodule.classes) == names:
+        return False
+    if tuple(datamodule.classes) == ("benign", "malignant") and tuple(datamodule.malignant) == ("malignant",):
+        return True
+    raise ValueError(
+        f"data classes {list(datamodule.classes)} differ from the checkpoint's {names}: use data with the same "
+        "classes, or a benign/malignant set (folder: benign/ and malignant/ class folders, data.task=binary)"
+    )
+
+
+def _in_domain_metrics(model, ckpt: str | list) -> dict:
+    """The test figures of the checkpoint's own run (train.py's metrics.json beside checkpoints/, or the eval.py run
+    that calibrated it), for the in-domain vs external table."""
+    paths = getattr(model, "member_paths", None) or ([ckpt] if not isinstance(ckpt, list) else ckpt)
+    candidates = [Path(paths[0]).resolve().parent.parent / "metrics.json"]
+    candidates.append(Path(ckpt if not isinstance(ckpt, list) else ckpt[0]).resolve().parent / "metrics.json")
+    for path in candidates:
+        if path.is_file():
+            values = json.loads(path.read_text())
+            if "test/auroc" in values:
+                return {k: values[k] for k in DOMAIN_KEYS if k in values} | {"source": str(path)}
+    return {}
 
 
 def _name(ckpt: str | list) -> str:

@@ -24,6 +24,7 @@ class Predictions:
     labels: torch.Tensor
     logits: torch.Tensor
     y_malignant: torch.Tensor
+    binary_labels: bool = False  # labels are benign/malignant of an external set, not the model's classes
 
     def probs(self, temperature: float = 1.0) -> torch.Tensor:
         return (self.logits / temperature).softmax(dim=-1)
@@ -34,14 +35,19 @@ class Predictions:
         return model.malignant_probability(self.probs(t))
 
 
-def predict(model: LesionClassifier, loader: DataLoader, trainer: L.Trainer) -> Predictions:
+def predict(
+    model: LesionClassifier, loader: DataLoader, trainer: L.Trainer, binary_labels: bool = False
+) -> Predictions:
+    """binary_labels: the loader's labels are benign (0) / malignant (1), e.g. an external set scored through the
+    P(malignant) of a multiclass model."""
     batches = trainer.predict(model, dataloaders=loader)
     labels = torch.cat([b["label"] for b in batches])
     return Predictions(
         image_ids=[i for b in batches for i in b["image_id"]],
         labels=labels,
         logits=torch.cat([b["logits"] for b in batches]),
-        y_malignant=model.is_malignant(labels).cpu(),
+        y_malignant=labels.long().cpu() if binary_labels else model.is_malignant(labels).cpu(),
+        binary_labels=binary_labels,
     )
 
 
@@ -109,7 +115,7 @@ def screening_report(
     if resamples:
         for name, (low, high) in bootstrap_ci(p, test.y_malignant, threshold, resamples, level).items():
             report[f"{split}_op/{name}_ci"] = [low, high]
-    num_classes = len(model.hparams.class_names)
+    num_classes = 2 if test.binary_labels else len(model.hparams.class_names)  # multiclass figures need its labels
     for state, t in (("before", 1.0), ("after", temperature)):
         scores = binary_calibration_scores(test.p_malignant(model, t), test.y_malignant, bins)
         report |= {f"{split}_calibration/{name}_{state}": value for name, value in scores.items()}
@@ -186,7 +192,7 @@ def robustness_table(
             )
             loader = DataLoader(dataset, batch_size=datamodule.eval_batch_size, num_workers=datamodule.num_workers)
             p = predict(model, loader, trainer).p_malignant(model)
-            m = screening_metrics(p, model.is_malignant(labels), threshold)
+            m = screening_metrics(p, test.y_malignant[rows], threshold)
             results.append(
                 {
                     "degradation": name,

@@ -40,6 +40,37 @@ def markdown_table(frame, digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
+DOMAIN_KEYS = ("test/auroc", "test_op/recall", "test_op/specificity", "test_calibration/ece_after", "threshold")
+
+
+def domain_shift_table(in_domain: dict, external: dict) -> str:
+    """Markdown: the checkpoint's own test figures next to an external set's, at the same stored threshold (what a
+    second clinic inherits from the first)."""
+    rows = [
+        ("AUROC", "test/auroc"),
+        ("sensitivity at the stored threshold", "test_op/recall"),
+        ("specificity at the stored threshold", "test_op/specificity"),
+        ("ECE of P(malignant)", "test_calibration/ece_after"),
+    ]
+
+    def cell(values: dict, key: str) -> str:
+        value = values.get(key)
+        ci = values.get(key.replace("test/", "test_op/") + "_ci") if key != "test_calibration/ece_after" else None
+        text = "n/a" if value is None else f"{value:.3f}"
+        return text + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci and value is not None else "")
+
+    lines = [
+        f"# In-domain vs external (threshold {external.get('threshold', float('nan')):.4f})",
+        "",
+        f"In-domain: the checkpoint's own test split ({in_domain.get('source', 'no metrics.json found')}).",
+        "",
+        "| metric | in-domain test | external |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {label} | {cell(in_domain, key)} | {cell(external, key)} |" for label, key in rows]
+    return "\n".join(lines) + "\n"
+
+
 def plot_confusion(counts: dict[str, int], path: Path, labels: tuple[str, str] = LABELS) -> None:
     matrix = [[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]]
     fig, ax = plt.subplots(figsize=(4, 3.6))

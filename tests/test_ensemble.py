@@ -19,7 +19,7 @@ from lesion.data import build_datamodule
 from lesion.ensemble import LesionEnsemble, MeanLogits
 from lesion.export import ScreeningNet
 from lesion.inference import load_model
-from lesion.operating_point import threshold_for_sensitivity
+from lesion.operating_point import choose_operating_point
 from predict import run_predict
 from train import train
 
@@ -73,7 +73,8 @@ def test_eval_calibrates_the_ensemble_on_its_val_output_and_stores_it(members, t
 
     logits, labels = mean_logits("val")
     p_val = (logits / float(stored.temperature)).softmax(-1)[:, 1]
-    assert float(stored.threshold) == pytest.approx(threshold_for_sensitivity(p_val, labels, 0.8), abs=1e-6)
+    chosen = choose_operating_point(p_val, labels, 0.8, "lower_bound", 0.95)  # eval.yaml's operating_point
+    assert float(stored.threshold) == pytest.approx(chosen["threshold"], abs=1e-6)
     # ... and the same test AUROC and sensitivity at the stored threshold.
     logits, labels = mean_logits("test")
     p_test = (logits / float(stored.temperature)).softmax(-1)[:, 1]

@@ -278,3 +278,33 @@ def test_calibration_figures_describe_calibrated_p_malignant():
         assert report[f"test_calibration/ece_{state}"] == pytest.approx(ece, abs=1e-9)
     top = calibration_scores((logits / 1.6).softmax(-1), labels, 10)
     assert report["test_calibration_multiclass/ece_after"] == pytest.approx(top["ece"])
+
+
+def test_external_benign_malignant_set_evaluates_a_7_class_checkpoint_through_p_malignant(tmp_path):
+    from fakes import make_folder, make_isic2018
+    from sklearn.metrics import roc_auc_score
+
+    from lesion.inference import Screener, load_model
+
+    root = make_isic2018(tmp_path / "isic2018", n=140)
+    data = ["data=isic2018", f"data.root={root}", "data.task=diagnosis", "data.val_fraction=0.25"]
+    data += ["data.test_fraction=0.25", "data.batch_size=8", "data.eval_batch_size=8"]
+    train(compose_config("train", [o for o in TINY if not o.startswith("data.")] + data, tmp_path / "train"))
+    best = json.loads((tmp_path / "train" / "metrics.json").read_text())["best_checkpoint"]
+    external = make_folder(tmp_path / "clinic", per_class=12)
+    overrides = [f"ckpt_path={best}", "data=folder", f"data.root={external}", "data.task=binary", "data.external=true"]
+    overrides += ["bootstrap.resamples=20", "robustness.max_images=8", "fairness.min_positives=1"]
+    report = evaluate(compose_config("eval", overrides, tmp_path / "eval"))
+    # Every image is a test image, scored by the checkpoint's calibrated P(malignant) at its stored threshold.
+    files = sorted(external.glob("*/*.jpg"))
+    y = np.array([f.parent.name == "malignant" for f in files], dtype=int)
+    model = load_model(best)
+    p = np.array([r.p_malignant for r in Screener(model).screen_files(files)])
+    assert report["test/tp"] + report["test/fn"] == 12 and report["test/tn"] + report["test/fp"] == 12
+    assert report["test/auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-5)
+    assert report["test_op/recall"] == pytest.approx(((p > float(model.threshold)) & (y == 1)).sum() / 12, abs=1e-6)
+    assert "test/balanced_accuracy" not in report and not (tmp_path / "eval" / "per_class.md").exists()
+    table = (tmp_path / "eval" / "domain_shift.md").read_text()
+    trained = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert report["in_domain/test/auroc"] == trained["test/auroc"] and f"{trained['test/auroc']:.3f}" in table
+    assert (tmp_path / "eval" / "robustness.csv").is_file() and (tmp_path / "eval" / "fairness.csv").is_file()

@@ -87,6 +87,7 @@ class LesionDataModule(L.LightningDataModule, ABC):
         cache_dir: str | None = None,
         on_bad_image: str = "error",
         verify_images: bool = False,
+        external: bool = False,
     ):
         super().__init__()
         if on_bad_image not in ("error", "skip"):
@@ -108,6 +109,7 @@ class LesionDataModule(L.LightningDataModule, ABC):
         self.sampler, self.neg_ratio = sampler, neg_ratio
         self.cache, self.cache_dir = cache, cache_dir
         self.on_bad_image, self.verify_images = on_bad_image, verify_images
+        self.external = external  # every image is a test image: external validation, no train/val carving
         self.frames: dict[str, pd.DataFrame] | None = None
         self._cache: ImageCache | None = None
 
@@ -196,6 +198,8 @@ class LesionDataModule(L.LightningDataModule, ABC):
         )
 
     def _splits(self, frame: pd.DataFrame) -> pd.Series:
+        if self.external:
+            return pd.Series("test", index=frame.index)
         if self.split_file:
             return read_split_file(self.split_file, frame["image_id"])
         split = frame["split"] if "split" in frame else pd.Series("train", index=frame.index)
@@ -226,7 +230,7 @@ class LesionDataModule(L.LightningDataModule, ABC):
         return frame[~frame["image_id"].isin({p[0] for p in problems})]
 
     def _check_classes(self) -> None:
-        for split in SPLITS:
+        for split in ("test",) if self.external else SPLITS:
             counts = self.class_counts(split)
             empty = [c for c, n in zip(self.classes, counts) if n == 0]
             if empty:
