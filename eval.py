@@ -156,9 +156,9 @@ def _scored_through_p_malignant(datamodule, names: list[str]) -> bool:
 def _in_domain_metrics(model, ckpt: str | list) -> dict:
     """The test figures of the checkpoint's own run (train.py's metrics.json beside checkpoints/, or the eval.py run
     that calibrated it), for the in-domain vs external table."""
-    paths = getattr(model, "member_paths", None) or ([ckpt] if not isinstance(ckpt, list) else ckpt)
-    candidates = [Path(paths[0]).resolve().parent.parent / "metrics.json"]
-    candidates.append(Path(ckpt if not isinstance(ckpt, list) else ckpt[0]).resolve().parent / "metrics.json")
+    first = Path(ckpt if not isinstance(ckpt, list) else ckpt[0]).resolve()
+    # An ensemble.ckpt sits in the eval.py run dir that calibrated it; a checkpoint in its run's checkpoints/.
+    candidates = [first.parent / "metrics.json", first.parent.parent / "metrics.json"]
     for path in candidates:
         if path.is_file():
             values = json.loads(path.read_text())

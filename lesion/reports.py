@@ -41,6 +41,7 @@ def markdown_table(frame, digits: int = 3) -> str:
 
 
 DOMAIN_KEYS = ("test/auroc", "test_op/recall", "test_op/specificity", "test_calibration/ece_after", "threshold")
+DOMAIN_KEYS += ("test_op/auroc_ci", "test_op/recall_ci", "test_op/specificity_ci")
 
 
 def domain_shift_table(in_domain: dict, external: dict) -> str:
