@@ -100,7 +100,7 @@ def evaluate(config: dict) -> dict:
     elif len(names) > 2:
         log.info("benign/malignant labels only: no per-class table for the %d-class checkpoint", len(names))
     if getattr(datamodule, "external", False):
-        in_domain = _in_domain_metrics(model, ckpt)
+        in_domain = _in_domain_metrics(ckpt)
         (out / "domain_shift.md").write_text(domain_shift_table(in_domain, report))
         report |= {f"in_domain/{k}": v for k, v in in_domain.items()}
     if config["fairness"]["enabled"]:
@@ -153,7 +153,7 @@ def _scored_through_p_malignant(datamodule, names: list[str]) -> bool:
     )
 
 
-def _in_domain_metrics(model, ckpt: str | list) -> dict:
+def _in_domain_metrics(ckpt: str | list) -> dict:
     """The test figures of the checkpoint's own run (train.py's metrics.json beside checkpoints/, or the eval.py run
     that calibrated it), for the in-domain vs external table."""
     first = Path(ckpt if not isinstance(ckpt, list) else ckpt[0]).resolve()

@@ -265,12 +265,12 @@ def training_splits(model: LesionClassifier, ckpt_path: str | list) -> list[pd.D
     paths = getattr(model, "member_paths", None) or (ckpt_path if isinstance(ckpt_path, list) else [ckpt_path])
     tables = []
     for i, ids in enumerate(stored):
+        run_splits = Path(paths[i]).resolve().parent.parent / "splits.csv" if i < len(paths) else None
         if ids:
-            tables.append(
-                pd.DataFrame([(i, s) for s, names in ids.items() for i in names], columns=["image_id", "split"])
-            )
-        elif i < len(paths) and (Path(paths[i]).resolve().parent.parent / "splits.csv").is_file():
-            tables.append(pd.read_csv(Path(paths[i]).resolve().parent.parent / "splits.csv", dtype=str))
+            rows = [(image_id, split) for split, names in ids.items() for image_id in names]
+            tables.append(pd.DataFrame(rows, columns=["image_id", "split"]))
+        elif run_splits is not None and run_splits.is_file():
+            tables.append(pd.read_csv(run_splits, dtype=str))
     return tables
 
 

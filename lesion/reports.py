@@ -40,8 +40,16 @@ def markdown_table(frame, digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-DOMAIN_KEYS = ("test/auroc", "test_op/recall", "test_op/specificity", "test_calibration/ece_after", "threshold")
-DOMAIN_KEYS += ("test_op/auroc_ci", "test_op/recall_ci", "test_op/specificity_ci")
+DOMAIN_KEYS = (
+    "test/auroc",
+    "test_op/recall",
+    "test_op/specificity",
+    "test_calibration/ece_after",
+    "threshold",
+    "test_op/auroc_ci",
+    "test_op/recall_ci",
+    "test_op/specificity_ci",
+)
 
 
 def domain_shift_table(in_domain: dict, external: dict) -> str:
