@@ -15,10 +15,11 @@ from omegaconf import DictConfig
 from lesion import dashboard
 from lesion.activation_cache import ActivationCache
 from lesion.backbones import backbone_data_config
-from lesion.config import to_plain
+from lesion.config import in_multirun, to_plain
 from lesion.data import build_datamodule
 from lesion.evaluation import operating_point_after_fit, test_at_operating_point
 from lesion.module import LesionClassifier
+from lesion.sweeps import run_job
 from lesion.trainer import EpochHistory, build_trainer, resume_checkpoint
 
 log = logging.getLogger("lesion")
@@ -90,8 +91,9 @@ def train(config: dict) -> dict:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Returns the best monitored val score, which Hydra sweepers (Optuna) optimise."""
-    return train(to_plain(cfg))["best_val_score"]
+    """Returns the best monitored val score, which Hydra sweepers (Optuna) optimise; a job that fails in a sweep
+    returns None, with its error in the job dir (lesion.sweeps.run_job)."""
+    return run_job(lambda config: train(config)["best_val_score"], to_plain(cfg), in_sweep=in_multirun())
 
 
 if __name__ == "__main__":

@@ -14,15 +14,19 @@ def _run_id() -> str:
     return f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def _sweep_group() -> str | None:
-    """In a multirun, the sweep dir's name (one W&B group per sweep); else None."""
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (`-m`, Optuna)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized():
-        return None
-    hydra = HydraConfig.get()
-    return Path(hydra.sweep.dir).name if hydra.mode == RunMode.MULTIRUN else None
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _sweep_group() -> str | None:
+    """In a multirun, the sweep dir's name (one W&B group per sweep); else None."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().sweep.dir).name if in_multirun() else None
 
 
 if not OmegaConf.has_resolver("run_id"):

@@ -1,9 +1,16 @@
-"""Multirun summaries: one row per job (overrides, best val metric, test metrics), as CSV, Markdown and a bar chart."""
+"""Multirun summaries: one row per job (overrides, best val metric, test metrics), as CSV, Markdown and a bar chart.
+
+A job that raises in a multirun does not stop the sweep: `run_job` records its error in the job dir (`error.txt`), the
+summary marks its row failed with that error, every other job runs, and the sweep exits 1 at its end (after the
+summary) when more than `hydra.callbacks.sweep_summary.max_failure_rate` of its jobs failed."""
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +20,7 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
+ERROR_FILE = "error.txt"
 COLUMNS = (
     "val/auroc",
     "val/pauc80",
@@ -47,6 +55,9 @@ def summarise(sweep_dir: Path) -> pd.DataFrame:
         backbone = config.get("backbone") or {}
         init = "ImageNet" if backbone.get("pretrained") or backbone.get("weights") else "from scratch"
         row = {"job": job.name, "overrides": " ".join(overrides), "status": "failed", "init": init}
+        error = job / ERROR_FILE
+        if error.is_file():  # the exception's last line: `ValueError: Invalid learning rate: -1.0`
+            row["error"] = error.read_text().strip().splitlines()[-1]
         metrics_file = job / "metrics.json"
         if metrics_file.is_file():
             metrics = json.loads(metrics_file.read_text())
@@ -77,13 +88,65 @@ def write_summary(sweep_dir: Path) -> pd.DataFrame:
     return table
 
 
+def run_job(job: Callable[[dict], float | None], config: dict, in_sweep: bool) -> float | None:
+    """`job(config)`; in a sweep, an exception is logged, written to the job dir's error.txt, and the job returns None
+    (its row is marked failed and the sweep goes on; Optuna marks the trial failed). Outside a sweep it propagates."""
+    if not in_sweep:
+        return job(config)
+    try:
+        return job(config)
+    except Exception as error:
+        out = Path(config["paths"]["output_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ERROR_FILE).write_text("".join(traceback.format_exception(error)))
+        log.exception("job %s failed (%s); the sweep goes on", out, out / ERROR_FILE)
+        _close_wandb()  # else the next job's WandbLogger reuses this job's open run
+        return None
+
+
 class SweepSummary(Callback):
-    """Hydra callback: after a multirun, write summary.csv, summary.md and summary.png to the sweep dir."""
+    """Hydra callback: after every job of a multirun and at its end, write summary.csv, summary.md and summary.png to
+    the sweep dir (a sweep that is stopped still has the summary of its finished jobs); at the end, raise when more
+    than `max_failure_rate` of the jobs failed, so that scripts see the failure."""
+
+    def __init__(self, max_failure_rate: float = 0.0) -> None:
+        if not 0.0 <= max_failure_rate <= 1.0:
+            raise ValueError(f"hydra.callbacks.sweep_summary.max_failure_rate={max_failure_rate}: give 0.0 to 1.0")
+        self.max_failure_rate = max_failure_rate
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if config.hydra.mode == "MULTIRUN" and sweep_dir.is_dir():
+            write_summary(sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
-            write_summary(sweep_dir)
+            failures = too_many_failures(write_summary(sweep_dir), sweep_dir, self.max_failure_rate)
+            if failures:  # Hydra turns a callback's exceptions into warnings (exit 0); SystemExit passes: exit 1
+                sys.exit(failures)
+
+
+def too_many_failures(table: pd.DataFrame, sweep_dir: Path, max_failure_rate: float) -> str | None:
+    """The message to exit with when more than max_failure_rate of a sweep's jobs failed, else None."""
+    failed = table[table["status"] == "failed"] if len(table) else table
+    if not len(failed) or len(failed) / len(table) <= max_failure_rate:
+        return None
+    jobs = "; ".join(
+        f"job {r.job}: {r.error if isinstance(r.error, str) else 'no metrics.json'}"
+        for r in failed.assign(error=failed.get("error")).itertuples()
+    )
+    return (
+        f"{len(failed)} of {len(table)} jobs of the sweep failed ({jobs}); every other job ran and "
+        f"{sweep_dir / 'summary.md'} lists them all. Tolerate failures with "
+        f"hydra.callbacks.sweep_summary.max_failure_rate=<fraction> (now {max_failure_rate})"
+    )
+
+
+def _close_wandb() -> None:
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=1)
 
 
 def _ci_text(interval) -> str:

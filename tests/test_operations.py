@@ -121,6 +121,24 @@ def test_multirun_jobs_are_separate_wandb_runs_in_one_group_with_a_summary(tmp_p
     assert table["test_op/auroc_ci"].str.fullmatch(r"\d\.\d{3}-\d\.\d{3}").all()
 
 
+def test_a_failed_sweep_job_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
+    # The middle job raises (torch: "Invalid learning rate"); the basic sweeper used to re-raise it, with no summary.
+    sweep = tmp_path / "sweep"
+    done = run(["-m", "optimizer.lr=1e-3,-1.0,1e-4", f"hydra.sweep.dir={sweep}", *SMALL], check=False)
+    assert done.returncode == 1, done.stderr[-3000:]  # max_failure_rate 0.0: scripts see the failure ...
+    assert "1 of 3 jobs of the sweep failed" in done.stderr and "max_failure_rate" in done.stderr
+    table = pd.read_csv(sweep / "summary.csv").set_index("job")  # ... after every job ran and the summary was written
+    assert table.loc[1, "status"] == "failed" and "Invalid learning rate" in table.loc[1, "error"]
+    assert table.loc[[0, 2], "status"].tolist() == ["done", "done"] and table.loc[[0, 2], "error"].isna().all()
+    assert (sweep / "2" / "metrics.json").is_file() and "Traceback" in (sweep / "1" / "error.txt").read_text()
+    assert "failed" in (sweep / "summary.md").read_text()
+    tolerant = run(
+        ["-m", "optimizer.lr=-1.0,1e-3", f"hydra.sweep.dir={tmp_path / 'tolerant'}", *SMALL]
+        + ["hydra.callbacks.sweep_summary.max_failure_rate=0.5"]
+    )
+    assert tolerant.returncode == 0 and len(pd.read_csv(tmp_path / "tolerant" / "summary.csv")) == 2
+
+
 def test_optuna_search_runs_trials_and_maximises_val_auroc(tmp_path):
     sweep = tmp_path / "optuna"
     run(
