@@ -232,7 +232,10 @@ class LesionClassifier(L.LightningModule):
         metrics = getattr(self, f"{split}_metrics")
         metrics.update(p_malignant, y_malignant)
         size = len(labels)
-        self.log(f"{split}/loss", loss, on_step=split == "train", on_epoch=True, prog_bar=True, batch_size=size)
+        # sync_dist: under DDP every rank logs, checkpoints and early-stops on the loss of all ranks (the torchmetrics
+        # collections sync themselves).
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=size)
         if hasattr(self, f"{split}_diagnosis"):
             diagnosis = getattr(self, f"{split}_diagnosis")
