@@ -41,6 +41,14 @@ class EpochHistory(Callback):
                 row[name] = float(metrics[key])
         self.rows.append(row)
 
+    # In the checkpoint (Lightning saves a callback's state_dict), so a resumed run reports the whole history. The
+    # checkpoint of an epoch is written after this callback's on_train_epoch_end (checkpoint callbacks run last).
+    def state_dict(self) -> dict:
+        return {"rows": list(self.rows)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = list(state_dict["rows"])
+
     def at_best(self) -> dict:
         """`best_epoch`, `train_loss_at_best`, `val_loss_at_best` for the epoch with the best monitored score."""
         scored = [r for r in self.rows if "score" in r]

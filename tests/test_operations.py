@@ -195,11 +195,18 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     )
     assert killed.returncode == -9 and (broken / "checkpoints" / "last.ckpt").is_file()
     assert not (broken / "metrics.json").exists()
+    import torch
+
+    state = torch.load(broken / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["callbacks"]
+    assert [row["epoch"] for row in state["EpochHistory"]["rows"]] == [0]  # the history the resumed run continues
     run([f"hydra.run.dir={broken}", *common, "resume=auto"])
     rows = epoch_rows(broken)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     expected, got = json.loads((whole / "metrics.json").read_text()), json.loads((broken / "metrics.json").read_text())
-    for key in ("test/loss", "test/auroc", "test/recall", "best_val_score", "threshold", "temperature"):
+    # The per-epoch history behind best_epoch and the losses at it survives the resume (it is in the checkpoint).
+    for key in ("test/loss", "test/auroc", "test/recall", "best_val_score", "threshold", "temperature", "best_epoch"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+    for key in ("train_loss_at_best", "val_loss_at_best"):
         assert got[key] == pytest.approx(expected[key], abs=1e-6), key
     assert [r["val/loss"] for r in rows] == [r["val/loss"] for r in epoch_rows(whole)]
 
