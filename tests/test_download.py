@@ -19,10 +19,11 @@ DATA_CONFIG = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "
 
 
 class Server:
-    """Serves files from a dict with HEAD, GET, byte ranges and S3-style MD5 ETags; records every request."""
+    """Serves files from a dict with HEAD, GET, byte ranges (416 past the end, or for every range when refuse_ranges)
+    and S3-style MD5 ETags; records every request."""
 
     def __init__(self, files: dict[str, bytes]):
-        self.files, self.requests, self.etags = files, [], {}
+        self.files, self.requests, self.etags, self.refuse_ranges = files, [], {}, False
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -49,6 +50,8 @@ class Server:
                 if body is None:
                     return self.send_error(404)
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                if rng and (start >= len(body) or outer.refuse_ranges):  # as S3 answers a range past the end
+                    return self.send_error(416)
                 self._head(body, 206 if rng else 200, len(body) - start)
                 self.wfile.write(body[start:])
 
@@ -106,6 +109,48 @@ def test_partial_file_resumes_with_a_range_request(server, tmp_path):
     fetch(server.url + name, dest)
     assert dest.read_bytes() == body
     assert ("GET", f"/{name}", "bytes=1000-") in server.requests
+
+
+def test_a_complete_partial_file_is_verified_without_a_range_request(server, tmp_path):
+    # Killed between the last byte and the rename: `Range: bytes=<size>-` would get S3's 416 on every later run.
+    name = "ISIC2018_Task3_Training_Input.zip"
+    dest = tmp_path / name
+    dest.with_name(name + ".part").write_bytes(server.files[name])
+    fetch(server.url + name, dest)
+    assert dest.read_bytes() == server.files[name] and not dest.with_name(name + ".part").exists()
+    assert not [r for r in server.requests if r[0] == "GET"]
+
+
+def test_a_refused_range_fetches_the_file_again(server, tmp_path):
+    name = "ISIC2018_Task3_Training_Input.zip"
+    dest = tmp_path / name
+    dest.with_name(name + ".part").write_bytes(server.files[name][:1000])
+    server.refuse_ranges = True
+    fetch(server.url + name, dest)
+    assert dest.read_bytes() == server.files[name]
+    assert [r[2] for r in server.requests if r[0] == "GET"] == ["bytes=1000-", None]
+
+
+def test_an_interrupted_extraction_is_redone(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LESION_ISIC2018_URL", server.url)
+    root = tmp_path / "isic2018"
+    extract, calls = zipfile.ZipFile._extract_member, []
+
+    def dies_midway(self, member, *args):
+        calls.append(member)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # Ctrl-C, or the job's time limit, in the middle of the images
+        return extract(self, member, *args)
+
+    monkeypatch.setattr(zipfile.ZipFile, "_extract_member", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        build_datamodule({"name": "isic2018", "root": str(root), "download": True}, DATA_CONFIG).setup()
+    monkeypatch.setattr(zipfile.ZipFile, "_extract_member", extract)
+    assert not (root / "ISIC2018_Task3_Training_Input").exists()  # nothing half-done where the layout goes
+    dm = build_datamodule({"name": "isic2018", "root": str(root), "download": True}, DATA_CONFIG)
+    dm.setup()
+    assert len(dm.frames["train"]) + len(dm.frames["val"]) + len(dm.frames["test"]) == 112
+    assert not list(root.glob(".extracting-*"))
 
 
 def test_checksum_mismatch_is_an_error_and_drops_the_partial(server, tmp_path):

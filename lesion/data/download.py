@@ -6,6 +6,8 @@ import hashlib
 import logging
 import os
 import re
+import shutil
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -45,17 +47,8 @@ def fetch(url: str, dest: Path, md5: str | None = None, timeout: float = 60) -> 
     if size >= 0 and start > size:
         part.unlink()
         start = 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
-    response = _open(request, timeout)
-    if start and response.status != 206:  # the server ignored the range: start again
-        start = 0
-    with (
-        open(part, "ab" if start else "wb") as out,
-        tqdm(total=size if size >= 0 else None, initial=start, unit="B", unit_scale=True, desc=dest.name) as bar,
-    ):
-        while chunk := response.read(CHUNK):
-            out.write(chunk)
-            bar.update(len(chunk))
+    if size < 0 or start < size:  # a complete .part (killed before its rename) is only verified: S3 answers
+        _get(url, part, start, size, timeout)  # `Range: bytes=<size>-` with 416
     got = part.stat().st_size
     if size >= 0 and got != size:
         raise DownloadError(f"{url}: got {got} bytes of {size}; run again to resume from {part}")
@@ -64,6 +57,26 @@ def fetch(url: str, dest: Path, md5: str | None = None, timeout: float = 60) -> 
         raise DownloadError(f"{url}: MD5 {digest} does not match the expected {md5}; the partial file was removed")
     part.replace(dest)
     return dest
+
+
+def _get(url: str, part: Path, start: int, size: int, timeout: float) -> None:
+    """Append `url` from byte `start` to `part` (from 0 when the server ignores or refuses the range)."""
+    try:
+        response = _open(urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {}), timeout)
+    except DownloadError as err:
+        if not (start and isinstance(err.__cause__, urllib.error.HTTPError) and err.__cause__.code == 416):
+            raise
+        log.warning("%s: the server refused to resume %s at byte %d (416); fetching it again", url, part, start)
+        start, response = 0, _open(urllib.request.Request(url), timeout)
+    if start and response.status != 206:  # the server ignored the range: start again
+        start = 0
+    with (
+        open(part, "ab" if start else "wb") as out,
+        tqdm(total=size if size >= 0 else None, initial=start, unit="B", unit_scale=True, desc=part.name) as bar,
+    ):
+        while chunk := response.read(CHUNK):
+            out.write(chunk)
+            bar.update(len(chunk))
 
 
 def download_isic2018(root: str | Path, base_url: str | None = None) -> Path:
@@ -83,12 +96,21 @@ def download_isic2018(root: str | Path, base_url: str | None = None) -> Path:
 
 
 def _unpack(archive: Path, root: Path) -> None:
+    """Extract into a temporary dir beside the layout, then rename into place, the archive's own folder last: that
+    folder exists only when the extraction finished, so an interrupted one is redone on the next run."""
+    temp = root / f".extracting-{archive.stem}"
+    shutil.rmtree(temp, ignore_errors=True)  # left by an interrupted run
     with zipfile.ZipFile(archive) as zf:
         for member in zf.namelist():
-            target = (root / member).resolve()
-            if not target.is_relative_to(root.resolve()):
+            target = (temp / member).resolve()
+            if not target.is_relative_to(temp.resolve()):
                 raise DownloadError(f"{archive}: member {member} would unpack outside {root}")
-        zf.extractall(root)
+        zf.extractall(temp)
+    for entry in sorted(temp.iterdir(), key=lambda p: p.name == archive.stem):
+        if (root / entry.name).exists():  # the archive is the source of its own members
+            shutil.rmtree(root / entry.name) if (root / entry.name).is_dir() else (root / entry.name).unlink()
+        entry.rename(root / entry.name)
+    temp.rmdir()
 
 
 def _open(request: urllib.request.Request, timeout: float):
