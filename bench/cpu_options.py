@@ -48,7 +48,7 @@ def main() -> None:
     print(f"{'backbone':<20} {'option':<20} {'img/s':>7} {'vs fp32':>8} {'warm-up s':>10}")
     for name in args.backbones:
         cfg = yaml.safe_load((ROOT / "conf" / "backbone" / f"{name}.yaml").read_text())
-        cfg |= {"pretrained": False, "weights": None, "input_size": args.size}
+        cfg |= {"pretrained": False, "weights": None, "input_size": args.size, "allow_random_frozen": True}
         images, labels = torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, 2, (args.batch,))
         steps, warmups, times = {}, {}, {option: [] for option in args.options}
         for option in args.options:

@@ -38,7 +38,8 @@ def backbone_config(name: str, size: int, frozen: bool) -> dict:
     import yaml
 
     cfg = yaml.safe_load((ROOT / "conf" / "backbone" / f"{name}.yaml").read_text())
-    return cfg | {"pretrained": False, "weights": None, "input_size": size} | ({} if frozen else {"freeze": []})
+    cfg |= {"pretrained": False, "weights": None, "input_size": size, "allow_random_frozen": True}  # speed only
+    return cfg | ({} if frozen else {"freeze": []})
 
 
 def build(name: str, size: int, frozen: bool) -> LesionClassifier:

@@ -33,7 +33,8 @@ MODES = ("fp32", "bf16_cl", "bf16_cl_compile")
 
 def backbone_config(name: str, size: int) -> dict:
     cfg = yaml.safe_load((ROOT / "conf" / "backbone" / f"{name}.yaml").read_text())
-    return cfg | {"pretrained": False, "weights": None, "input_size": size}  # weights do not change speed
+    # weights do not change speed
+    return cfg | {"pretrained": False, "weights": None, "input_size": size, "allow_random_frozen": True}
 
 
 def matmul_rate(device: str, n: int, repeats: int) -> float:

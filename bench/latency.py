@@ -41,7 +41,7 @@ def measure(name: str, args, options) -> None:
     import onnxruntime as ort
 
     cfg = yaml.safe_load((ROOT / "conf" / "backbone" / f"{name}.yaml").read_text())
-    model = LesionClassifier(backbone=cfg | {"pretrained": False, "weights": None}).eval()
+    model = LesionClassifier(backbone=cfg | {"pretrained": False, "weights": None, "allow_random_frozen": True}).eval()
     size = model.data_config["input_size"][-1]
     image = torch.rand(1, 3, size, size)
     net = ScreeningNet(model).eval()

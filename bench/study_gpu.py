@@ -38,7 +38,7 @@ from lesion.operating_point import bootstrap_ci, threshold_for_sensitivity  # no
 ROWS = {  # study_row name -> (backbone config, LAuReL)
     "resnet50_layer2": ("resnet50_layer2", "none"),
     "resnet50": ("resnet50", "none"),
-    "resnet50_frozen_layer4": ("resnet50_frozen_layer4", "none"),
+    # resnet50_frozen_layer4 is left out: from scratch, with every stage trained, it is resnet50
     "resnet50_trunc": ("resnet50_trunc", "none"),
     "vgg16": ("vgg16", "none"),
     "efficientnet_b0": ("efficientnet_b0", "none"),
@@ -98,7 +98,9 @@ def run_row(row: str, args) -> dict:
     lite0 = Path(args.pack).parent / "tf_efficientnet_lite0.safetensors"
     if cfg["model_name"] == "tf_efficientnet_lite0" and lite0.is_file():
         cfg["weights"] = str(lite0)
-    init = "ImageNet" if cfg.get("weights") else "from scratch"
+    if not cfg.get("weights"):  # no hub on the device machine: from scratch, every stage trained (never frozen random)
+        cfg["freeze"] = []
+    init = "ImageNet" if cfg.get("weights") else "from scratch, every stage trained"
     net = build_backbone(**cfg, num_classes=2).to(device).to(memory_format=torch.channels_last)
     data_cfg = backbone_data_config(**cfg)
     mean = torch.tensor(data_cfg["mean"], device=device).view(1, 3, 1, 1)

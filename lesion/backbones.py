@@ -29,6 +29,7 @@ def build_backbone(
     drop_rate: float = 0.0,
     laurel: str = "none",
     laurel_rank: int = 16,
+    allow_random_frozen: bool = False,
 ) -> nn.Module:
     """Build the network that maps images to logits.
 
@@ -40,11 +41,20 @@ def build_backbone(
     input_size: a side in pixels (square) or [height, width], e.g. [150, 200], ISIC 2018's 4:3 at its native size.
     laurel: `none`, `rw`, `lr` or `rw_lr`: LAuReL on the residuals of the trained ResNet stages (`lesion.laurel`),
     identity at initialisation; laurel_rank is the rank of the `lr` map.
+    allow_random_frozen: freezing stages without weights (pretrained=false, no weights file) keeps them at random
+    initialisation for good, which is refused unless this is true (speed benchmarks, structural tests).
     """
     if head not in HEADS:
         raise ValueError(f"backbone.head must be one of {HEADS}, got {head!r}")
     if head == "vgg" and not cut_after:
         raise ValueError("backbone.head=vgg needs backbone.cut_after (the study cuts ResNet50 after layer3)")
+    if freeze and not pretrained and weights is None and not allow_random_frozen:
+        raise ValueError(
+            f"backbone.freeze={list(freeze)} with backbone.pretrained=false and no backbone.weights would keep those "
+            f"stages of {model_name} at their random initialisation for the whole run. Load ImageNet weights "
+            "(backbone.pretrained=true, or backbone.weights=/path/to/file), train every stage (backbone.freeze=[]), "
+            "or, to time the network only, set backbone.allow_random_frozen=true"
+        )
     kwargs: dict = {"drop_rate": drop_rate} if not cut_after else {}
     if cut_after:
         kwargs.update(features_only=True, out_indices=(_stage_index(model_name, cut_after),))

@@ -53,7 +53,7 @@ def summarise(sweep_dir: Path) -> pd.DataFrame:
         config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
         monitor, mode = config.get("monitor", monitor), config.get("monitor_mode", mode)
         backbone = config.get("backbone") or {}
-        init = "ImageNet" if backbone.get("pretrained") or backbone.get("weights") else "from scratch"
+        init = initialisation(backbone)
         row = {"job": job.name, "overrides": " ".join(overrides), "status": "failed", "init": init}
         error = job / ERROR_FILE
         if error.is_file():  # the exception's last line: `ValueError: Invalid learning rate: -1.0`
@@ -73,6 +73,16 @@ def summarise(sweep_dir: Path) -> pd.DataFrame:
     if best in table:
         table = table.sort_values(best, ascending=mode == "min", na_position="last", kind="stable")
     return table.reset_index(drop=True)
+
+
+def initialisation(backbone: dict) -> str:
+    """How a row's weights began, for the summary's `init` column."""
+    if backbone.get("weights"):
+        return "weights file"
+    if backbone.get("pretrained"):
+        return "ImageNet"
+    frozen = backbone.get("freeze") or []
+    return f"from scratch, frozen at random: {', '.join(frozen)}" if frozen else "from scratch, every stage trained"
 
 
 def write_summary(sweep_dir: Path) -> pd.DataFrame:

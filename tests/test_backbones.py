@@ -19,7 +19,8 @@ SMALL = {"inception_v3": 96}
 
 def backbone_cfg(name: str, tmp_path, **overrides) -> dict:
     cfg = compose_config("train", [f"backbone={name}"], tmp_path)["backbone"]
-    return cfg | {"pretrained": False, "input_size": SMALL.get(name, 64)} | overrides
+    # Structure only (no hub here): random weights, frozen stages allowed.
+    return cfg | {"pretrained": False, "input_size": SMALL.get(name, 64), "allow_random_frozen": True} | overrides
 
 
 @pytest.mark.parametrize("name", backbone_names())
@@ -112,6 +113,19 @@ def test_unreachable_hub_fails_with_a_local_file_hint(tmp_path, monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(WeightsError, match=r"backbone\.weights=/path/to/resnet50"):
         build_backbone(**backbone_cfg("resnet50", tmp_path, pretrained=True), num_classes=2)
+
+
+def test_freezing_random_stages_is_refused_unless_allowed(tmp_path):
+    cfg = compose_config("train", ["backbone=resnet50_trunc", "backbone.input_size=64"], tmp_path)["backbone"]
+    with pytest.raises(
+        ValueError, match=r"backbone\.freeze=\['conv1', 'bn1', 'layer1', 'layer2'\] with .*pretrained=true"
+    ):
+        build_backbone(**cfg | {"pretrained": False}, num_classes=2)
+    build_backbone(**cfg | {"pretrained": False, "freeze": []}, num_classes=2)  # from scratch, every stage trained
+    build_backbone(**cfg | {"pretrained": False, "allow_random_frozen": True}, num_classes=2)  # explicitly allowed
+    source = tmp_path / "resnet50.safetensors"
+    save_file(timm.create_model("resnet50").state_dict(), str(source))
+    build_backbone(**cfg | {"pretrained": False, "weights": str(source)}, num_classes=2)  # a weights file: frozen ok
 
 
 @pytest.mark.parametrize("lite", [0, 1, 2])

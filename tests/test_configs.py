@@ -57,8 +57,16 @@ def test_eval_config_composes_with_and_without_data(tmp_path):
     assert compose_config("eval", ["ckpt_path=x.ckpt", "data=apples_oranges"], tmp_path)["data"]["name"]
 
 
+@pytest.mark.parametrize("name", ["resnet50_trunc", "resnet50", "resnet50_layer2", "resnet50_frozen_layer4", "vgg16"])
+def test_the_studys_backbones_default_to_imagenet_weights(name, tmp_path):
+    # The study fine-tuned ImageNet weights: its frozen stages must hold them, never a random initialisation.
+    backbone = compose_config("train", [f"backbone={name}"], tmp_path)["backbone"]
+    assert backbone["pretrained"] is True and backbone["allow_random_frozen"] is False
+
+
 def test_study_final_is_the_studys_configuration(tmp_path):
     cfg = compose_config("train", ["experiment=study_final"], tmp_path)
+    assert cfg["backbone"]["pretrained"] and cfg["backbone"]["freeze"] == ["conv1", "bn1", "layer1", "layer2"]
     assert cfg["backbone"]["model_name"] == "resnet50" and cfg["backbone"]["cut_after"] == "layer3"
     assert cfg["backbone"]["head"] == "vgg" and cfg["backbone"]["input_size"] == 224
     assert cfg["data"]["batch_size"] == 8 and cfg["data"]["eval_batch_size"] == 16
@@ -98,8 +106,10 @@ def test_trainer_configs_carry_their_hardware_speed_options(tmp_path):
 
 def test_compile_keeps_parameter_names(tmp_path):
     cfg = compose_config("train", ["backbone=resnet50_trunc", "backbone.input_size=64"], tmp_path)
-    plain = LesionClassifier(backbone=cfg["backbone"] | {"pretrained": False})
-    compiled = LesionClassifier(backbone=cfg["backbone"] | {"pretrained": False}, compile=True)
+    plain = LesionClassifier(backbone=cfg["backbone"] | {"pretrained": False, "allow_random_frozen": True})
+    compiled = LesionClassifier(
+        backbone=cfg["backbone"] | {"pretrained": False, "allow_random_frozen": True}, compile=True
+    )
     assert list(plain.state_dict()) == list(compiled.state_dict())
 
 
@@ -109,14 +119,20 @@ def test_study_comparison_sweeps_every_study_row_on_one_protocol(tmp_path):
         r.strip()
         for r in OmegaConf.load(CONF / "experiment" / "study_comparison.yaml").hydra.sweeper.params.study_row.split(",")
     ]
-    assert sorted(rows) == group_options("study_row") and len(rows) == 9
+    # Offline (study_init=scratch): from-scratch rows train every stage, so frozen_layer4 would repeat resnet50.
+    assert sorted(rows) == [r for r in group_options("study_row") if r != "resnet50_frozen_layer4"] and len(rows) == 8
     seen = set()
     for row in rows:
         job = compose_config("train", ["experiment=study_comparison", f"study_row={row}"], tmp_path)
         backbone = job["backbone"]
-        seen.add((backbone["model_name"], backbone["cut_after"], tuple(backbone["freeze"]), backbone["laurel"]))
+        seen.add((backbone["model_name"], backbone["cut_after"], backbone["laurel"]))
         for key in ("data", "model", "trainer", "seed", "operating_point"):  # identical protocol
             assert job[key] == cfg[key], (row, key)
         assert backbone["input_size"] == 112
-    assert len(seen) == 9
+        # ImageNet only where it is offline (Lite0's package); never a frozen random stage
+        assert backbone["pretrained"] == (row == "efficientnet_lite0") and backbone["freeze"] == [], row
+    assert len(seen) == 8
+    # With hub access, the study's own setting: ImageNet weights and each row's own frozen stages.
+    hub = compose_config("train", ["experiment=study_comparison", "study_init=imagenet"], tmp_path)["backbone"]
+    assert hub["pretrained"] and hub["freeze"] == ["conv1", "bn1", "layer1", "layer2"]
     assert cfg["data"]["name"] == "isic2018" and cfg["data"]["task"] == "binary" and cfg["monitor"] == "val/auroc"
