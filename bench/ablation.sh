@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The recipe ablation behind README "Results": each row adds one lever to the row before, on the same lesion-disjoint
 # split; every row is sized to about 10 minutes of training on 2 CPU cores. Then the external set, then the table.
-#   [ROOT=../shared/data/isic2018] [ROWS="A B C D E F"] bash bench/ablation.sh
+#   [ROOT=../shared/data/isic2018] [ROWS="A B C D E F"] [EXTRA="key=value ..."] bash bench/ablation.sh
+# EXTRA: overrides appended to every row (they win), e.g. a toy size for a smoke run (tests/test_bench.py).
 # The final row is the full recipe for the hour: python train.py experiment=isic2018_cpu_best data.root=$ROOT
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ for row in ${ROWS:-A B C D E F}; do
   if [ -f "$dir/metrics.json" ]; then echo "row $row: done already ($dir)"; continue; fi
   echo "row $row: ${ROW[$row]}"
   # shellcheck disable=SC2086
-  /usr/bin/time -f "row $row: %e s wall, %M KB peak RSS" "$PY" train.py "${BASE[@]}" ${ROW[$row]} "hydra.run.dir=$dir" \
+  /usr/bin/time -f "row $row: %e s wall, %M KB peak RSS" "$PY" train.py "${BASE[@]}" ${ROW[$row]} ${EXTRA:-} "hydra.run.dir=$dir" \
     > "$dir.log" 2>&1 || { echo "row $row failed: see $dir.log"; tail -5 "$dir.log"; exit 1; }
   tail -1 "$dir.log"
   ckpt=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['best_checkpoint'])" "$dir/metrics.json")

@@ -85,14 +85,14 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, batch {args.batch}, "
         f"{args.steps} paired steps per run, {args.rounds} rounds"
     )
-    reals = [f"real, {w} workers" for w in args.real_workers] if args.real else []
+    reals = {f"real, {w} workers": w for w in args.real_workers} if args.real else {}  # none without --real
     rows = []
     for backbone in args.backbones:
         configs = {"synthetic": config(backbone, args.size, args.batch, args.steps, args.extra)}
-        for name, workers in zip(reals, args.real_workers, strict=True):
+        for name, workers in reals.items():
             configs[name] = config(backbone, args.size, args.batch, args.steps, args.extra, args.real, workers)
         if reals:
-            warm_cache(configs[reals[0]])
+            warm_cache(configs[next(iter(reals))])
         results = {name: [] for name in configs}
         names = list(configs)
         for r in range(args.rounds):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -127,3 +128,77 @@ def test_external_report_scores_a_benign_malignant_folder_and_the_ablation_table
     assert out.returncode == 0, out.stderr
     (row,) = [line for line in out.stdout.splitlines() if line.startswith("| A |")]
     assert f"| {report['auroc']:.3f} (" in row and "| 1.0 |" in row
+
+
+def _bench(args: list[str], tmp_path, env: dict | None = None, script: str = "python") -> str:
+    import os
+
+    env = os.environ | {"NO_ALBUMENTATIONS_UPDATE": "1", "LESION_CACHE": str(tmp_path / "cache")} | (env or {})
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the shell scripts call `python`
+    cmd = [sys.executable, *args] if script == "python" else ["bash", *args]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+# Each bench script as its docstring documents it, optional flags left out where they only add work, sized down.
+def test_overhead_runs_without_real_data_as_documented(tmp_path):
+    # The documented default --real-workers has two entries; without --real there are no real-data runs.
+    args = ["bench/overhead.py", "--backbones", "efficientnet_lite0", "--steps", "2", "--rounds", "1", "--size", "64"]
+    out = _bench(args + ["--batch", "4"], tmp_path)
+    (row,) = [line for line in out.splitlines() if line.startswith("| efficientnet_lite0 |")]
+    assert len(row.strip("|").split("|")) == 4 and "real" not in out.split("| backbone |")[1].splitlines()[0]
+
+
+def test_cpu_options_script_prints_every_option_against_fp32(tmp_path):
+    args = ["bench/cpu_options.py", "--backbones", "efficientnet_lite0", "--size", "64", "--batch", "2", "--steps", "1"]
+    out = _bench(args + ["--options", "fp32", "channels_last"], tmp_path)
+    rows = [line.split() for line in out.splitlines() if line.startswith("efficientnet_lite0 ")]
+    assert [r[1] for r in rows] == ["fp32", "channels_last"] and float(rows[0][3]) == 1.0
+
+
+def test_frozen_script_prints_its_table_and_the_speed_up(tmp_path):
+    out = _bench(["bench/frozen.py", "--size", "64", "--batch", "2", "--steps", "1", "--rounds", "1"], tmp_path)
+    assert out.count("\nfrozen ") == 1 and "\ntrainable " in out and "speed-up from freezing" in out
+
+
+def test_latency_script_compares_eager_and_onnx_runtime(tmp_path):
+    out = _bench(["bench/latency.py", "--backbones", "efficientnet_lite0", "--runs", "2"], tmp_path)
+    (row,) = [line.split() for line in out.splitlines() if line.startswith("efficientnet_lite0 ")]
+    assert len(row) == 9 and all(float(v) > 0 for v in row[1:])
+
+
+def test_isic2018_loader_script_runs_on_an_official_layout(tmp_path):
+    from fakes import make_isic2018
+
+    root = make_isic2018(tmp_path / "isic2018", n=84)
+    args = ["bench/isic2018_loader.py", "--root", str(root), "--images", "8", "--size", "64", "--workers", "0"]
+    rows = [line.split() for line in _bench(args, tmp_path).splitlines() if line.strip().startswith("0 ")]
+    assert len(rows) == 1 and all(float(v) > 0 for v in rows[0][1:])
+
+
+def test_isic2024_scale_script_generates_and_measures_a_small_set(tmp_path):
+    out = _bench(["bench/isic2024_scale.py", "--workdir", str(tmp_path / "isic2024"), "--sizes", "3000"], tmp_path)
+    (row,) = [line.split() for line in out.splitlines() if line.strip().startswith("3000 ")]
+    assert len(row) == 6 and float(row[3]) > 0
+
+
+def test_gpu_shell_script_runs_its_check_on_the_cpu(tmp_path):
+    args = ["bench/gpu.sh", "--device", "cpu", "--batch", "2", "--size", "64", "--steps", "1", "--warmup", "1"]
+    args += ["--models", "efficientnet_lite0", "--modes", "fp32", "--matmul-n", "128"]
+    out = _bench(args, tmp_path, env={"OUT": str(tmp_path)}, script="bash")
+    written = (tmp_path / "gpu_bench.txt").read_text()
+    assert "\nefficientnet_lite0 " in written and out.endswith(written)  # the table, on stdout and in $OUT
+
+
+def test_ablation_script_runs_its_rows_and_prints_the_table(tmp_path):
+    from fakes import make_folder, make_isic2018
+
+    root = make_isic2018(tmp_path / "isic2018", n=84)
+    external = make_folder(tmp_path / "external", per_class=4)
+    toy = "backbone.input_size=[32,32] trainer.max_epochs=1 trainer.limit_train_batches=2 data.num_workers=0"
+    toy += " operating_point.bootstrap_resamples=20 trainer.enable_model_summary=false"
+    env = {"ROOT": str(root), "EXTERNAL": str(external), "OUT": str(tmp_path / "ablation"), "ROWS": "A F"}
+    out = _bench(["bench/ablation.sh"], tmp_path, env=env | {"PY": sys.executable, "EXTRA": toy}, script="bash")
+    table = [line for line in out.splitlines() if line.startswith(("| A |", "| F |"))]
+    assert len(table) == 2 and (tmp_path / "ablation" / "F" / "external.json").is_file()

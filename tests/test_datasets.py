@@ -14,7 +14,7 @@ from fakes import jpeg, make_folder, make_ham10000, make_isic2018, make_isic2024
 from lesion.data import build_datamodule
 from lesion.data.isic2024 import TRAIN_ONLY
 from lesion.data.readers import BadImageError, BadImagesError
-from lesion.data.splits import crossing_groups
+from lesion.data.splits import assign_splits, crossing_groups
 
 DATA_CONFIG = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
 
@@ -119,6 +119,25 @@ def test_empty_class_in_a_split_is_an_error(tmp_path):
     table.to_csv(tmp_path / "no_malignant_val.csv", index=False)
     with pytest.raises(ValueError, match=r"the val split has no images of class \['malignant'\]"):
         datamodule("isic2018", root, split_file=str(tmp_path / "no_malignant_val.csv")).setup()
+
+
+@pytest.mark.parametrize("val_fraction, test_fraction", [(0.15, 0.15), (0.4, 0.2), (0.1, 0.3)])
+def test_split_fractions_are_realised_to_within_one_group(val_fraction, test_fraction):
+    # One fold of round(1/f) folds gave 14.3 % for 0.15 and 50 % for 0.4.
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 4, 1500)  # lesions of 1-3 images
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    labels = np.repeat(rng.choice(5, len(sizes), p=[0.6, 0.2, 0.1, 0.07, 0.03]), sizes)
+    frame = pd.DataFrame({"image_id": [f"i{i}" for i in range(len(groups))], "label": labels, "lesion": groups})
+    split = assign_splits(frame, ("val", "test"), "lesion", val_fraction, test_fraction, seed=3)
+    assert split.groupby(frame["lesion"]).nunique().max() == 1  # no lesion in two splits
+    for name, fraction in (("val", val_fraction), ("test", test_fraction)):
+        for label in range(5):  # every class at the asked share, to within one lesion
+            of_label = labels == label
+            held = (split[of_label] == name).sum()
+            # test is carved from all images, val from what test left: both are fractions of the whole
+            assert abs(held - fraction * of_label.sum()) <= 3 + fraction * 3, (name, label, held)
+        assert abs((split == name).sum() - fraction * len(frame)) <= 5 * 3, name
 
 
 def test_too_few_images_to_stratify_is_a_clear_error(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,23 +10,38 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
-def _one_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of about `fraction` of the rows, stratified by label, never splitting a group."""
-    n_splits = max(2, int(round(1 / fraction)))
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    try:
-        _, held = next(folds.split(np.zeros(len(labels)), labels, groups))
-    except ValueError as err:
-        counts = dict(zip(*np.unique(labels, return_counts=True)))
-        raise ValueError(
-            f"too few images to carve a {fraction:.0%} split stratified by class (label counts {counts}): {err} "
-            "Lower data.val_fraction/test_fraction, or give data.split_file"
-        ) from err
-    mask = np.zeros(len(labels), bool)
-    mask[held] = True
-    return mask
+def _carve(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of `fraction` of the rows, stratified by label, never splitting a group.
+
+    Each group is filed under its rarest label (a lesion has one diagnosis; a patient with a malignant lesion is a
+    malignant patient), and of each label's groups, in a seeded random order, the prefix whose image count is nearest
+    to `fraction` of that label's images is taken: every label's share, and so the total, is the asked fraction to
+    within one group. Each label gives at least one group and keeps one, so both sides have every class."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"label": labels, "group": groups})
+    frequency = frame["label"].value_counts()
+    by_group = frame.groupby("group", sort=True)
+    size = by_group.size()
+    key = by_group["label"].agg(lambda ls: min(ls.unique(), key=lambda label: (frequency[label], str(label))))
+    chosen = []
+    for label in sorted(key.unique(), key=str):
+        members = key.index[key == label].to_numpy()
+        members = members[rng.permutation(len(members))]
+        counts = np.cumsum(size.loc[members].to_numpy())
+        target = fraction * counts[-1]
+        take = int(np.argmin(np.abs(np.concatenate([[0], counts]) - target)))  # groups taken: 0 .. all
+        if len(members) < 2:
+            raise ValueError(
+                f"too few images to carve a {fraction:.0%} split stratified by class: class {label} has "
+                f"{len(members)} group (lesion, patient or image) left, and the split and the rest each need one. "
+                "Lower data.val_fraction/test_fraction, or give data.split_file"
+            )
+        take = min(max(take, 1), len(members) - 1)  # the carved split and the rest both keep this class
+        chosen.extend(members[:take])
+    return frame["group"].isin(set(chosen)).to_numpy()
 
 
 def _groups(frame: pd.DataFrame, group_column: str | None) -> np.ndarray:
@@ -48,12 +64,25 @@ def assign_splits(
     for name, fraction in (("test", test_fraction), ("val", val_fraction)):
         if name not in need:
             continue
+        if not 0 < fraction < remaining.mean():
+            raise ValueError(
+                f"data.{name}_fraction={fraction} must be above 0 and below the {remaining.mean():.2f} of the images "
+                "still unassigned (data.test_fraction is carved first, then data.val_fraction)"
+            )
         share = fraction / remaining.mean()  # a fraction of the whole, taken from what is left
         sub = frame[remaining]
-        mask = _one_fold(sub["label"].to_numpy(), _groups(sub, group_column), share, seed)
+        mask = _carve(sub["label"].to_numpy(), _groups(sub, group_column), share, seed)
         idx = np.flatnonzero(remaining)[mask]
         split.iloc[idx] = name
         remaining[idx] = False
+        log.info(
+            "%s split: %d of %d images (%.1f%%, asked %.1f%%)",
+            name,
+            len(idx),
+            len(frame),
+            100 * len(idx) / len(frame),
+            100 * fraction,
+        )
     return split
 
 
