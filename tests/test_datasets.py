@@ -193,18 +193,43 @@ def test_isic2024_undersamples_negatives_afresh_every_epoch(tmp_path):
     assert len(dm.dataset("val")) == len(dm.frames["val"])
 
 
-def test_truncated_hdf5_entry_names_the_id_and_file(tmp_path):
+def test_bad_hdf5_entries_are_found_at_set_up_without_decoding(tmp_path):
+    root = make_isic2024(tmp_path)
+    with h5py.File(root / "train-image.hdf5", "a") as f:
+        for image_id, data in (
+            ("ISIC_9000001", np.void(jpeg(1)[:-100])),  # truncated: no end-of-image marker
+            ("ISIC_9000002", h5py.Empty("V1")),  # empty
+            ("ISIC_9000003", np.void(b"GIF89a" + bytes(40))),  # not a JPEG
+            ("ISIC_9000004", np.bytes_(jpeg(4))),  # fine, stored as a fixed-length string
+        ):
+            del f[image_id]
+            f.create_dataset(image_id, data=data)
+    with pytest.raises(BadImagesError) as raised:
+        datamodule("isic2024", root).setup()
+    message = str(raised.value)
+    assert "3 bad images" in message and "ISIC_9000004" not in message
+    for reason in ("ISIC_9000001 (truncated JPEG", "ISIC_9000002 (empty)", "ISIC_9000003 (not a JPEG"):
+        assert reason in message, reason
+    dm = datamodule("isic2024", root, on_bad_image="skip")
+    dm.setup()
+    assert sum(len(f) for f in dm.frames.values()) == 240 - 3
+
+
+def test_an_hdf5_entry_that_passes_the_cheap_checks_but_does_not_decode(tmp_path):
+    # Its first and last bytes are a JPEG's, its middle is gone: found when loaded, or by data.verify_images=true.
     root = make_isic2024(tmp_path)
     with h5py.File(root / "train-image.hdf5", "a") as f:
         del f["ISIC_9000001"]
-        f.create_dataset("ISIC_9000001", data=np.void(jpeg(1)[:-100]))
+        f.create_dataset("ISIC_9000001", data=np.void(jpeg(1)[:200] + jpeg(1)[-2:]))
     dm = datamodule("isic2024", root)
     dm.setup()
     split = next(s for s, f in dm.frames.items() if "ISIC_9000001" in set(f["image_id"]))
     dataset = dm.dataset(split)
     index = list(dataset.image_ids).index("ISIC_9000001")
-    with pytest.raises(BadImageError, match=r"ISIC_9000001 in .*train-image\.hdf5: truncated JPEG"):
+    with pytest.raises(BadImageError, match=r"ISIC_9000001 in .*train-image\.hdf5"):
         dataset[index]
+    with pytest.raises(BadImagesError, match=r"1 bad images .*ISIC_9000001"):
+        datamodule("isic2024", root, verify_images=True).setup()
 
 
 @pytest.mark.parametrize("task", ["binary", "diagnosis"])

@@ -136,8 +136,33 @@ class Hdf5Reader:
         return decode(np.asarray(data).tobytes() if not isinstance(data, bytes) else data, image_id, self.path)
 
     def problems(self, image_ids) -> list[tuple[str, str, str]]:
-        keys = set(self._file().keys())
-        return [(i, self.path, "missing") for i in image_ids if i not in keys]
+        """Missing, empty and non-image or truncated entries (first and last two bytes), without decoding: for a
+        fixed-size entry stored contiguously those four bytes are read from the file at the entry's offset."""
+        import h5py
+
+        handle, found = self._file(), []
+        keys = set(handle.keys())
+        with open(self.path, "rb") as raw:
+            for image_id in image_ids:
+                if image_id not in keys:
+                    found.append((image_id, self.path, "missing"))
+                    continue
+                entry = handle[image_id]
+                size, offset = entry.id.get_storage_size(), entry.id.get_offset()
+                if entry.shape is None or size == 0:  # an HDF5 empty dataset, or one never written
+                    found.append((image_id, self.path, "empty"))
+                    continue
+                fixed = entry.dtype.kind in "SV" and h5py.check_vlen_dtype(entry.dtype) is None
+                if fixed and entry.shape == () and offset is not None:
+                    head, tail = os.pread(raw.fileno(), 2, offset), os.pread(raw.fileno(), 2, offset + max(size - 2, 0))
+                else:  # variable-length or chunked: read the entry itself
+                    data = entry[()]
+                    data = data if isinstance(data, bytes) else np.asarray(data).tobytes()
+                    size, head, tail = len(data), data[:2], data[-2:]
+                reason = check_bytes(head, tail, size)
+                if reason:
+                    found.append((image_id, self.path, reason))
+        return found
 
 
 def image_paths(folder: Path, extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png")) -> dict[str, str]:
