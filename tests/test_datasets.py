@@ -232,6 +232,25 @@ def test_an_hdf5_entry_that_passes_the_cheap_checks_but_does_not_decode(tmp_path
         datamodule("isic2024", root, verify_images=True).setup()
 
 
+def test_folder_layout_says_what_it_ignores_with_counts(tmp_path, caplog):
+    root = make_folder(tmp_path / "data", per_class=6, splits=("train", "test"))
+    make_folder(root / "extra", per_class=2)  # class folders beside the split folders: 4 files
+    (root / "train" / "benign" / "more").mkdir()  # not searched recursively: 3 files
+    for i in range(3):
+        (root / "train" / "benign" / "more" / f"m{i}.jpg").write_bytes(jpeg(i))
+    for name in ("a.webp", "b.webp", "c.heic"):  # extensions the reader does not take
+        (root / "train" / "malignant" / name).write_bytes(b"RIFF")
+    (root / "train" / "notes.txt").write_text("outside the class folders")
+    with caplog.at_level(logging.WARNING, logger="lesion.data.folder"):
+        dm = datamodule("folder", root)
+        dm.setup()
+    assert sum(len(f) for f in dm.frames.values()) == 24  # only train/ and test/ class folders, top level
+    text = caplog.text
+    assert "folders beside the split folders ['test', 'train'] are ignored (files: {'extra': 4})" in text
+    assert "3 files with extensions other than" in text and "'.webp': 2" in text and "'.heic': 1" in text
+    assert "3 files in 1 subfolders are ignored" in text and "1 files outside class folders" in text
+
+
 @pytest.mark.parametrize("task", ["binary", "diagnosis"])
 def test_folder_classes_and_malignant_names(tmp_path, task):
     root = make_folder(tmp_path, classes=("melanoma", "nevus", "seborrheic keratosis"), splits=("Train", "Test"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from lesion.data.datamodule import LesionDataModule
 from lesion.data.readers import FileReader
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+log = logging.getLogger(__name__)
 SPLIT_DIRS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
@@ -68,14 +71,56 @@ class FolderDataModule(LesionDataModule):
         return FileReader(self._paths)
 
     def _files(self) -> list[tuple[str, str | None, str]]:
-        """(class, split or None, path) for every image."""
+        """(class, split or None, path) for every image; what the layout leaves out is logged as warnings, counted."""
         subdirs = [d for d in sorted(self.root.iterdir()) if d.is_dir()]
         split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_DIRS]
         layout = [(SPLIT_DIRS[d.name.lower()], d) for d in split_dirs] if split_dirs else [(None, self.root)]
-        found = []
+        found, skipped = [], Counter()  # skipped: extension -> files
+        nested, loose = Counter(), Counter()  # files in folders below a class folder; files where classes are
         for split, base in layout:
-            for class_dir in sorted(d for d in base.iterdir() if d.is_dir()):
-                for path in sorted(class_dir.iterdir()):
-                    if path.suffix.lower() in EXTENSIONS:
-                        found.append((class_dir.name, split, str(path)))
+            for entry in sorted(base.iterdir()):
+                if not entry.is_dir():
+                    loose[str(entry.parent)] += 1
+                    continue
+                for path in sorted(entry.iterdir()):
+                    if path.is_dir():
+                        nested[str(path)] += sum(1 for p in path.rglob("*") if p.is_file())
+                    elif path.suffix.lower() in EXTENSIONS:
+                        found.append((entry.name, split, str(path)))
+                    else:
+                        skipped[path.suffix.lower() or "(no extension)"] += 1
+        if split_dirs:
+            beside = {d.name: sum(1 for p in d.rglob("*") if p.is_file()) for d in subdirs if d not in split_dirs}
+            if beside:
+                log.warning(
+                    "%s: folders beside the split folders %s are ignored (files: %s); move them into a split folder",
+                    self.root,
+                    [d.name for d in split_dirs],
+                    beside,
+                )
+        if skipped:
+            log.warning(
+                "%s: %d files with extensions other than %s are ignored (%s); convert them to use them",
+                self.root,
+                sum(skipped.values()),
+                ", ".join(EXTENSIONS),
+                dict(skipped),
+            )
+        if nested:
+            log.warning(
+                "%s: class folders are not searched recursively: %d files in %d subfolders are ignored (%s)",
+                self.root,
+                sum(nested.values()),
+                len(nested),
+                _first(nested),
+            )
+        if loose:
+            log.warning(
+                "%s: %d files outside class folders are ignored (%s)", self.root, sum(loose.values()), _first(loose)
+            )
         return found
+
+
+def _first(counts: Counter, n: int = 5) -> str:
+    items = [f"{k}: {v}" for k, v in counts.most_common(n)]
+    return ", ".join(items) + (f", ... ({len(counts)} in all)" if len(counts) > n else "")
