@@ -56,7 +56,7 @@ class LesionEnsemble(LesionClassifier):
         self.register_buffer("log_prior", torch.zeros_like(first.log_prior))  # the members' mean, set on assembly
         self.register_buffer("posthoc_tau", torch.tensor(initial_posthoc_tau(self.hparams.posthoc_adjustment)))
         self.register_buffer("temperature", torch.tensor(1.0))
-        self.register_buffer("threshold", torch.tensor(0.5))
+        self.register_buffer("threshold", torch.tensor(0.5, dtype=torch.float64))  # exact, as chosen
         self.register_buffer("calibrated", torch.tensor(False))
         self.operating_point: dict | None = None
         self.split_ids: list[dict[str, list[str]] | None] = [None] * len(members)  # each member's training splits

@@ -61,10 +61,10 @@ def calibrate(
     """Fit the temperature on validation, then the threshold for `target_sensitivity` on calibrated P(malignant)
     (`lesion.operating_point.choose_operating_point`); both are stored in the model's buffers and the rule that chose
     them in `model.operating_point`, so its checkpoints carry them."""
-    temperature = fit_temperature(val.logits, val.labels)
+    model.temperature.fill_(fit_temperature(val.logits, val.labels))
+    temperature = float(model.temperature)  # as stored: the scores every later decision sees
     p = val.p_malignant(model, temperature)
     chosen = choose_operating_point(p, val.y_malignant, target_sensitivity, method, confidence)
-    model.temperature.fill_(temperature)
     model.threshold.fill_(chosen["threshold"])
     model.calibrated.fill_(True)
     model.operating_point = chosen

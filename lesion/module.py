@@ -97,7 +97,7 @@ class LesionClassifier(L.LightningModule):
         self.prefix_depth = 0  # blocks whose activations arrive cached (lesion.activation_cache sets it)
         # The operating point, set on validation after fit (lesion.evaluation.calibrate) and kept in checkpoints.
         self.register_buffer("temperature", torch.tensor(1.0))
-        self.register_buffer("threshold", torch.tensor(0.5))
+        self.register_buffer("threshold", torch.tensor(0.5, dtype=torch.float64))  # exact, as chosen
         self.register_buffer("calibrated", torch.tensor(False))
         self.operating_point: dict | None = None  # how the threshold was chosen (method, level, bound); checkpointed
         self.split_ids: dict[str, list[str]] | None = None  # image ids per split of the training run; checkpointed

@@ -83,12 +83,19 @@ def _positive_scores(p_malignant: torch.Tensor, target: torch.Tensor) -> torch.T
 
 def _threshold_detecting(p_malignant: torch.Tensor, positives: torch.Tensor, k: int) -> float:
     """Halfway between the k-th highest malignant score and the next lower score of any case, so the decisions on
-    these scores are exactly those of the highest threshold that detects k malignant cases."""
+    these scores are exactly those of the highest threshold that detects k malignant cases.
+
+    `p > threshold` is decided in the scores' own precision (float32 scores against a float64 threshold compare in
+    float32): the threshold is a value of that precision, below the k-th score, so no rounding moves it onto it."""
     p = p_malignant.detach().double().flatten()
     kth = positives[k - 1]
     below = p[p < kth]
     lower = below.max() if len(below) else kth - 1e-6
-    return float((kth + lower) / 2)
+    dtype = p_malignant.dtype if p_malignant.is_floating_point() else torch.float64
+    threshold, kth = torch.tensor(float((kth + lower) / 2), dtype=dtype), torch.tensor(float(kth), dtype=dtype)
+    if threshold >= kth:  # adjacent scores: the midpoint rounds onto the k-th one
+        threshold = torch.nextafter(kth, torch.tensor(-math.inf, dtype=dtype))
+    return float(threshold)
 
 
 def bootstrap_ci(

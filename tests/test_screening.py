@@ -39,6 +39,27 @@ def test_threshold_reaches_the_target_sensitivity_and_is_the_highest_that_does(t
     assert screening_metrics(p, y, higher)["recall"] < target
 
 
+@pytest.mark.parametrize("method", ["point", "lower_bound"])
+def test_the_stored_threshold_decides_val_exactly_as_chosen(method):
+    # Scores a float32 step apart at the cut: a float32 midpoint rounds onto the k-th score, which is then missed.
+    rng = np.random.default_rng(0)
+    y = torch.tensor(rng.integers(0, 2, 400))
+    p = torch.tensor(rng.uniform(0.2, 0.9, 400), dtype=torch.float32)
+    chosen = choose_operating_point(p, y, 0.8, method)
+    kth = torch.sort(p[y == 1], descending=True).values[chosen["val_detected"] - 1]
+    below = p[p < kth]
+    p[p == below.max()] = torch.nextafter(kth, torch.tensor(0.0))  # the next lower score: adjacent to the k-th
+    chosen = choose_operating_point(p, y, 0.8, method)
+    model = LesionClassifier(backbone={"model_name": "resnet18", "pretrained": False})
+    model.threshold.fill_(chosen["threshold"])
+    stored = float(model.threshold)
+    assert stored == chosen["threshold"]  # stored exactly
+    detected = int(((p > model.threshold) & (y == 1)).sum())  # the module's own comparison (predict_step)
+    assert detected == chosen["val_detected"]
+    assert screening_metrics(p, y, stored)["recall"] == pytest.approx(chosen["val_detected"] / int(y.sum()))
+    assert screening_metrics(p.double(), y, stored)["recall"] == pytest.approx(chosen["val_detected"] / int(y.sum()))
+
+
 def test_threshold_without_malignant_cases_is_an_error():
     with pytest.raises(ValueError, match="no malignant"):
         threshold_for_sensitivity(torch.rand(10), torch.zeros(10))
