@@ -69,7 +69,8 @@ class LesionClassifier(L.LightningModule):
         compile: bool = False,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        # In the checkpoint, not sent to the loggers: train.py logs the whole resolved config once (W&B `config`).
+        self.save_hyperparameters(logger=False)
         unknown = [m for m in malignant if m not in class_names]
         if unknown:
             raise ValueError(f"malignant classes {unknown} are not among the classes {list(class_names)}")

@@ -103,6 +103,7 @@ def test_multirun_jobs_are_separate_wandb_runs_in_one_group_with_a_summary(tmp_p
         summary = {u.key for r in records if r.HasField("summary") for u in r.summary.update}
         config = {u.key for r in records if r.HasField("config") for u in r.config.update}
         assert "best_checkpoint" in summary and "config" in config
+        assert not {"backbone", "optimizer", "data", "class_names"} & config  # the config once, not again as hparams
     assert len(ids) == 2 and groups == {"sweep"}
     table = pd.read_csv(sweep / "summary.csv")
     assert sorted(table["overrides"]) == ["optimizer.lr=0.0001", "optimizer.lr=0.001"]
