@@ -16,7 +16,6 @@ from lesion.config import to_plain
 from lesion.inference import DISCLAIMER, Result, Screener, load_calibrated
 
 log = logging.getLogger("lesion")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def input_files(path: Path) -> list[Path]:

@@ -80,7 +80,8 @@ def create_app(screener: Screener, max_bytes: int = 10_000_000, model_name: str 
     async def screen_upload(request: Request) -> JSONResponse:
         try:
             kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if not kind.startswith("image/"):
+            if not (kind.startswith("image/") or kind == "application/octet-stream"):  # HEIC has no MIME type on
+                # desktop browsers: the bytes decide (image_kind)
                 raise UploadError(
                     415, f"This is not a photo (the file's type is {kind or 'unknown'}); choose an image."
                 )

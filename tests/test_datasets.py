@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import cv2
 import h5py
 import numpy as np
 import pandas as pd
@@ -238,7 +239,7 @@ def test_folder_layout_says_what_it_ignores_with_counts(tmp_path, caplog):
     (root / "train" / "benign" / "more").mkdir()  # not searched recursively: 3 files
     for i in range(3):
         (root / "train" / "benign" / "more" / f"m{i}.jpg").write_bytes(jpeg(i))
-    for name in ("a.webp", "b.webp", "c.heic"):  # extensions the reader does not take
+    for name in ("a.gif", "b.gif", "c.tiff"):  # extensions the reader does not take
         (root / "train" / "malignant" / name).write_bytes(b"RIFF")
     (root / "train" / "notes.txt").write_text("outside the class folders")
     with caplog.at_level(logging.WARNING, logger="lesion.data.folder"):
@@ -247,7 +248,7 @@ def test_folder_layout_says_what_it_ignores_with_counts(tmp_path, caplog):
     assert sum(len(f) for f in dm.frames.values()) == 24  # only train/ and test/ class folders, top level
     text = caplog.text
     assert "folders beside the split folders ['test', 'train'] are ignored (files: {'extra': 4})" in text
-    assert "3 files with extensions other than" in text and "'.webp': 2" in text and "'.heic': 1" in text
+    assert "3 files with extensions other than" in text and "'.gif': 2" in text and "'.tiff': 1" in text
     assert "3 files in 1 subfolders are ignored" in text and "1 files outside class folders" in text
 
 
@@ -299,3 +300,62 @@ def test_epoch_order_and_augmentation_depend_only_on_seed_and_epoch(tmp_path):
     assert list(again) == epoch1 and epoch0 != epoch1
     dataset = dm.dataset("train", train=True)
     assert torch.equal(dataset[epoch1[0]]["image"], dataset[epoch1[0]]["image"])
+
+
+def _encoded(image, kind: str, **save) -> bytes:
+    import io
+
+    from PIL import Image
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    buffer = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, format=kind, **save)
+    return buffer.getvalue()
+
+
+def test_reader_takes_what_phones_write_and_still_refuses_a_cut_file():
+    from PIL import Image
+
+    from lesion.data.readers import decode
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:30, :40]
+    rgb = np.dstack([xx * 6, yy * 8, 255 - xx * 6]).astype(np.uint8)  # smooth: lossy codecs keep it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    for kind in ("JPEG", "WEBP", "HEIF"):
+        upright = decode(_encoded(rgb, kind, quality=95), "x", "test")
+        assert upright.shape == (30, 40, 3) and upright.dtype == np.uint8, kind
+        assert np.abs(upright.astype(int) - rgb).mean() < 8, kind  # the same picture (lossy codecs)
+        rotated = decode(_encoded(rgb, kind, quality=95, exif=exif.tobytes()), "x", "test")
+        assert rotated.shape == (40, 30, 3), kind  # EXIF orientation applied
+    grey16 = decode(cv2.imencode(".png", (rng.integers(0, 65535, (20, 24))).astype(np.uint16))[1].tobytes(), "x", "t")
+    rgba = decode(_encoded(np.dstack([rgb, np.full((30, 40), 128, np.uint8)]), "PNG"), "x", "t")
+    cmyk = decode(_encoded(Image.fromarray(rgb).convert("CMYK"), "JPEG"), "x", "t")
+    grey = decode(_encoded(rgb[..., 0], "WEBP"), "x", "t")
+    for image, shape in ((grey16, (20, 24, 3)), (rgba, (30, 40, 3)), (cmyk, (30, 40, 3)), (grey, (30, 40, 3))):
+        assert image.shape == shape and image.dtype == np.uint8
+    whole = jpeg(3, size=64)
+    padded = decode(whole + bytes(range(256)) * 8, "x", "t")  # 2 kB after the end-of-image marker
+    assert np.array_equal(padded, decode(whole, "x", "t"))
+    with pytest.raises(BadImageError, match="truncated JPEG"):
+        decode(whole[: len(whole) // 2], "x", "t")  # cut in half
+    with_exif = _encoded(rgb, "JPEG", exif=exif.tobytes())  # an APP1 segment before the image data
+    with pytest.raises(BadImageError, match="truncated JPEG"):
+        decode(with_exif[: len(with_exif) - 50], "x", "t")
+
+
+def test_folder_datamodule_reads_webp_and_heic_and_padded_jpegs(tmp_path):
+    root = make_folder(tmp_path / "data", per_class=6)
+    rng = np.random.default_rng(1)
+    for c in ("benign", "malignant"):
+        (root / c / "p.webp").write_bytes(_encoded(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8), "WEBP"))
+        (root / c / "p.heic").write_bytes(_encoded(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8), "HEIF"))
+        (root / c / "motion.jpg").write_bytes(jpeg(9) + b"\x00\x00\x00\x18ftypmp42" + bytes(3000))
+    dm = datamodule("folder", root, val_fraction=0.25, test_fraction=0.25)
+    dm.setup()
+    assert sum(len(f) for f in dm.frames.values()) == 18
+    for split in ("train", "val", "test"):
+        dataset = dm.dataset(split)
+        assert all(dataset[i]["image"].shape == (3, 32, 32) for i in range(len(dataset)))

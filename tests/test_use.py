@@ -48,6 +48,25 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
+def phone_photos(folder: Path) -> None:
+    """padded.jpg (2 kB after the image), motion.jpg (a "motion photo": an MP4 after the image), WebP and HEIC."""
+    import io
+
+    from PIL import Image
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    rng = np.random.default_rng(5)
+    (folder / "padded.jpg").write_bytes(jpeg(11, size=40) + rng.integers(0, 255, 2048, dtype=np.uint8).tobytes())
+    mp4 = b"\x00\x00\x00\x18ftypmp42" + rng.integers(0, 255, 4000, dtype=np.uint8).tobytes()
+    (folder / "motion.jpg").write_bytes(jpeg(12, size=40) + mp4)
+    image = Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    for name, kind in (("photo.webp", "WEBP"), ("photo.heic", "HEIF")):
+        buffer = io.BytesIO()
+        image.save(buffer, format=kind)
+        (folder / name).write_bytes(buffer.getvalue())
+
+
 def test_predict_writes_a_row_per_file_and_a_clear_error_per_bad_file(trained, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -58,10 +77,11 @@ def test_predict_writes_a_row_per_file_and_a_clear_error_per_bad_file(trained, t
     (photos / "cut.jpg").write_bytes(jpeg(7, size=40)[:200])
     (photos / "bomb.png").write_bytes(png_header_only(60_000, 60_000))  # 3.6e9 px: PIL's own ceiling
     (photos / "big.png").write_bytes(png_header_only(5_000, 5_000))  # 25 Mpx: over max_pixels below
+    phone_photos(photos)  # what phones write: motion photos, padding, WebP, HEIC
     out = tmp_path / "out"
     overrides = [f"ckpt_path={trained['ckpt']}", f"input={photos}", "max_pixels=10000000"]
     results = run_predict(compose_config("predict", overrides, out))
-    assert len(results) == 8
+    assert len(results) == 12
     table = pd.read_csv(out / "predictions.csv").set_index("file")
     errors = table["error"].dropna().to_dict()
     assert {Path(f).name: e for f, e in errors.items()}.keys() == {
@@ -72,11 +92,12 @@ def test_predict_writes_a_row_per_file_and_a_clear_error_per_bad_file(trained, t
         "big.png",
     }
     reasons = {Path(f).name: e for f, e in errors.items()}
-    assert "not a JPEG, PNG or BMP" in reasons["notes.txt"] and "empty" in reasons["empty.jpg"]
+    assert "not a JPEG, PNG, BMP, WebP or HEIC/HEIF" in reasons["notes.txt"] and "empty" in reasons["empty.jpg"]
     assert "truncated JPEG" in reasons["cut.jpg"] and "decompression bomb" in reasons["bomb.png"]
     assert "over the limit of 10,000,000" in reasons["big.png"] and str(photos / "big.png") in reasons["big.png"]
     good = table[table["error"].isna()]
-    assert len(good) == 3 and good["p_malignant"].between(0, 1).all()
+    assert len(good) == 7 and good["p_malignant"].between(0, 1).all()
+    assert {"padded.jpg", "motion.jpg", "photo.webp", "photo.heic"} <= {Path(f).name for f in good.index}
     threshold = float(load_model(trained["ckpt"]).threshold)
     assert ((good["p_malignant"] > threshold) == (good["risk_band"] == "elevated")).all()
     assert (good["decision"].isin(["refer", "no referral"])).all()
@@ -205,7 +226,7 @@ def test_web_page_in_a_real_browser(trained, tmp_path):
         page.goto(url + "/")
         assert "not a diagnosis" in page.inner_text("#disclaimer").lower()
         assert page.get_attribute("#camera", "capture") == "environment"
-        assert page.get_attribute("#camera", "accept") == "image/*"
+        assert page.get_attribute("#camera", "accept") == "image/*,.heic,.heif,.webp"
         page.set_input_files("#gallery", str(lesion_image))
         page.wait_for_selector("#result", state="visible", timeout=60_000)
         assert page.inner_text("#probability").endswith("%")

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 
 from lesion.data.datamodule import LesionDataModule
-from lesion.data.readers import FileReader
+from lesion.data.readers import IMAGE_SUFFIXES, FileReader
 
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+EXTENSIONS = IMAGE_SUFFIXES
 log = logging.getLogger(__name__)
 SPLIT_DIRS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 

@@ -11,6 +11,58 @@ import numpy as np
 import pandas as pd
 
 MAGIC = {b"\xff\xd8": "jpeg", b"\x89P": "png", b"BM": "bmp"}
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif")
+# File names the folder layouts and predict.py take: what `image_kind` recognises.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".heic", ".heif", ".avif")
+HEAD = 12  # bytes that identify every accepted format
+
+
+def image_kind(head: bytes) -> str | None:
+    """jpeg, png, bmp, webp or heif from a file's first 12 bytes; None for anything else."""
+    if head[:2] in MAGIC:
+        return MAGIC[head[:2]]
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+        return "heif"
+    return None
+
+
+def jpeg_end(data: bytes) -> int | None:
+    """Where a JPEG's image ends (just past its end-of-image marker), walking its segments and entropy-coded data;
+    None when the data stops first (a truncated file). Bytes after that point (the video of a "motion photo",
+    padding) are not part of the image. An EXIF thumbnail's own end marker is skipped with its segment."""
+    i, n = 2, len(data)
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return None  # not at a marker: corrupt
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:
+            return i + 2
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if i + 4 > n:
+            return None
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker != 0xDA:  # not start-of-scan: the segment is all there is
+            continue
+        while True:  # entropy-coded data runs to the next marker that is not a stuffed FF00 or a restart
+            j = data.find(b"\xff", i)
+            if j < 0 or j + 1 >= n:
+                return None
+            following = data[j + 1]
+            if following == 0x00 or 0xD0 <= following <= 0xD7:
+                i = j + 2
+            elif following == 0xFF:
+                i = j + 1
+            else:
+                i = j
+                break
+    return None
 
 
 class BadImageError(ValueError):
@@ -26,14 +78,22 @@ class BadImagesError(ValueError):
 
 
 def decode(data: bytes | np.ndarray, image_id: str, source: str, max_pixels: int | None = None) -> np.ndarray:
-    """Encoded bytes -> RGB uint8 HxWx3 (EXIF orientation applied), or BadImageError.
+    """Encoded bytes (JPEG, PNG, BMP, WebP, HEIC/HEIF) -> RGB uint8 HxWx3, EXIF orientation applied, or
+    BadImageError. Grey, 16-bit, CMYK and alpha images come out as 8-bit RGB. A JPEG is read up to its end-of-image
+    marker (phones append videos to "motion photos"); one that stops before it is truncated.
 
     max_pixels: refuse images whose header declares more pixels than this before decoding them (decompression bombs).
     """
     buffer = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
-    reason = check_bytes(bytes(buffer[:2]), bytes(buffer[-2:]), buffer.size)
+    reason = check_bytes(bytes(buffer[:HEAD]), bytes(buffer[-2:]), buffer.size)
     if reason:
         raise BadImageError(image_id, source, reason)
+    kind = image_kind(bytes(buffer[:HEAD]))
+    if kind == "jpeg" and bytes(buffer[-2:]) != b"\xff\xd9":
+        end = jpeg_end(buffer.tobytes())
+        if end is None:
+            raise BadImageError(image_id, source, TRUNCATED_JPEG)
+        buffer = buffer[:end]
     if max_pixels is not None:
         width, height = declared_size(buffer, image_id, source)
         if width * height > max_pixels:
@@ -43,10 +103,34 @@ def decode(data: bytes | np.ndarray, image_id: str, source: str, max_pixels: int
                 f"{width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,} "
                 "(a decompression bomb, or a photo to downscale first; the limit is max_pixels)",
             )
+    if kind in ("heif", "webp"):
+        return _decode_pil(buffer, image_id, source)
     image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if image is None:
         raise BadImageError(image_id, source, "undecodable")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _decode_pil(buffer: np.ndarray, image_id: str, source: str) -> np.ndarray:
+    """HEIC/HEIF (pillow-heif) and WebP through Pillow, with EXIF orientation applied, as RGB uint8."""
+    from PIL import Image, ImageOps
+
+    _register_heif()
+    try:
+        with Image.open(io.BytesIO(buffer.tobytes())) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: keep the top 8 bits, as OpenCV does
+                image = Image.fromarray((np.asarray(image, np.uint32) >> 8).astype(np.uint8))
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as err:
+        raise BadImageError(image_id, source, f"undecodable ({err})") from err
+
+
+def _register_heif() -> None:
+    """Pillow reads HEIC/HEIF (the iPhone's default) once pillow-heif registers its opener."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
 
 
 def declared_size(buffer: np.ndarray, image_id: str = "", source: str = "") -> tuple[int, int]:
@@ -63,15 +147,19 @@ def declared_size(buffer: np.ndarray, image_id: str = "", source: str = "") -> t
         return 0, 0
 
 
-def check_bytes(head: bytes, tail: bytes, size: int) -> str | None:
-    """A cheap check on an encoded image's first and last bytes; the reason it is bad, or None."""
+TRUNCATED_JPEG = "truncated JPEG (the data stops before its end-of-image marker)"
+
+
+def check_bytes(head: bytes, tail: bytes, size: int, read_all=None) -> str | None:
+    """A cheap check on an encoded image's first and last bytes; the reason it is bad, or None. A JPEG that does not
+    end with its end-of-image marker is read whole (`read_all()`) and walked: trailing data is fine, a cut is not."""
     if size == 0:
         return "empty"
-    kind = MAGIC.get(head[:2])
+    kind = image_kind(head)
     if kind is None:
-        return "not a JPEG, PNG or BMP image"
-    if kind == "jpeg" and tail[-2:] != b"\xff\xd9":
-        return "truncated JPEG (no end-of-image marker)"
+        return "not a JPEG, PNG, BMP, WebP or HEIC/HEIF image"
+    if kind == "jpeg" and tail[-2:] != b"\xff\xd9" and read_all is not None and jpeg_end(read_all()) is None:
+        return TRUNCATED_JPEG
     return None
 
 
@@ -99,9 +187,9 @@ class FileReader:
                 continue
             size = os.path.getsize(path)
             with open(path, "rb") as handle:
-                head = handle.read(2)
+                head = handle.read(HEAD)
                 handle.seek(max(0, size - 2))
-                reason = check_bytes(head, handle.read(2), size)
+                reason = check_bytes(head, handle.read(2), size, read_all=lambda p=path: Path(p).read_bytes())
             if reason:
                 found.append((image_id, path, reason))
         return found
@@ -154,18 +242,23 @@ class Hdf5Reader:
                     continue
                 fixed = entry.dtype.kind in "SV" and h5py.check_vlen_dtype(entry.dtype) is None
                 if fixed and entry.shape == () and offset is not None:
-                    head, tail = os.pread(raw.fileno(), 2, offset), os.pread(raw.fileno(), 2, offset + max(size - 2, 0))
+                    head = os.pread(raw.fileno(), HEAD, offset)[: min(HEAD, size)]
+                    tail = os.pread(raw.fileno(), 2, offset + max(size - 2, 0))
                 else:  # variable-length or chunked: read the entry itself
-                    data = entry[()]
-                    data = data if isinstance(data, bytes) else np.asarray(data).tobytes()
-                    size, head, tail = len(data), data[:2], data[-2:]
-                reason = check_bytes(head, tail, size)
+                    data = _entry_bytes(entry)
+                    size, head, tail = len(data), data[:HEAD], data[-2:]
+                reason = check_bytes(head, tail, size, read_all=lambda e=entry: _entry_bytes(e))
                 if reason:
                     found.append((image_id, self.path, reason))
         return found
 
 
-def image_paths(folder: Path, extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png")) -> dict[str, str]:
+def _entry_bytes(entry) -> bytes:
+    data = entry[()]
+    return data if isinstance(data, bytes) else np.asarray(data).tobytes()
+
+
+def image_paths(folder: Path, extensions: tuple[str, ...] = IMAGE_SUFFIXES) -> dict[str, str]:
     """{stem: path} for the images directly in `folder`."""
     if not folder.is_dir():
         return {}
