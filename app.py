@@ -21,7 +21,7 @@ def build_app(config: dict):
     model = load_calibrated(config["ckpt_path"], config["allow_uncalibrated"])
     screener = Screener(model, config["tta"], config["gradcam"], config["max_pixels"], config.get("bands"))
     name = f"{model.hparams.backbone['model_name']} ({Path(str(config['ckpt_path'])).name})"
-    return create_app(screener, int(config["max_upload_mb"] * 1_000_000), name)
+    return create_app(screener, int(config["max_upload_mb"] * 1_000_000), name, config["max_queue"])
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="app")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import socket
 import threading
 import time
@@ -50,10 +51,14 @@ def png_data_url(rgb) -> str:
     return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode() if ok else ""
 
 
-def create_app(screener: Screener, max_bytes: int = 10_000_000, model_name: str = "") -> FastAPI:
-    """The app around a loaded screener; model calls are serialised (Grad-CAM hooks are per model)."""
+def create_app(screener: Screener, max_bytes: int = 10_000_000, model_name: str = "", max_queue: int = 8) -> FastAPI:
+    """The app around a loaded screener; model calls are serialised (Grad-CAM hooks are per model). At most
+    `max_queue` photos wait behind the one being checked; more get 503 with Retry-After and a message the page shows."""
+    if max_queue < 0:
+        raise ValueError(f"max_queue={max_queue}: give the number of photos that may wait (0 or more)")
     app = FastAPI(title="lesion photo check", docs_url=None, redoc_url=None)
     lock = threading.Lock()
+    load = {"admitted": 0, "seconds": 1.0}  # photos waiting or being checked; a running mean of one check's time
     page = (
         files("lesion")
         .joinpath("static/index.html")
@@ -66,7 +71,9 @@ def create_app(screener: Screener, max_bytes: int = 10_000_000, model_name: str 
     def screen(data: bytes) -> dict:
         image = screener.read(data, "upload")
         with lock:
+            start = time.perf_counter()
             result = screener([image], ["upload"])[0]
+            load["seconds"] = 0.8 * load["seconds"] + 0.2 * (time.perf_counter() - start)
         row = result.row()
         row["overlay"] = png_data_url(result.overlay) if result.overlay is not None else None
         row["disclaimer"] = DISCLAIMER
@@ -78,6 +85,20 @@ def create_app(screener: Screener, max_bytes: int = 10_000_000, model_name: str 
 
     @app.post("/api/screen")
     async def screen_upload(request: Request) -> JSONResponse:
+        # One event loop: this check and the count change without a lock.
+        if load["admitted"] > max_queue:  # one being checked and max_queue waiting
+            wait = max(1, math.ceil(load["seconds"] * load["admitted"]))
+            message = f"Many photos are being checked right now. Please try again in about {wait} seconds."
+            return JSONResponse(
+                {"error": message, "disclaimer": DISCLAIMER}, status_code=503, headers={"Retry-After": str(wait)}
+            )
+        load["admitted"] += 1
+        try:
+            return await _screen_upload(request)
+        finally:
+            load["admitted"] -= 1
+
+    async def _screen_upload(request: Request) -> JSONResponse:
         try:
             kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if not (kind.startswith("image/") or kind == "application/octet-stream"):  # HEIC has no MIME type on

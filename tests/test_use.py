@@ -205,6 +205,57 @@ def test_app_checks_type_size_and_bytes(trained, tmp_path):
     assert big.status_code == 413 and "limit" in big.json()["error"]
 
 
+def test_app_bounds_its_queue_with_503_and_retry_after(trained):
+    import threading
+    import time
+
+    import httpx
+
+    from lesion.webapp import create_app, serving
+
+    class SlowScreener(Screener):  # one second a photo: the requests below all arrive while the first is checked
+        def __call__(self, images, names):
+            time.sleep(1.0)
+            return super().__call__(images, names)
+
+    app = create_app(SlowScreener(load_model(trained["ckpt"])), max_queue=1)
+    answers = []
+    with serving(app) as url:
+
+        def post() -> None:
+            response = httpx.post(f"{url}/api/screen", content=jpeg(1, size=20), headers={"Content-Type": "image/jpeg"})
+            answers.append(response)
+
+        threads = [threading.Thread(target=post) for _ in range(5)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.05)
+        for thread in threads:
+            thread.join(timeout=60)
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [200, 200, 503, 503, 503]  # one checked, one waiting, the rest refused
+    busy = next(r for r in answers if r.status_code == 503)
+    assert int(busy.headers["Retry-After"]) >= 1 and "try again" in busy.json()["error"]
+
+
+def test_app_load_bench_reports_latency_status_codes_and_rss(trained):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cmd = [sys.executable, "bench/app_load.py", "--ckpt", trained["ckpt"], "--concurrency", "4", "--requests", "8"]
+    cmd += ["--max-queue", "1", "--size", "320x240", "--time-limit", "60"]
+    env = os.environ | {"NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    rows = [line for line in out.splitlines() if line.startswith(("| 200 |", "| 503 |"))]
+    assert rows and sum(int(r.split("|")[2]) for r in rows) == 8
+    assert "answered (200) per second" in out and "peak RSS" in out
+
+
 def test_web_page_in_a_real_browser(trained, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip(
