@@ -188,7 +188,11 @@ def robustness_table(
                 results.append(results[0] | {"degradation": name})
                 continue
             dataset = LesionDataset(
-                ids, labels, DegradedReader(datamodule.reader(), name, severity), datamodule.transforms, train=False
+                ids,
+                labels,
+                DegradedReader(datamodule.reader(), name, severity, datamodule.transforms.to_input_size),
+                datamodule.transforms,
+                train=False,
             )
             loader = DataLoader(dataset, batch_size=datamodule.eval_batch_size, num_workers=datamodule.num_workers)
             p = predict(model, loader, trainer).p_malignant(model)

@@ -61,7 +61,8 @@ def metadata(model: LesionClassifier, ckpt_path: str | Path = "") -> dict[str, s
     values = {
         "input": "image: float32 RGB in [0, 1], shape [N, 3, H, W]; normalisation is inside the graph",
         "input_size": json.dumps(cfg["input_size"]),
-        "resize": f"{cfg['interpolation']} resize of the whole photo to H x W (no crop)",
+        "resize": f"resize of the whole photo to H x W (no crop): area averaging when shrinking (OpenCV INTER_AREA), "
+        f"{cfg['interpolation']} when enlarging",
         "clahe": json.dumps({"clip_limit": clahe[0], "tile_grid": clahe[1]} if clahe else None),
         "color_constancy": json.dumps(
             {"method": "shades_of_gray", "power": settings["color_constancy"], "where": "inside the graph"}

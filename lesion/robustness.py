@@ -1,4 +1,6 @@
-"""Phone-camera degradations at graded severities (0 = identity), applied to the raw photo before preprocessing."""
+"""Phone-camera degradations at graded severities (0 = identity), applied at the model's input size (the photo is
+resized as preprocessing resizes it, then degraded), so a severity means the same on a 200x150 dermoscopy image and on
+a 12-megapixel phone photo (a 2-pixel blur or a noise of sigma 16 would vanish in the downscale of the latter)."""
 
 from __future__ import annotations
 
@@ -75,10 +77,11 @@ def degrade(image: np.ndarray, name: str, severity: int) -> np.ndarray:
 
 
 class DegradedReader:
-    """Wraps a datamodule's reader so every image is degraded before preprocessing (picklable for workers)."""
+    """Wraps a datamodule's reader so every image is resized to the model's input (`to_input_size`, as preprocessing
+    resizes) and degraded there, before the rest of preprocessing (picklable for workers)."""
 
-    def __init__(self, read, name: str, severity: int):
-        self.read, self.name, self.severity = read, name, severity
+    def __init__(self, read, name: str, severity: int, to_input_size: Callable[[np.ndarray], np.ndarray]):
+        self.read, self.name, self.severity, self.to_input_size = read, name, severity, to_input_size
 
     def __call__(self, image_id: str) -> np.ndarray:
-        return degrade(self.read(image_id), self.name, self.severity)
+        return degrade(self.to_input_size(self.read(image_id)), self.name, self.severity)

@@ -67,3 +67,38 @@ def test_flips_only_in_training(flag):
     evals = {transforms(image, train=False).sum().item() for _ in range(5)}
     trains = {tuple(transforms(image, train=True)[0, :, 0].tolist()) for _ in range(30)}
     assert len(evals) == 1 and len(trains) == 2
+
+
+def test_downscaling_averages_areas_and_upscaling_keeps_the_backbone_interpolation():
+    import cv2
+
+    transforms = LesionTransforms(DATA_CONFIG | {"interpolation": "bicubic"}, hflip=False, vflip=False)
+    rng = np.random.default_rng(0)
+    photo = np.clip(128 + rng.normal(0, 20, (1200, 1600, 3)), 0, 255).astype(np.uint8)  # sensor noise, sigma 20
+    shrunk = transforms.to_input_size(photo)
+    cubic = cv2.resize(photo, (48, 48), interpolation=cv2.INTER_CUBIC)
+    assert shrunk.shape == (48, 48, 3) and shrunk.std() < 2 < 10 < cubic.std()  # the noise is averaged away
+    assert np.array_equal(shrunk, cv2.resize(photo, (48, 48), interpolation=cv2.INTER_AREA))
+    small = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    assert np.array_equal(transforms.to_input_size(small), cv2.resize(small, (48, 48), interpolation=cv2.INTER_CUBIC))
+    assert transforms.preprocess_settings()["downscale"] == "area"  # in the cache key
+
+
+def test_a_degradation_means_the_same_on_a_small_image_and_on_a_big_photo():
+    import cv2
+
+    from lesion.robustness import DegradedReader, degrade
+
+    transforms = LesionTransforms(DATA_CONFIG, hflip=False, vflip=False)
+    yy, xx = np.mgrid[:48, :48]
+    small = np.dstack([(xx * 5) % 255, (yy * 5) % 255, ((xx + yy) * 7) % 255]).astype(np.uint8)
+    small[16:32, 16:32] = 30  # a sharp-edged spot
+    big = cv2.resize(small, (480, 480), interpolation=cv2.INTER_NEAREST)  # the same scene as a 10x photo
+    images = {"small": small, "big": big}
+    for name in ("gaussian_blur", "motion_blur", "sensor_noise"):
+        at_input = {k: DegradedReader(images.__getitem__, name, 2, transforms.to_input_size)(k) for k in images}
+        assert np.abs(at_input["small"].astype(int) - at_input["big"]).mean() < 3, name
+        raw_then_resized = transforms.to_input_size(degrade(big, name, 2))  # the old order: lost in the downscale
+        clean = transforms.to_input_size(big)
+        effect = np.abs(at_input["big"].astype(int) - clean).mean()
+        assert np.abs(raw_then_resized.astype(int) - clean).mean() < effect / 2, name
