@@ -29,6 +29,7 @@ from lesion.evaluation import (
 )
 from lesion.fairness import fairness_markdown, fairness_table, group_columns
 from lesion.inference import load_model
+from lesion.quality import fit_on_datamodule
 from lesion.reports import (
     DOMAIN_KEYS,
     LABELS,
@@ -77,6 +78,8 @@ def evaluate(config: dict) -> dict:
         op = config["operating_point"]
         val = predict(model, datamodule.val_dataloader(), trainer)
         written |= calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"])
+        if config["quality"]["enabled"]:  # the gate's thresholds, stored with the operating point
+            model.quality = fit_on_datamodule(datamodule, val.logits, config["quality"])
         written["calibrated_checkpoint"] = str(save_calibrated(model, ckpt, out, config["save_operating_point"]))
         log.info("operating point stored in %s: pass it to predict/app/export", written["calibrated_checkpoint"])
     written |= {f"operating_point/{k}": v for k, v in (model.operating_point or {}).items() if k != "threshold"}

@@ -33,7 +33,9 @@ def input_files(path: Path) -> list[Path]:
 def run_predict(config: dict) -> list[Result]:
     """Screen every input file; write predictions.csv/.json and Grad-CAM overlays to the run dir."""
     model = load_calibrated(config["ckpt_path"], config["allow_uncalibrated"])
-    screener = Screener(model, config["tta"], config["gradcam"], config["max_pixels"], config.get("bands"))
+    screener = Screener(
+        model, config["tta"], config["gradcam"], config["max_pixels"], config.get("bands"), config.get("quality")
+    )
     files = input_files(Path(config["input"]))
     out = Path(config["paths"]["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
@@ -62,10 +64,18 @@ def run_predict(config: dict) -> list[Result]:
     for row in rows:
         if row["error"]:
             log.error("%s: %s", row["file"], row["error"])
+        elif row["decision"] == "retake":
+            log.warning("%s: retake (%s): %s", row["file"], row["quality"], row["message"])
         else:
             log.info("%s: P(malignant) %.3f, %s", row["file"], row["p_malignant"], row["message"])
-    bad = sum(1 for r in rows if r["error"])
-    log.info("%d screened, %d could not be read; written to %s", len(rows) - bad, bad, out)
+    bad, retake = sum(1 for r in rows if r["error"]), sum(1 for r in rows if r["decision"] == "retake")
+    log.info(
+        "%d screened, %d to retake (quality gate), %d could not be read; written to %s",
+        len(rows) - bad - retake,
+        retake,
+        bad,
+        out,
+    )
     log.warning(DISCLAIMER)
     return results
 

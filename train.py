@@ -65,7 +65,9 @@ def train(config: dict) -> dict:
     # eval.py calibrates such checkpoints.
     calibrating = not trainer.fast_dev_run and trainer.world_size == 1
     val_report = (
-        operating_point_after_fit(model, datamodule, trainer, best, config["operating_point"]) if calibrating else {}
+        operating_point_after_fit(model, datamodule, trainer, best, config["operating_point"], config["quality"])
+        if calibrating
+        else {}
     )
     metrics = trainer.test(model, datamodule=datamodule)[0]
     score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None

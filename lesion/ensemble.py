@@ -59,6 +59,7 @@ class LesionEnsemble(LesionClassifier):
         self.register_buffer("threshold", torch.tensor(0.5, dtype=torch.float64))  # exact, as chosen
         self.register_buffer("calibrated", torch.tensor(False))
         self.operating_point: dict | None = None
+        self.quality: dict | None = None
         self.split_ids: list[dict[str, list[str]] | None] = [None] * len(members)  # each member's training splits
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -117,6 +118,7 @@ class LesionEnsemble(LesionClassifier):
                 "hyper_parameters": {k: self.hparams[k] for k in ("members", "tta", "posthoc_adjustment")},
                 "member_paths": list(getattr(self, "member_paths", [])),
                 "operating_point": self.operating_point,
+                "quality": self.quality,
                 "split_ids": self.split_ids,
                 "pytorch-lightning_version": L.__version__,
             },

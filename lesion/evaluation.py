@@ -234,17 +234,23 @@ def store_operating_point(ckpt_path: str, model: LesionClassifier) -> None:
     for name in ("temperature", "threshold", "calibrated", "posthoc_tau"):
         ckpt["state_dict"][name] = getattr(model, name).detach().cpu()
     ckpt["operating_point"] = dict(model.operating_point or {})
+    ckpt["quality"] = model.quality
     torch.save(ckpt, ckpt_path)
 
 
 def operating_point_after_fit(
-    model: LesionClassifier, datamodule, trainer: L.Trainer, best: str, operating_point: dict
+    model: LesionClassifier, datamodule, trainer: L.Trainer, best: str, operating_point: dict, quality: dict
 ) -> dict:
-    """Calibrate on val and choose the threshold (conf/train.yaml `operating_point`), store both in the best
-    checkpoint, and return the val figures at them (with CIs: the study comparison puts val and test side by side)."""
+    """Calibrate on val and choose the threshold (conf/train.yaml `operating_point`), fit the quality gate (`quality`,
+    when enabled), store them in the best checkpoint, and return the val figures at them (with CIs: the study
+    comparison puts val and test side by side)."""
+    from lesion.quality import fit_on_datamodule
+
     val = predict(model, datamodule.val_dataloader(), trainer)
     op = operating_point
     info = calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"])
+    if quality["enabled"]:
+        model.quality = fit_on_datamodule(datamodule, val.logits, quality)
     report = screening_report(model, val, "val", op["bootstrap_resamples"])
     info |= {k: v for k, v in report.items() if "calibration" not in k}
     if best:

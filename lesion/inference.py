@@ -76,6 +76,7 @@ class Result:
     decision: str | None = None
     risk_band: str | None = None
     message: str | None = None
+    quality: str | None = None  # why the quality gate refused the photo (decision "retake"), e.g. "blurred"
     error: str | None = None
     overlay: np.ndarray | None = field(default=None, repr=False)
 
@@ -98,9 +99,17 @@ class Screener:
         gradcam: bool = False,
         max_pixels: int | None = 100_000_000,
         bands: dict[str, str] | None = None,
+        quality: dict | None = None,
     ):
+        """quality: predict.yaml / app.yaml `quality` (enabled, min_side); the thresholds are the checkpoint's."""
+        from lesion.quality import QualityGate
+
         self.model = model.eval()
         self.transforms = eval_transforms(model)
+        self.gate = None
+        if quality and quality["enabled"]:
+            thresholds = getattr(model, "quality", None)
+            self.gate = QualityGate(thresholds, self.transforms.to_input_size, quality["min_side"])
         self.tta = tta
         self.max_pixels = max_pixels
         self.bands = dict(DEFAULT_BANDS, **(bands or {}))
@@ -121,12 +130,18 @@ class Screener:
     @torch.no_grad()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Calibrated P(malignant) for a normalised batch, averaged over flips when tta is on."""
-        views = [batch]
+        return self.scores(batch)[0]
+
+    @torch.no_grad()
+    def scores(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`probabilities`, and the logits of the photos as they are (the quality gate's out-of-distribution score)."""
+        logits = self.model(batch).float()
+        views = [logits]
         if self.tta:
-            views += [batch.flip(-1), batch.flip(-2), batch.flip(-1, -2)]
+            views += [self.model(v).float() for v in (batch.flip(-1), batch.flip(-2), batch.flip(-1, -2))]
         temperature = self.model.temperature
-        probs = [self.model.malignant_probability((self.model(v).float() / temperature).softmax(-1)) for v in views]
-        return torch.stack(probs).mean(0)
+        probs = [self.model.malignant_probability((v / temperature).softmax(-1)) for v in views]
+        return torch.stack(probs).mean(0), logits
 
     def describe(self, name: str, p: float) -> Result:
         elevated = p > self.threshold
@@ -140,14 +155,31 @@ class Screener:
         )
 
     def __call__(self, images: list[np.ndarray], names: list[str]) -> list[Result]:
-        if not images:
-            return []
-        batch = torch.stack([self.tensor(im) for im in images])
-        results = [self.describe(n, float(p)) for n, p in zip(names, self.probabilities(batch))]
-        if self.explainer is not None:
-            for result, image, x in zip(results, images, batch):
-                result.overlay = self.explainer.overlay(image, x)
+        """A Result per photo: a probability and decision, or, when the quality gate refuses it, `decision: retake`
+        with the reason (never a probability)."""
+        results: list[Result | None] = [None] * len(images)
+        for i, image in enumerate(images):
+            refused = self.gate.check_image(image) if self.gate else None
+            if refused:
+                results[i] = self.retake(names[i], refused)
+        keep = [i for i, r in enumerate(results) if r is None]
+        if not keep:
+            return results
+        batch = torch.stack([self.tensor(images[i]) for i in keep])
+        probabilities, logits = self.scores(batch)
+        unlike = self.gate.check_logits(logits) if self.gate else [None] * len(keep)
+        for j, i in enumerate(keep):
+            if unlike[j]:
+                results[i] = self.retake(names[i], unlike[j])
+                continue
+            results[i] = self.describe(names[i], float(probabilities[j]))
+            if self.explainer is not None:
+                results[i].overlay = self.explainer.overlay(images[i], batch[j])
         return results
+
+    @staticmethod
+    def retake(name: str, refused: tuple[str, str]) -> Result:
+        return Result(file=name, decision="retake", quality=refused[0], message=refused[1])
 
     def screen_files(self, paths: list[Path], batch_size: int = 16, progress=None) -> list[Result]:
         """Every file gets a Result: bad ones carry their error and the rest are still screened."""

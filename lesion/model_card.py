@@ -131,6 +131,8 @@ def model_card(
 {_section(eval_dir, "fairness.md", how_eval)}
 ## Robustness to phone-camera conditions
 {_section(eval_dir, "robustness.md", how_eval)}
+## Quality gate
+{_quality(model)}
 ## Limitations
 - Test metrics come from a split of the same collection as the training data: they overstate performance on new
   clinics, cameras and populations.
@@ -140,6 +142,24 @@ def model_card(
 - The threshold was chosen for a target sensitivity on validation data; on other data the sensitivity can be lower.
 - Grad-CAM maps show where the score came from, not why, and can be misleading.
 """
+
+
+def _quality(model) -> str:
+    """The quality gate's stored thresholds (lesion.quality), as predict.py and app.py apply them."""
+    q = getattr(model, "quality", None)
+    if not q:
+        return "_No fitted thresholds (trained before the gate): predict.py and app.py check only size and flatness._\n"
+    p = q.get("percentiles", {})
+    return (
+        f"Before any prediction, predict.py and app.py answer `retake` (never a probability) for a photo whose short "
+        f"side is under {q['min_side']} px; that is featureless (grey std under {q['min_contrast']:.0f} at the input "
+        f"size); with more than {q['max_highlights']:.1%} clipped highlights or {q['max_shadows']:.1%} crushed "
+        f"shadows ({p.get('exposure_percentile')}th percentile of the training images); blurrier than the "
+        f"blurriest {p.get('sharpness_percentile')}% of the training images (Laplacian variance under "
+        f"{q['min_sharpness']:.1f}); or with an energy score over {q['max_energy']:.3f} ({p.get('ood_percentile')}th "
+        f"percentile of the validation images: unlike a skin close-up). Fitted on "
+        f"{q['fitted_on']['training_images']} training and {q['fitted_on']['val_images']} validation images.\n"
+    )
 
 
 def _ensemble(model) -> str:

@@ -101,6 +101,7 @@ class LesionClassifier(L.LightningModule):
         self.register_buffer("threshold", torch.tensor(0.5, dtype=torch.float64))  # exact, as chosen
         self.register_buffer("calibrated", torch.tensor(False))
         self.operating_point: dict | None = None  # how the threshold was chosen (method, level, bound); checkpointed
+        self.quality: dict | None = None  # the quality gate's thresholds (lesion.quality); checkpointed
         self.split_ids: dict[str, list[str]] | None = None  # image ids per split of the training run; checkpointed
         for split in SPLITS:
             setattr(self, f"{split}_metrics", screening_collection().clone(prefix=f"{split}/"))
@@ -186,10 +187,12 @@ class LesionClassifier(L.LightningModule):
         for name in ("temperature", "threshold", "calibrated", "log_prior", "posthoc_tau"):
             state.setdefault(name, getattr(self, name).detach().clone())
         self.operating_point = checkpoint.get("operating_point")
+        self.quality = checkpoint.get("quality")
         self.split_ids = checkpoint.get("split_ids")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["operating_point"] = self.operating_point
+        checkpoint["quality"] = self.quality
         checkpoint["split_ids"] = self.split_ids  # eval.py evaluates on these splits and refuses leaks
 
     def on_fit_start(self) -> None:

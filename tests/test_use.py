@@ -79,7 +79,7 @@ def test_predict_writes_a_row_per_file_and_a_clear_error_per_bad_file(trained, t
     (photos / "big.png").write_bytes(png_header_only(5_000, 5_000))  # 25 Mpx: over max_pixels below
     phone_photos(photos)  # what phones write: motion photos, padding, WebP, HEIC
     out = tmp_path / "out"
-    overrides = [f"ckpt_path={trained['ckpt']}", f"input={photos}", "max_pixels=10000000"]
+    overrides = [f"ckpt_path={trained['ckpt']}", f"input={photos}", "max_pixels=10000000", "quality.enabled=false"]
     results = run_predict(compose_config("predict", overrides, out))
     assert len(results) == 12
     table = pd.read_csv(out / "predictions.csv").set_index("file")
@@ -191,7 +191,8 @@ def test_app_checks_type_size_and_bytes(trained, tmp_path):
 
     from app import build_app
 
-    config = compose_config("app", [f"ckpt_path={trained['ckpt']}", "max_upload_mb=0.001"], tmp_path)
+    overrides = [f"ckpt_path={trained['ckpt']}", "max_upload_mb=0.001", "quality.enabled=false"]  # the gate: below
+    config = compose_config("app", overrides, tmp_path)
     client = TestClient(build_app(config))
     assert "not a diagnosis" in client.get("/").text.lower()
     ok = client.post("/api/screen", content=jpeg(1, size=20), headers={"Content-Type": "image/jpeg"})
@@ -270,7 +271,7 @@ def test_web_page_in_a_real_browser(trained, tmp_path):
     lesion_image = next(SHARED_ISIC2018.glob("ISIC2018_Task3_Training_Input/*.jpg"))
     text_file = tmp_path / "notes.txt"
     text_file.write_text("not a photo")
-    config = compose_config("app", [f"ckpt_path={trained['ckpt']}"], tmp_path)
+    config = compose_config("app", [f"ckpt_path={trained['ckpt']}", "quality.enabled=false"], tmp_path)
     with serving(build_app(config)) as url, playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
@@ -290,3 +291,71 @@ def test_web_page_in_a_real_browser(trained, tmp_path):
         assert "not a photo" in page.inner_text("#error")
         assert not page.is_visible("#result")
         browser.close()
+
+
+def skin_like(rng: np.random.Generator, size: int = 96) -> np.ndarray:
+    """A skin-toned close-up with a darker irregular spot and fine texture: what the gate should let through."""
+    import cv2
+
+    yy, xx = np.mgrid[:size, :size] / size - 0.5
+    spot = (np.sqrt(xx**2 + yy**2) < 0.2 + 0.05 * np.sin(6 * np.arctan2(yy, xx) + rng.uniform(0, 6))).astype(float)
+    image = np.array([200, 150, 130]) * (1 - 0.5 * cv2.GaussianBlur(spot, (5, 5), 1.5)[..., None])
+    return np.clip(image + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def test_quality_gate_refuses_what_cannot_be_judged_with_the_right_reason():
+    import cv2
+
+    from lesion.data.transforms import LesionTransforms
+    from lesion.quality import RETAKE, QualityGate, fit_quality
+
+    rng = np.random.default_rng(0)
+    to_input = LesionTransforms({"input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.5] * 3}).to_input_size
+    settings = {"min_side": 48, "sharpness_percentile": 1.0, "exposure_percentile": 99.5, "exposure_floor": 0.05}
+    settings["ood_percentile"] = 99.0
+    val_logits = torch.tensor([[2.0, -1.0], [1.5, 0.0], [0.5, 0.4]] * 20)
+    thresholds = fit_quality([skin_like(rng) for _ in range(100)], to_input, val_logits, settings)
+    gate = QualityGate(thresholds, to_input, min_side=48)
+    clean = [skin_like(rng) for _ in range(50)]
+    assert sum(gate.check_image(im) is not None for im in clean) <= 2  # clean close-ups pass
+    photo = clean[0]
+    cases = {
+        "too_small": np.zeros((1, 1, 3), np.uint8) + 128,  # the 1x1 image of the issue
+        "featureless": np.full((96, 96, 3), (180, 140, 120), np.uint8),  # a flat colour
+        "underexposed": (photo * 0.05).astype(np.uint8),
+        "overexposed": np.clip(photo.astype(int) * 3, 0, 255).astype(np.uint8),
+        "blurred": cv2.GaussianBlur(photo, (0, 0), 4),
+    }
+    for reason, image in cases.items():
+        refused = gate.check_image(image)
+        assert refused is not None and refused[0] == reason, (reason, refused)
+        assert refused[1].startswith(RETAKE[reason][:20])
+    assert "1x1 pixels" in gate.check_image(cases["too_small"])[1]
+    # Out of distribution: an energy above the val images' 99th percentile (a flat 2-class logit pair).
+    assert gate.check_logits(torch.tensor([[2.0, -1.0], [0.0, 0.0]])) == [None, ("not_skin", RETAKE["not_skin"])]
+    # A checkpoint without fitted thresholds: size and flatness only.
+    unfitted = QualityGate(None, to_input, min_side=48)
+    assert unfitted.check_image(cases["blurred"]) is None and unfitted.check_image(cases["too_small"])[0] == "too_small"
+
+
+def test_predict_answers_retake_without_a_probability_and_the_card_shows_the_thresholds(trained, tmp_path):
+    from lesion.model_card import model_card
+
+    model = load_model(trained["ckpt"])
+    assert model.quality is not None and model.quality["fitted_on"]["val_images"] == 16  # fitted by train.py
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "dot.png").write_bytes(_png(np.zeros((1, 1, 3), np.uint8)))
+    (photos / "flat.png").write_bytes(_png(np.full((200, 200, 3), 150, np.uint8)))
+    results = run_predict(compose_config("predict", [f"ckpt_path={trained['ckpt']}", f"input={photos}"], tmp_path))
+    table = pd.read_csv(tmp_path / "predictions.csv").set_index("file")
+    assert (table["decision"] == "retake").all() and table["p_malignant"].isna().all()
+    assert sorted(table["quality"]) == ["featureless", "too_small"] and all(r.p_malignant is None for r in results)
+    card = model_card(model, Path(trained["ckpt"]), trained["eval"])
+    assert f"under {model.quality['min_side']} px" in card and "energy score over" in card
+
+
+def _png(image: np.ndarray) -> bytes:
+    import cv2
+
+    return cv2.imencode(".png", image)[1].tobytes()
