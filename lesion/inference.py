@@ -67,6 +67,17 @@ def eval_transforms(model: LesionClassifier) -> LesionTransforms:
     return LesionTransforms(model.data_config, **transforms)
 
 
+CROPS = ("none", "center")
+
+
+def center_square(image: np.ndarray) -> np.ndarray:
+    """The largest centred square of a photo: the training images are close-ups with the lesion in the middle."""
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return image[top : top + side, left : left + side]
+
+
 @dataclass
 class Result:
     """One photo's outcome: a prediction, or the reason it could not be read."""
@@ -100,8 +111,13 @@ class Screener:
         max_pixels: int | None = 100_000_000,
         bands: dict[str, str] | None = None,
         quality: dict | None = None,
+        crop: str = "none",
     ):
-        """quality: predict.yaml / app.yaml `quality` (enabled, min_side); the thresholds are the checkpoint's."""
+        """quality: predict.yaml / app.yaml `quality` (enabled, min_side); the thresholds are the checkpoint's.
+        crop: `none`, or `center`: the centred square of each photo (for photos nobody framed)."""
+        if crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+        self.crop = crop
         from lesion.quality import QualityGate
 
         self.model = model.eval()
@@ -121,8 +137,10 @@ class Screener:
             self.explainer = GradCam(model)
 
     def read(self, data: bytes, name: str) -> np.ndarray:
-        """Encoded bytes -> RGB uint8, or BadImageError naming `name` (empty, not an image, truncated, too big)."""
-        return decode(data, Path(name).name, name, self.max_pixels)
+        """Encoded bytes -> RGB uint8 (cropped as `crop` says), or BadImageError naming `name` (empty, not an image,
+        truncated, too big)."""
+        image = decode(data, Path(name).name, name, self.max_pixels)
+        return center_square(image) if self.crop == "center" else image
 
     def tensor(self, image: np.ndarray) -> torch.Tensor:
         return self.transforms(image, train=False)

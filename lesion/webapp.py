@@ -76,6 +76,7 @@ def create_app(screener: Screener, max_bytes: int = 10_000_000, model_name: str 
             load["seconds"] = 0.8 * load["seconds"] + 0.2 * (time.perf_counter() - start)
         row = result.row()
         row["overlay"] = png_data_url(result.overlay) if result.overlay is not None else None
+        row["image_size"] = [int(image.shape[1]), int(image.shape[0])]  # width, height of the photo received
         row["disclaimer"] = DISCLAIMER
         return {k: v for k, v in row.items() if k not in ("file", "error", "note")}
 

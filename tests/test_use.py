@@ -280,6 +280,27 @@ def test_web_page_in_a_real_browser(trained, tmp_path):
         assert page.get_attribute("#camera", "capture") == "environment"
         assert page.get_attribute("#camera", "accept") == "image/*,.heic,.heif,.webp"
         page.set_input_files("#gallery", str(lesion_image))
+        page.wait_for_selector("#framer", state="visible", timeout=30_000)  # frame the lesion first
+        box = page.locator("#box").bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] / 2 - 15, box["y"] + box["height"] / 2 + 5, steps=5)  # move it
+        page.mouse.up()
+        handle = page.locator("#handle").bounding_box()
+        page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(handle["x"] - 40, handle["y"] - 40, steps=5)  # make it smaller from its corner
+        page.mouse.up()
+        moved = page.locator("#box").bounding_box()
+        assert moved["width"] == pytest.approx(box["width"] - 40, abs=3) and moved["x"] < box["x"]
+        scale = page.evaluate(
+            "document.getElementById('photo').naturalWidth / document.getElementById('photo').clientWidth"
+        )
+        with page.expect_response("**/api/screen") as answer:
+            page.click("#send")
+        received = answer.value.json()["image_size"]
+        side = (moved["width"]) * scale  # the square, in the photo's own pixels (border included in the box)
+        assert received[0] == received[1] and received[0] == pytest.approx(side, abs=3), (received, side)
         page.wait_for_selector("#result", state="visible", timeout=60_000)
         assert page.inner_text("#probability").endswith("%")
         assert page.inner_text("#band") in ("Low", "Elevated")
@@ -359,3 +380,19 @@ def _png(image: np.ndarray) -> bytes:
     import cv2
 
     return cv2.imencode(".png", image)[1].tobytes()
+
+
+def test_predict_crop_center_screens_the_centred_square(trained, tmp_path):
+    from lesion.inference import center_square
+
+    wide = np.zeros((60, 100, 3), np.uint8)
+    wide[:, 20:80] = 200  # the centred 60x60 square is bright, the sides dark
+    assert center_square(wide).shape == (60, 60, 3) and (center_square(wide) == 200).all()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "wide.png").write_bytes(_png(wide))
+    (tmp_path / "in" / "square.png").write_bytes(_png(wide[:, 20:80].copy()))
+    overrides = [f"ckpt_path={trained['ckpt']}", f"input={tmp_path / 'in'}", "crop=center", "quality.enabled=false"]
+    results = {Path(r.file).name: r for r in run_predict(compose_config("predict", overrides, tmp_path / "out"))}
+    assert results["wide.png"].p_malignant == pytest.approx(results["square.png"].p_malignant, abs=1e-6)
+    with pytest.raises(ValueError, match="crop must be one of"):
+        Screener(load_model(trained["ckpt"]), crop="left")
