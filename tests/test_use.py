@@ -155,6 +155,31 @@ def test_onnx_export_matches_pytorch_on_32_images_with_metadata(trained, tmp_pat
     assert json.loads(meta["input_size"]) == model.data_config["input_size"]
 
 
+def test_onnx_from_a_raw_phone_photo_matches_predict_py(trained, tmp_path):
+    # What a mobile app does with the ONNX file: decode the photo, resize it as the metadata says (area averaging to
+    # shrink, OpenCV INTER_AREA), scale to [0, 1], run the graph; predict.py on the same file must agree.
+    import cv2
+
+    written = run_export(compose_config("export", [f"ckpt_path={trained['ckpt']}", "card=false"], tmp_path / "x"))
+    session = ort.InferenceSession(written["model"], providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert "area averaging when shrinking" in meta["resize"] and json.loads(meta["clahe"]) is None
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:900, :1200]
+    photo = np.dstack([150 + 50 * np.sin(xx / 40), 120 + 40 * np.cos(yy / 30), 110 + 30 * np.sin((xx + yy) / 50)])
+    photo = np.clip(photo + rng.normal(0, 12, photo.shape), 0, 255).astype(np.uint8)  # sensor noise
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "phone.jpg"
+    path.write_bytes(cv2.imencode(".jpg", photo[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes())
+    overrides = [f"ckpt_path={trained['ckpt']}", f"input={path}", "quality.enabled=false", "gradcam=false"]
+    (result,) = run_predict(compose_config("predict", overrides, tmp_path / "p"))
+    _, height, width = json.loads(meta["input_size"])
+    decoded = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)  # the app's own decode
+    image = cv2.resize(decoded, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    (p_onnx,) = session.run(["p_malignant"], {"image": image.transpose(2, 0, 1)[None]})[0]
+    assert abs(float(p_onnx) - result.p_malignant) <= 1e-3
+
+
 def test_torchscript_export_matches_pytorch_and_carries_metadata(trained, tmp_path):
     overrides = [f"ckpt_path={trained['ckpt']}", "format=torchscript", "card=false"]
     written = run_export(compose_config("export", overrides, tmp_path))
