@@ -105,7 +105,7 @@ def test_predict_writes_a_row_per_file_and_a_clear_error_per_bad_file(trained, t
     for overlay in good["gradcam"]:
         assert Path(overlay).stat().st_size > 0
     summary = json.loads((out / "predictions.json").read_text())
-    assert summary["disclaimer"] == DISCLAIMER and len(summary["predictions"]) == 8
+    assert summary["disclaimer"] == DISCLAIMER and len(summary["predictions"]) == 12
 
 
 def test_tta_averages_the_calibrated_probability_over_four_flips(trained):
@@ -312,9 +312,10 @@ def test_web_page_in_a_real_browser(trained, tmp_path):
         page.mouse.move(box["x"] + box["width"] / 2 - 15, box["y"] + box["height"] / 2 + 5, steps=5)  # move it
         page.mouse.up()
         handle = page.locator("#handle").bounding_box()
-        page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+        grip = (handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+        page.mouse.move(*grip)
         page.mouse.down()
-        page.mouse.move(handle["x"] - 40, handle["y"] - 40, steps=5)  # make it smaller from its corner
+        page.mouse.move(grip[0] - 40, grip[1] - 40, steps=5)  # make it 40 px smaller from its corner
         page.mouse.up()
         moved = page.locator("#box").bounding_box()
         assert moved["width"] == pytest.approx(box["width"] - 40, abs=3) and moved["x"] < box["x"]
