@@ -80,9 +80,12 @@ def fit_quality(
     }
 
 
-def fit_on_datamodule(datamodule, val_logits: torch.Tensor, settings: dict, seed: int = 0) -> dict:
+def fit_on_datamodule(datamodule, val_logits: torch.Tensor, settings: dict, seed: int = 0) -> dict | None:
     """`fit_quality` on up to `settings["max_images"]` training images of `datamodule` (a seeded sample), measured
-    after its own resize, and the validation logits."""
+    after its own resize, and the validation logits; None for data without photos (synthetic tensors)."""
+    if not datamodule.photos:
+        log.info("the data are tensors, not photos: the quality gate is not fitted")
+        return None
     ids = datamodule.frames["train"]["image_id"]
     sample = ids.sample(min(int(settings["max_images"]), len(ids)), random_state=seed).tolist()
     read = datamodule.reader()

@@ -113,6 +113,8 @@ class LesionDataModule(L.LightningDataModule, ABC):
         self.frames: dict[str, pd.DataFrame] | None = None
         self._cache: ImageCache | None = None
 
+    photos = True  # `reader()` gives RGB photos (the quality gate measures them); False for in-memory tensors
+
     @abstractmethod
     def load_frame(self) -> pd.DataFrame:
         """Every image: `image_id`, `label`, metadata, and `split` where the dataset defines one."""

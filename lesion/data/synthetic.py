@@ -27,6 +27,7 @@ class SyntheticDataModule(LesionDataModule):
 
     classes = ("benign", "malignant")
     malignant = ("malignant",)
+    photos = False  # tensors, not images: nothing for the quality gate to measure
 
     def __init__(self, data_config: dict, num_images: int = 320, **kwargs):
         super().__init__(data_config, **kwargs)
