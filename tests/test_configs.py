@@ -22,7 +22,8 @@ def root_for(group: str, option: str) -> list[str]:
     """Real datasets need data.root (a mandatory ??? value); any path composes."""
     text = (CONF / group / f"{option}.yaml").read_text()
     needs_root = (group == "data" and "root:" in text) or (group == "experiment" and "override /data" in text)
-    return ["data.root=/data/somewhere"] if needs_root else []
+    extra = ["data.csv=labels.csv"] if (group, option) == ("data", "csv") else []  # csv: the file too
+    return ["data.root=/data/somewhere", *extra] if needs_root else []
 
 
 def group_options(group: str) -> list[str]:

@@ -359,3 +359,49 @@ def test_folder_datamodule_reads_webp_and_heic_and_padded_jpegs(tmp_path):
     for split in ("train", "val", "test"):
         dataset = dm.dataset(split)
         assert all(dataset[i]["image"].shape == (3, 32, 32) for i in range(len(dataset)))
+
+
+def make_csv_set(root, patients: int = 12) -> pd.DataFrame:
+    """images/<id>.jpg and labels.csv: image, diagnosis (MEL, NEV, BCC), patient, fitzpatrick, split left empty."""
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for p in range(patients):
+        for j in range(4):
+            k = 4 * p + j
+            (root / "images" / f"img{k}.jpg").write_bytes(jpeg(k))
+            rows.append({"image": f"images/img{k}.jpg", "diagnosis": ["MEL", "NEV", "BCC", "NEV"][j],
+                         "patient": f"P{p}", "fitzpatrick": 1 + p % 6})  # fmt: skip
+    table = pd.DataFrame(rows)
+    table.to_csv(root / "labels.csv", index=False)
+    return table
+
+
+def test_csv_datamodule_reads_paths_labels_groups_and_metadata(tmp_path):
+    table = make_csv_set(tmp_path / "data")
+    kwargs = {"csv": "labels.csv", "label_column": "diagnosis", "malignant": ["MEL", "BCC"], "group_column": "patient"}
+    dm = datamodule("csv", tmp_path / "data", **kwargs, val_fraction=0.25, test_fraction=0.25)
+    dm.setup()
+    frame = pd.concat(dm.frames.values())
+    assert len(frame) == 48 and dm.classes == ("benign", "malignant") and "fitzpatrick" in frame
+    assert (frame["label"] == frame["diagnosis"].isin(["MEL", "BCC"])).all()
+    assert crossing_groups(dm.frames, "patient") == set()  # no patient on two sides
+    assert dm.dataset("train")[0]["image"].shape == (3, 32, 32)
+    seven = datamodule("csv", tmp_path / "data", **kwargs, task="diagnosis", external=True)
+    seven.setup()
+    assert seven.classes == ("BCC", "MEL", "NEV") and len(seven.frames["test"]) == 48  # external: every image tested
+    table["split"] = ["train"] * 24 + ["val"] * 12 + ["test"] * 12  # by patient: 6, 3 and 3 patients
+    table.to_csv(tmp_path / "data" / "split.csv", index=False)
+    given = datamodule("csv", tmp_path / "data", **kwargs | {"csv": "split.csv"}, split_column="split")
+    given.setup()
+    assert [len(given.frames[s]) for s in ("train", "val", "test")] == [24, 12, 12]
+
+
+def test_csv_datamodule_errors_name_the_file_and_the_fix(tmp_path):
+    make_csv_set(tmp_path / "data")
+    with pytest.raises(ValueError, match=r"labels\.csv lacks the required column\(s\) \['label'\]"):
+        datamodule("csv", tmp_path / "data", csv="labels.csv")
+    with pytest.raises(ValueError, match=r"data.malignant names \['melanoma'\], which no row of .*labels\.csv has"):
+        datamodule("csv", tmp_path / "data", csv="labels.csv", label_column="diagnosis", malignant=["melanoma"])
+    (tmp_path / "data" / "images" / "img3.jpg").unlink()
+    with pytest.raises(BadImagesError, match="img3"):
+        datamodule("csv", tmp_path / "data", csv="labels.csv", label_column="diagnosis", malignant=["MEL"]).setup()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lesion.data.apples_oranges import ApplesOrangesDataModule
+from lesion.data.csv import CsvDataModule
 from lesion.data.datamodule import LesionDataModule
 from lesion.data.folder import FolderDataModule
 from lesion.data.ham10000 import Ham10000DataModule
@@ -16,6 +17,7 @@ DATAMODULES: dict[str, type[LesionDataModule]] = {
     "ham10000": Ham10000DataModule,
     "isic2024": Isic2024DataModule,
     "folder": FolderDataModule,
+    "csv": CsvDataModule,
     "synthetic": SyntheticDataModule,
 }
 
