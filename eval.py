@@ -30,6 +30,7 @@ from lesion.evaluation import (
 from lesion.fairness import fairness_markdown, fairness_table, group_columns
 from lesion.inference import load_model
 from lesion.quality import fit_on_datamodule
+from lesion.recalibration import recalibrate, recalibration_table
 from lesion.reports import (
     DOMAIN_KEYS,
     LABELS,
@@ -102,10 +103,17 @@ def evaluate(config: dict) -> dict:
         (out / "per_class.md").write_text(markdown_table(per_class_table(test, names, model)))
     elif len(names) > 2:
         log.info("benign/malignant labels only: no per-class table for the %d-class checkpoint", len(names))
+    if config["recalibrate"]["enabled"] and not getattr(datamodule, "external", False):
+        raise ValueError("recalibrate.enabled=true refits on a site's own labelled set: add data.external=true")
     if getattr(datamodule, "external", False):
         in_domain = _in_domain_metrics(ckpt)
         (out / "domain_shift.md").write_text(domain_shift_table(in_domain, report))
         report |= {f"in_domain/{k}": v for k, v in in_domain.items()}
+        if config["recalibrate"]["enabled"]:
+            site, refitted = recalibrate(model, test, config["recalibrate"], boot["resamples"])
+            (out / "recalibration.md").write_text(recalibration_table(in_domain, refitted))
+            report |= refitted | {"site_checkpoint": str(save_site(site, ckpt, out))}
+            log.info("site-specific checkpoint: %s (recalibration.md)", report["site_checkpoint"])
     if config["fairness"]["enabled"]:
         groups = group_columns(skin_tone_frame(datamodule, test.image_ids))
         table, gaps = fairness_table(
@@ -140,6 +148,17 @@ def save_calibrated(model, ckpt: str | list, out: Path, in_place: bool) -> Path:
     if target != source:
         shutil.copyfile(source, target)
     store_operating_point(str(target), model)
+    return target
+
+
+def save_site(site, ckpt: str | list, out: Path) -> Path:
+    """The locally recalibrated copy, in the eval run dir: ensemble.site.ckpt or <name>.site.ckpt."""
+    if isinstance(site, LesionEnsemble):
+        return site.save(out / "ensemble.site.ckpt")
+    source = Path(ckpt[0] if isinstance(ckpt, list) else ckpt)
+    target = out / f"{source.stem}.site.ckpt"
+    shutil.copyfile(source, target)
+    store_operating_point(str(target), site)
     return target
 
 

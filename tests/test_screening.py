@@ -329,3 +329,34 @@ def test_external_benign_malignant_set_evaluates_a_7_class_checkpoint_through_p_
     trained = json.loads((tmp_path / "train" / "metrics.json").read_text())
     assert report["in_domain/test/auroc"] == trained["test/auroc"] and f"{trained['test/auroc']:.3f}" in table
     assert (tmp_path / "eval" / "robustness.csv").is_file() and (tmp_path / "eval" / "fairness.csv").is_file()
+    # Local recalibration: refit on a stratified half, figures on the other half only, a site copy of the checkpoint.
+    from lesion.recalibration import stratified_halves
+
+    site_run = tmp_path / "site"
+    refit = evaluate(compose_config("eval", [*overrides, "recalibrate.enabled=true"], site_run))
+    assert refit["recalibration/refit_images"] == 12 and refit["recalibration/held_images"] == 12
+    _, held = stratified_halves(torch.tensor(y), 0.5, 0)
+    site = load_model(refit["site_checkpoint"])
+    p_site = np.array([r.p_malignant for r in Screener(site).screen_files([files[i] for i in held.tolist()])])
+    y_held = y[held.numpy()]
+    called = p_site > float(site.threshold)
+    assert refit["external_after/test_op/recall"] == pytest.approx((called & (y_held == 1)).sum() / y_held.sum())
+    assert refit["external_after/test/auroc"] == pytest.approx(roc_auc_score(y_held, p_site), abs=1e-5)
+    p_held = p[held.numpy()]  # before: the stored operating point on the same held half
+    before = ((p_held > float(model.threshold)) & (y_held == 1)).sum() / y_held.sum()
+    assert refit["external_before/test_op/recall"] == pytest.approx(before)
+    assert float(site.threshold) == refit["recalibration/threshold"] and site.operating_point["method"] == "lower_bound"
+    assert "refitted locally" in (site_run / "recalibration.md").read_text()
+    with pytest.raises(ValueError, match="add data.external=true"):
+        evaluate(compose_config("eval", [f"ckpt_path={best}", "recalibrate.enabled=true"], tmp_path / "no"))
+
+
+def test_binary_temperature_recovers_the_temperature_that_generated_the_labels():
+    from lesion.recalibration import fit_binary_temperature
+
+    generator = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(20000, 4, generator=generator)
+    malignant = torch.tensor([True, True, False, False])
+    p = (logits / 2.0).softmax(-1)[:, malignant].sum(-1)
+    y = torch.bernoulli(p, generator=generator)
+    assert fit_binary_temperature(logits, malignant, y) == pytest.approx(2.0, rel=0.05)

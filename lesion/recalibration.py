@@ -1,0 +1,114 @@
+"""Local recalibration: a clinic adopting a model refits its temperature and threshold on one stratified part of its
+own labelled photos (the lower-bound rule), keeps a site-specific copy of the checkpoint, and sees what that buys on
+the other part, never on the photos it refitted on (`python eval.py ... data.external=true recalibrate.enabled=true`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from lesion.calibration import TEMPERATURE_BOUNDS
+from lesion.evaluation import Predictions, screening_report
+from lesion.operating_point import choose_operating_point
+
+ROWS = (
+    ("AUROC", "test/auroc"),
+    ("sensitivity at the threshold", "test_op/recall"),
+    ("specificity at the threshold", "test_op/specificity"),
+    ("ECE of P(malignant)", "test_calibration/ece_after"),
+    ("threshold", "threshold"),
+    ("temperature", "temperature"),
+)
+
+
+def fit_binary_temperature(logits: torch.Tensor, malignant: torch.Tensor, y: torch.Tensor) -> float:
+    """The temperature minimising the binary NLL of P(malignant) = the malignant classes' softmax(logits / T) sum
+    against malignant-or-not labels (what a benign/malignant site can refit), within TEMPERATURE_BOUNDS."""
+    logits, y = logits.detach().double(), y.detach().double()
+    low, high = (math.log(b) for b in TEMPERATURE_BOUNDS)
+    grid = torch.linspace(low, high, 400, dtype=torch.float64)
+
+    def nll(log_t: torch.Tensor) -> torch.Tensor:
+        p = (logits / log_t.exp()).softmax(-1)[:, malignant].sum(-1).clamp(1e-12, 1 - 1e-12)
+        return -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+
+    return float(grid[torch.stack([nll(t) for t in grid]).argmin()].exp())
+
+
+def stratified_halves(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of a `fraction` part (refit) and the rest (held), stratified by malignant or not, seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    refit, held = [], []
+    for value in (0, 1):
+        rows = torch.nonzero(y.flatten().long() == value).flatten()
+        rows = rows[torch.randperm(len(rows), generator=generator)]
+        cut = round(fraction * len(rows))
+        refit.append(rows[:cut])
+        held.append(rows[cut:])
+    return torch.cat(refit).sort().values, torch.cat(held).sort().values
+
+
+def subset(preds: Predictions, rows: torch.Tensor) -> Predictions:
+    return Predictions(
+        image_ids=[preds.image_ids[i] for i in rows.tolist()],
+        labels=preds.labels[rows],
+        logits=preds.logits[rows],
+        y_malignant=preds.y_malignant[rows],
+        binary_labels=preds.binary_labels,
+    )
+
+
+def recalibrate(model, external: Predictions, settings: dict, resamples: int = 1000) -> tuple[object, dict]:
+    """The site-specific model (temperature and lower-bound threshold refitted on the refit part) and the report:
+    `external_before/...` and `external_after/...` on the held part, `recalibration/...` about the refit."""
+    refit_rows, held_rows = stratified_halves(external.y_malignant, settings["fraction"], settings["seed"])
+    refit, held = subset(external, refit_rows), subset(external, held_rows)
+    if int(refit.y_malignant.sum()) == 0 or int(held.y_malignant.sum()) == 0:
+        raise ValueError("recalibration needs malignant images in both parts: the external set has too few")
+    site = copy.deepcopy(model)
+    site.temperature.fill_(fit_binary_temperature(refit.logits, model.malignant_mask, refit.y_malignant))
+    chosen = choose_operating_point(
+        refit.p_malignant(site),
+        refit.y_malignant,
+        settings["target_sensitivity"],
+        "lower_bound",
+        settings["confidence"],
+    )
+    site.threshold.fill_(chosen["threshold"])
+    site.operating_point = chosen | {"site_refit_images": len(refit_rows)}
+    report = {f"recalibration/{k}": v for k, v in chosen.items()}
+    report |= {"recalibration/refit_images": len(refit_rows), "recalibration/held_images": len(held_rows)}
+    for state, m in (("before", model), ("after", site)):
+        values = screening_report(m, held, "test", resamples)
+        report |= {f"external_{state}/{k}": v for k, v in values.items()}
+    return site, report
+
+
+def recalibration_table(in_domain: dict, report: dict) -> str:
+    """Markdown: in-domain test, external held part before and after the local refit."""
+
+    def cell(values: dict, key: str) -> str:
+        value = values.get(key)
+        ci = values.get(key.replace("test/", "test_op/") + "_ci") if key.startswith("test") else None
+        text = "n/a" if value is None else f"{value:.3f}"
+        return text + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci and "calibration" not in key and value is not None else "")
+
+    before = {k.removeprefix("external_before/"): v for k, v in report.items() if k.startswith("external_before/")}
+    after = {k.removeprefix("external_after/"): v for k, v in report.items() if k.startswith("external_after/")}
+    lines = [
+        "# Local recalibration",
+        "",
+        f"Temperature and threshold refitted (lower-bound rule, target sensitivity "
+        f"{report['recalibration/target_sensitivity']:.2f} at {report['recalibration/confidence']:.0%}) on "
+        f"{report['recalibration/refit_images']} external images ({report['recalibration/val_positives']} malignant; "
+        f"bound reached {report['recalibration/sensitivity_lower_bound']:.3f}); figures on the other "
+        f"{report['recalibration/held_images']}, never refitted on.",
+        "",
+        "| metric | in-domain test | external, stored operating point | external, refitted locally |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {label} | {cell(in_domain, k)} | {cell(before, k)} | {cell(after, k)} |" for label, k in ROWS]
+    return "\n".join(lines) + "\n"
