@@ -125,8 +125,10 @@ class SweepSummary(Callback):
         self.max_failure_rate = max_failure_rate
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        from hydra.types import RunMode
+
         sweep_dir = Path(config.hydra.sweep.dir)
-        if config.hydra.mode == "MULTIRUN" and sweep_dir.is_dir():
+        if config.hydra.mode == RunMode.MULTIRUN and sweep_dir.is_dir():
             write_summary(sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:

@@ -140,6 +140,24 @@ def test_a_failed_sweep_job_is_a_failed_row_and_the_sweep_goes_on(tmp_path):
     assert tolerant.returncode == 0 and len(pd.read_csv(tmp_path / "tolerant" / "summary.csv")) == 2
 
 
+def test_the_sweep_summary_is_rewritten_after_every_job(tmp_path):
+    # A sweep stopped after its first job (killed, out of time) still has that job's row.
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from lesion.sweeps import SweepSummary
+
+    job = tmp_path / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- optimizer.lr=0.001\n")
+    (job / ".hydra" / "config.yaml").write_text("monitor: val/auroc\nmonitor_mode: max\nbackbone: {pretrained: true}\n")
+    (job / "metrics.json").write_text(json.dumps({"monitor": "val/auroc", "best_val_score": 0.8, "val/auroc": 0.8}))
+    config = OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)}}})
+    SweepSummary().on_job_end(config=config, job_return=None)
+    table = pd.read_csv(tmp_path / "summary.csv")
+    assert table["status"].tolist() == ["done"] and table["best val/auroc"].tolist() == [0.8]
+
+
 def test_optuna_search_runs_trials_and_maximises_val_auroc(tmp_path):
     sweep = tmp_path / "optuna"
     run(
