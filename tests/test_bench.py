@@ -203,3 +203,25 @@ def test_ablation_script_runs_its_rows_and_prints_the_table(tmp_path):
     out = _bench(["bench/ablation.sh"], tmp_path, env=env | {"PY": sys.executable, "EXTRA": toy}, script="bash")
     table = [line for line in out.splitlines() if line.startswith(("| A |", "| F |"))]
     assert len(table) == 2 and (tmp_path / "ablation" / "F" / "external.json").is_file()
+
+
+def test_quality_gate_script_reports_refusals_per_condition(tmp_path):
+    import json
+
+    from conftest import TINY, compose_config
+    from fakes import make_isic2018
+
+    from train import train
+
+    root = make_isic2018(tmp_path / "isic2018", n=140)
+    data = ["data=isic2018", f"data.root={root}", "data.val_fraction=0.25", "data.test_fraction=0.25"]
+    overrides = [o for o in TINY if not o.startswith("data.")] + data + ["data.batch_size=8", "quality.enabled=false"]
+    train(compose_config("train", overrides, tmp_path / "run"))  # no thresholds stored: the script fits them
+    ckpt = json.loads((tmp_path / "run" / "metrics.json").read_text())["best_checkpoint"]
+    out = _bench(["bench/quality_gate.py", ckpt, "--root", str(root), "--max-images", "8"], tmp_path)
+    assert "fitted here" in out
+    rows = {
+        line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "---" not in line
+    }
+    assert {"clean", "flat colour", "shrunk to 80x60", "apple or orange (not skin)"} <= set(rows)
+    assert "too_small 8" in rows["shrunk to 80x60"]  # 80x60 is under min_side 100

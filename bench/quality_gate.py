@@ -1,0 +1,87 @@
+"""python bench/quality_gate.py CKPT [--root ../shared/data/isic2018] [--max-images 400]
+
+The quality gate of a checkpoint on real lesions: its thresholds (the checkpoint's, or fitted here as train.py fits
+them, from the run's own training images and val logits, when it has none), then the share of the run's clean test
+split it refuses, and what it answers for degraded copies of test images (blurred, darkened, shrunk, a flat colour)
+and for pictures that are not skin close-ups (apples and oranges from the sanity set), with the reasons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+from pathlib import Path
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lesion.data import build_datamodule  # noqa: E402
+from lesion.data.apples_oranges import render_fruit  # noqa: E402
+from lesion.evaluation import predict, training_splits  # noqa: E402
+from lesion.inference import Screener, load_model  # noqa: E402
+from lesion.quality import fit_on_datamodule  # noqa: E402
+
+SETTINGS = {"min_side": 100, "sharpness_percentile": 1.0, "exposure_percentile": 99.5, "exposure_floor": 0.05,
+            "ood_percentile": 99.0, "max_images": 2000}  # fmt: skip
+DEGRADED = {
+    "clean": lambda im, rng: im,
+    "gaussian blur, sigma 3": lambda im, rng: cv2.GaussianBlur(im, (0, 0), 3),
+    "darkened to 10 %": lambda im, rng: (im * 0.1).astype(np.uint8),
+    "shrunk to 80x60": lambda im, rng: cv2.resize(im, (80, 60), interpolation=cv2.INTER_AREA),
+    "flat colour": lambda im, rng: np.full_like(im, im.reshape(-1, 3).mean(0).astype(np.uint8)),
+    "apple or orange (not skin)": lambda im, rng: cv2.resize(
+        render_fruit(0, int(rng.integers(1 << 20)), 160)[0], (im.shape[1], im.shape[0]), interpolation=cv2.INTER_AREA
+    ),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ckpt")
+    parser.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "isic2018"))
+    parser.add_argument("--max-images", type=int, default=400, help="test images per condition (class-stratified)")
+    args = parser.parse_args()
+    model = load_model(args.ckpt)
+    data = dict(model.hparams.data) | {"root": args.root, "num_workers": 0, "cache": False}
+    data["transforms"] = dict((model.hparams.data or {}).get("transforms") or {})
+    splits = training_splits(model, args.ckpt)
+    if splits:  # the run's own split: the gate is fitted on its training and val images, judged on its test images
+        path = Path("/tmp/lesion-quality-splits.csv")
+        splits[0].to_csv(path, index=False)
+        data["split_file"] = str(path)
+    datamodule = build_datamodule(data, model.data_config)
+    datamodule.setup()
+    if not getattr(model, "quality", None):
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+        val = predict(model, datamodule.val_dataloader(), trainer)
+        model.quality = fit_on_datamodule(datamodule, val.logits, SETTINGS)
+        print("fitted here (the checkpoint has none):", end=" ")
+    print({k: v for k, v in model.quality.items() if k != "percentiles"})
+    screener = Screener(model, quality={"enabled": True, "min_side": SETTINGS["min_side"]})
+    ids = datamodule.frames["test"]["image_id"].tolist()
+    rng = np.random.default_rng(0)
+    ids = [ids[i] for i in sorted(rng.choice(len(ids), min(args.max_images, len(ids)), replace=False))]
+    read = datamodule.reader()
+    print("| condition | images | passed | refused | reasons |\n|---|---:|---:|---:|---|")
+    for name, degrade in DEGRADED.items():
+        reasons = collections.Counter()
+        for start in range(0, len(ids), 32):
+            images = [degrade(read(i), rng) for i in ids[start : start + 32]]
+            with torch.no_grad():
+                results = screener(images, ids[start : start + 32])
+            reasons.update(r.quality or "passed" for r in results)
+        passed = reasons.pop("passed", 0)
+        text = ", ".join(f"{k} {v}" for k, v in reasons.most_common())
+        print(
+            f"| {name} | {len(ids)} | {passed} | {len(ids) - passed} ({(len(ids) - passed) / len(ids):.1%}) | {text} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
