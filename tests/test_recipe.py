@@ -20,7 +20,7 @@ LITE = {"model_name": "tf_efficientnet_lite0", "input_size": 32, "pretrained": F
 
 
 def test_adamw_leaves_norms_and_biases_and_frozen_parameters_undecayed():
-    net = build_backbone(**LITE, num_classes=3, freeze=["conv_stem", "bn1"])
+    net = build_backbone(**LITE, num_classes=3, freeze=["conv_stem", "bn1"], allow_random_frozen=True)
     optimizer = build_optimizer(net, {"opt": "adamw", "lr": 1e-3, "weight_decay": 0.05, "filter_bias_and_bn": True})
     assert isinstance(optimizer, torch.optim.AdamW)
     by_decay = {g["weight_decay"]: g["params"] for g in optimizer.param_groups}
@@ -163,8 +163,8 @@ def test_cached_activations_equal_recomputed_ones_and_give_the_same_logits(tmp_p
     from lesion.backbones import backbone_data_config
     from lesion.data import build_datamodule
 
-    freeze = "backbone.freeze=[conv_stem,bn1,blocks.0,blocks.1]"
-    config = compose_config("train", [*TINY, freeze, "model.channels_last=false"], tmp_path)
+    freeze = ["backbone.freeze=[conv_stem,bn1,blocks.0,blocks.1]", "backbone.pretrained=true"]  # offline weights
+    config = compose_config("train", [*TINY, *freeze, "model.channels_last=false"], tmp_path)
     datamodule = build_datamodule(config["data"], backbone_data_config(**config["backbone"]))
     model = LesionClassifier(backbone=config["backbone"], class_names=["apple", "orange"], malignant=["orange"])
     cache = ActivationCache(datamodule, model, views=2, dtype="float32")
@@ -188,6 +188,7 @@ def test_activation_cache_trains_through_train_py(tmp_path):
     overrides = [
         *TINY,
         "backbone.freeze=[conv_stem,bn1,blocks.0]",
+        "backbone.pretrained=true",  # a frozen prefix holds weights (Lite0's ship offline)
         "activation_cache.enabled=true",
         "model.ema_decay=0.9",
     ]
