@@ -205,7 +205,7 @@ def test_ablation_script_runs_its_rows_and_prints_the_table(tmp_path):
     assert len(table) == 2 and (tmp_path / "ablation" / "F" / "external.json").is_file()
 
 
-def test_quality_gate_script_reports_refusals_per_condition(tmp_path):
+def test_quality_gate_and_calibrators_scripts_run_on_a_trained_checkpoint(tmp_path):
     import json
 
     from conftest import TINY, compose_config
@@ -225,3 +225,10 @@ def test_quality_gate_script_reports_refusals_per_condition(tmp_path):
     }
     assert {"clean", "flat colour", "shrunk to 80x60", "apple or orange (not skin)"} <= set(rows)
     assert "too_small 8" in rows["shrunk to 80x60"]  # 80x60 is under min_side 100
+    # bench/calibrators.py on the same checkpoint: every calibrator's row, and Platt keeps the uncalibrated ranking
+    out = _bench(["bench/calibrators.py", ckpt, "--root", str(root)], tmp_path)
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    names = [r[1].strip().split(" (")[0] for r in rows]
+    assert names == ["none", "multiclass temperature", "binary temperature", "Platt"]
+    # test AUROC: Platt is monotone in P(malignant) (decreasing when this toy model's slope comes out negative)
+    assert float(rows[3][-2]) in (float(rows[0][-2]), round(1 - float(rows[0][-2]), 4))

@@ -1,0 +1,83 @@
+"""python bench/calibrators.py CKPT [--root ../shared/data/isic2018] [--bins 15]
+
+Which calibrator suits the screening score P(malignant) = the malignant classes' softmax sum: on the checkpoint's own
+val split, fit (a) temperature scaling of the multiclass logits (what train.py and eval.py do), (b) a binary
+temperature (the T minimising the binary NLL of P(malignant)), (c) Platt scaling of logit(P(malignant)) (a, b by
+logistic regression); report NLL, Brier and ECE of P(malignant) on val (where a choice would be made) and on test,
+and test AUROC (Platt is monotone, so it keeps the uncalibrated ranking; a temperature can change a sum's ranking).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lesion.calibration import binary_calibration_scores, fit_temperature  # noqa: E402
+from lesion.data import build_datamodule  # noqa: E402
+from lesion.evaluation import predict, training_splits  # noqa: E402
+from lesion.inference import load_model  # noqa: E402
+from lesion.recalibration import fit_binary_temperature  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ckpt")
+    parser.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "isic2018"))
+    parser.add_argument("--bins", type=int, default=15)
+    args = parser.parse_args()
+    model = load_model(args.ckpt)
+    data = dict(model.hparams.data) | {"root": args.root, "num_workers": 0, "cache": False}
+    data["transforms"] = dict((model.hparams.data or {}).get("transforms") or {})
+    splits = training_splits(model, args.ckpt)
+    if splits:  # the run's own split: calibrators fitted on its val, judged on its test
+        path = Path("/tmp/lesion-calibrators-splits.csv")
+        splits[0].to_csv(path, index=False)
+        data["split_file"] = str(path)
+    datamodule = build_datamodule(data, model.data_config)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    val = predict(model, datamodule.val_dataloader(), trainer)
+    test = predict(model, datamodule.test_dataloader(), trainer)
+    mask = model.malignant_mask
+
+    def p_of(logits: torch.Tensor, t: float) -> torch.Tensor:
+        return (logits.double() / t).softmax(-1)[:, mask].sum(-1)
+
+    multiclass_t = fit_temperature(val.logits, val.labels)
+    binary_t = fit_binary_temperature(val.logits, mask, val.y_malignant)
+    z = torch.logit(p_of(val.logits, 1.0).clamp(1e-7, 1 - 1e-7)).numpy()[:, None]
+    platt = LogisticRegression(C=1e6).fit(z, val.y_malignant.numpy())
+
+    def platt_p(logits: torch.Tensor) -> torch.Tensor:
+        zz = torch.logit(p_of(logits, 1.0).clamp(1e-7, 1 - 1e-7)).numpy()[:, None]
+        return torch.from_numpy(platt.predict_proba(zz)[:, 1])
+
+    calibrators = {
+        "none (T = 1)": lambda logits: p_of(logits, 1.0),
+        f"multiclass temperature (T = {multiclass_t:.3f})": lambda logits: p_of(logits, multiclass_t),
+        f"binary temperature (T = {binary_t:.3f})": lambda logits: p_of(logits, binary_t),
+        f"Platt (a = {platt.coef_[0][0]:.3f}, b = {platt.intercept_[0]:.3f})": platt_p,
+    }
+    print(f"{Path(args.ckpt).name}: val {len(val.image_ids)} images, test {len(test.image_ids)}")
+    print("| calibrator | val NLL | val Brier | val ECE | test NLL | test Brier | test ECE | test AUROC |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, calibrate in calibrators.items():
+        cells = []
+        for preds in (val, test):
+            scores = binary_calibration_scores(calibrate(preds.logits), preds.y_malignant, args.bins)
+            cells += [f"{scores['nll']:.4f}", f"{scores['brier']:.4f}", f"{scores['ece']:.4f}"]
+        auroc = roc_auc_score(test.y_malignant.numpy(), np.asarray(calibrate(test.logits)))
+        print(f"| {name} | " + " | ".join(cells) + f" | {auroc:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
