@@ -141,24 +141,30 @@ def evaluate(config: dict) -> dict:
 def save_calibrated(model, ckpt: str | list, out: Path, in_place: bool) -> Path:
     """Keep the operating point just fitted: an ensemble is written to the run dir as ensemble.ckpt; a checkpoint
     gets a calibrated copy beside it (`<name>.calibrated.ckpt`), or is updated in place when `in_place`."""
-    if isinstance(model, LesionEnsemble):
-        return model.save(out / "ensemble.ckpt")
-    source = Path(ckpt[0] if isinstance(ckpt, list) else ckpt)
-    target = source if in_place else source.with_name(f"{source.stem}.calibrated.ckpt")
-    if target != source:
-        shutil.copyfile(source, target)
-    store_operating_point(str(target), model)
-    return target
+
+    def beside(source: Path) -> Path:
+        return source if in_place else source.with_name(f"{source.stem}.calibrated.ckpt")
+
+    return _save_operating_point(model, ckpt, out / "ensemble.ckpt", beside)
 
 
 def save_site(site, ckpt: str | list, out: Path) -> Path:
     """The locally recalibrated copy, in the eval run dir: ensemble.site.ckpt or <name>.site.ckpt."""
-    if isinstance(site, LesionEnsemble):
-        return site.save(out / "ensemble.site.ckpt")
+    return _save_operating_point(
+        site, ckpt, out / "ensemble.site.ckpt", lambda source: out / f"{source.stem}.site.ckpt"
+    )
+
+
+def _save_operating_point(model, ckpt: str | list, ensemble_path: Path, target_of) -> Path:
+    """An ensemble saved whole to `ensemble_path`; a checkpoint copied to `target_of(source)` (or kept, when that is
+    the source itself) with the model's operating point written into it."""
+    if isinstance(model, LesionEnsemble):
+        return model.save(ensemble_path)
     source = Path(ckpt[0] if isinstance(ckpt, list) else ckpt)
-    target = out / f"{source.stem}.site.ckpt"
-    shutil.copyfile(source, target)
-    store_operating_point(str(target), site)
+    target = target_of(source)
+    if target != source:
+        shutil.copyfile(source, target)
+    store_operating_point(str(target), model)
     return target
 
 

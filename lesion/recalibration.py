@@ -13,6 +13,7 @@ import torch
 from lesion.calibration import TEMPERATURE_BOUNDS
 from lesion.evaluation import Predictions, screening_report
 from lesion.operating_point import choose_operating_point
+from lesion.reports import metric_cell
 
 ROWS = (
     ("AUROC", "test/auroc"),
@@ -89,13 +90,6 @@ def recalibrate(model, external: Predictions, settings: dict, resamples: int = 1
 
 def recalibration_table(in_domain: dict, report: dict) -> str:
     """Markdown: in-domain test, external held part before and after the local refit."""
-
-    def cell(values: dict, key: str) -> str:
-        value = values.get(key)
-        ci = values.get(key.replace("test/", "test_op/") + "_ci") if key.startswith("test") else None
-        text = "n/a" if value is None else f"{value:.3f}"
-        return text + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci and "calibration" not in key and value is not None else "")
-
     before = {k.removeprefix("external_before/"): v for k, v in report.items() if k.startswith("external_before/")}
     after = {k.removeprefix("external_after/"): v for k, v in report.items() if k.startswith("external_after/")}
     lines = [
@@ -110,5 +104,6 @@ def recalibration_table(in_domain: dict, report: dict) -> str:
         "| metric | in-domain test | external, stored operating point | external, refitted locally |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {label} | {cell(in_domain, k)} | {cell(before, k)} | {cell(after, k)} |" for label, k in ROWS]
+    for label, key in ROWS:
+        lines.append(f"| {label} | " + " | ".join(metric_cell(v, key) for v in (in_domain, before, after)) + " |")
     return "\n".join(lines) + "\n"

@@ -62,12 +62,6 @@ def domain_shift_table(in_domain: dict, external: dict) -> str:
         ("ECE of P(malignant)", "test_calibration/ece_after"),
     ]
 
-    def cell(values: dict, key: str) -> str:
-        value = values.get(key)
-        ci = values.get(key.replace("test/", "test_op/") + "_ci") if key != "test_calibration/ece_after" else None
-        text = "n/a" if value is None else f"{value:.3f}"
-        return text + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci and value is not None else "")
-
     lines = [
         f"# In-domain vs external (threshold {external.get('threshold', float('nan')):.4f})",
         "",
@@ -76,8 +70,16 @@ def domain_shift_table(in_domain: dict, external: dict) -> str:
         "| metric | in-domain test | external |",
         "|---|---|---|",
     ]
-    lines += [f"| {label} | {cell(in_domain, key)} | {cell(external, key)} |" for label, key in rows]
+    lines += [f"| {label} | {metric_cell(in_domain, key)} | {metric_cell(external, key)} |" for label, key in rows]
     return "\n".join(lines) + "\n"
+
+
+def metric_cell(values: dict, key: str) -> str:
+    """A metric of a flat report to 3 decimals, with its bootstrap CI when the report has one (`test_op/..._ci`)."""
+    value = values.get(key)
+    ci = values.get(key.replace("test/", "test_op/") + "_ci") if "calibration" not in key else None
+    text = "n/a" if value is None else f"{value:.3f}"
+    return text + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci and value is not None else "")
 
 
 def plot_confusion(counts: dict[str, int], path: Path, labels: tuple[str, str] = LABELS) -> None:

@@ -216,12 +216,12 @@ class Hdf5Reader:
 
     def __call__(self, image_id: str) -> np.ndarray:
         try:
-            data = self._file()[image_id][()]
+            data = _entry_bytes(self._file()[image_id])
         except KeyError as err:
             raise BadImageError(image_id, self.path, "missing") from err
         except OSError as err:
             raise BadImageError(image_id, self.path, f"unreadable HDF5 entry ({err})") from err
-        return decode(np.asarray(data).tobytes() if not isinstance(data, bytes) else data, image_id, self.path)
+        return decode(data, image_id, self.path)
 
     def problems(self, image_ids) -> list[tuple[str, str, str]]:
         """Missing, empty and non-image or truncated entries (first and last two bytes), without decoding: for a
