@@ -80,7 +80,7 @@ def evaluate(config: dict) -> dict:
         val = predict(model, datamodule.val_dataloader(), trainer)
         written |= calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"])
         if config["quality"]["enabled"]:  # the gate's thresholds, stored with the operating point
-            model.quality = fit_on_datamodule(datamodule, val.logits, config["quality"])
+            model.quality = fit_on_datamodule(model, datamodule, val.logits, config["quality"])
         written["calibrated_checkpoint"] = str(save_calibrated(model, ckpt, out, config["save_operating_point"]))
         log.info("operating point stored in %s: pass it to predict/app/export", written["calibrated_checkpoint"])
     written |= {f"operating_point/{k}": v for k, v in (model.operating_point or {}).items() if k != "threshold"}

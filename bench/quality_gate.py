@@ -1,9 +1,11 @@
-"""python bench/quality_gate.py CKPT [--root ../shared/data/isic2018] [--max-images 400]
+"""python bench/quality_gate.py CKPT [--root ../shared/data/isic2018] [--max-images 400] [--ood residual|energy]
 
 The quality gate of a checkpoint on real lesions: its thresholds (the checkpoint's, or fitted here as train.py fits
-them, from the run's own training images and val logits, when it has none), then the share of the run's clean test
+them, from the run's own training images, val logits and pooled features, when it has none or when --ood asks for an
+out-of-distribution score), then the share of the run's clean test
 split it refuses, and what it answers for degraded copies of test images (blurred, darkened, shrunk, a flat colour)
-and for pictures that are not skin close-ups (apples and oranges from the sanity set), with the reasons.
+and for pictures that are not skin close-ups (apples and oranges from the sanity set, crops of scikit-learn's
+sample photographs), with the reasons.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from lesion.inference import Screener, load_model  # noqa: E402
 from lesion.quality import fit_on_datamodule  # noqa: E402
 
 SETTINGS = {"min_side": 100, "sharpness_percentile": 1.0, "exposure_percentile": 99.5, "exposure_floor": 0.05,
-            "ood_percentile": 99.0, "max_images": 2000}  # fmt: skip
+            "ood_percentile": 99.0, "ood": "residual", "ood_components": 128, "max_images": 2000}  # fmt: skip
 DEGRADED = {
     "clean": lambda im, rng: im,
     "gaussian blur, sigma 3": lambda im, rng: cv2.GaussianBlur(im, (0, 0), 3),
@@ -38,7 +40,19 @@ DEGRADED = {
     "apple or orange (not skin)": lambda im, rng: cv2.resize(
         render_fruit(0, int(rng.integers(1 << 20)), 160)[0], (im.shape[1], im.shape[0]), interpolation=cv2.INTER_AREA
     ),
+    "photo crop (not skin)": lambda im, rng: _photo_crop(rng),
 }
+
+
+def _photo_crop(rng: np.random.Generator) -> np.ndarray:
+    """A random 4:3 crop of scikit-learn's two sample photographs (a temple, a flower), 80 to 400 px wide."""
+    from sklearn.datasets import load_sample_images
+
+    photo = load_sample_images().images[rng.integers(2)]
+    width = int(rng.integers(80, 400))
+    height = width * 3 // 4
+    y, x = rng.integers(0, photo.shape[0] - height), rng.integers(0, photo.shape[1] - width)
+    return np.ascontiguousarray(photo[y : y + height, x : x + width])
 
 
 def main() -> None:
@@ -46,6 +60,7 @@ def main() -> None:
     parser.add_argument("ckpt")
     parser.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "isic2018"))
     parser.add_argument("--max-images", type=int, default=400, help="test images per condition (class-stratified)")
+    parser.add_argument("--ood", choices=["residual", "energy"], help="refit the gate with this score")
     args = parser.parse_args()
     model = load_model(args.ckpt)
     data = dict(model.hparams.data) | {"root": args.root, "num_workers": 0, "cache": False}
@@ -57,12 +72,17 @@ def main() -> None:
         data["split_file"] = str(path)
     datamodule = build_datamodule(data, model.data_config)
     datamodule.setup()
-    if not getattr(model, "quality", None):
+    if not getattr(model, "quality", None) or args.ood:
         trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
         val = predict(model, datamodule.val_dataloader(), trainer)
-        model.quality = fit_on_datamodule(datamodule, val.logits, SETTINGS)
-        print("fitted here (the checkpoint has none):", end=" ")
-    print({k: v for k, v in model.quality.items() if k != "percentiles"})
+        settings = SETTINGS | {"ood": args.ood or SETTINGS["ood"]}
+        model.quality = fit_on_datamodule(model, datamodule, val.logits, settings)
+        print("fitted here" + (f" with ood={args.ood}:" if args.ood else " (the checkpoint has none):"), end=" ")
+    shown = {k: v for k, v in model.quality.items() if k not in ("percentiles", "feature_residual")}
+    if "feature_residual" in model.quality:
+        d = model.quality["feature_residual"]
+        shown["feature_residual"] = {"components": d["components"], "max_residual": d["max_residual"]}
+    print(shown)
     screener = Screener(model, quality={"enabled": True, "min_side": SETTINGS["min_side"]})
     ids = datamodule.frames["test"]["image_id"].tolist()
     rng = np.random.default_rng(0)

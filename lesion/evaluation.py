@@ -250,7 +250,7 @@ def operating_point_after_fit(
     op = operating_point
     info = calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"])
     if quality["enabled"]:
-        model.quality = fit_on_datamodule(datamodule, val.logits, quality)
+        model.quality = fit_on_datamodule(model, datamodule, val.logits, quality)
     report = screening_report(model, val, "val", op["bootstrap_resamples"])
     info |= {k: v for k, v in report.items() if "calibration" not in k}
     if best:

@@ -151,15 +151,23 @@ class Screener:
         return self.scores(batch)[0]
 
     @torch.no_grad()
-    def scores(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`probabilities`, and the logits of the photos as they are (the quality gate's out-of-distribution score)."""
-        logits = self.model(batch).float()
+    def scores(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`probabilities`, and the logits and (when the quality gate scores them) pooled features of the photos as
+        they are: the gate's out-of-distribution score."""
+        from lesion.quality import captured_features
+
+        if self.gate is not None and self.gate.needs_features:
+            with captured_features(self.model) as captured:
+                logits = self.model(batch).float()
+                features = captured()
+        else:
+            logits, features = self.model(batch).float(), None
         views = [logits]
         if self.tta:
             views += [self.model(v).float() for v in (batch.flip(-1), batch.flip(-2), batch.flip(-1, -2))]
         temperature = self.model.temperature
         probs = [self.model.malignant_probability((v / temperature).softmax(-1)) for v in views]
-        return torch.stack(probs).mean(0), logits
+        return torch.stack(probs).mean(0), logits, features
 
     def describe(self, name: str, p: float) -> Result:
         elevated = p > self.threshold
@@ -184,8 +192,8 @@ class Screener:
         if not keep:
             return results
         batch = torch.stack([self.tensor(images[i]) for i in keep])
-        probabilities, logits = self.scores(batch)
-        unlike = self.gate.check_logits(logits) if self.gate else [None] * len(keep)
+        probabilities, logits, features = self.scores(batch)
+        unlike = self.gate.check_outputs(logits, features) if self.gate else [None] * len(keep)
         for j, i in enumerate(keep):
             if unlike[j]:
                 results[i] = self.retake(names[i], unlike[j])

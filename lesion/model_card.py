@@ -156,10 +156,22 @@ def _quality(model) -> str:
         f"size); with more than {q['max_highlights']:.1%} clipped highlights or {q['max_shadows']:.1%} crushed "
         f"shadows ({p.get('exposure_percentile')}th percentile of the training images); blurrier than the "
         f"blurriest {p.get('sharpness_percentile')}% of the training images (Laplacian variance under "
-        f"{q['min_sharpness']:.1f}); or with an energy score over {q['max_energy']:.3f} ({p.get('ood_percentile')}th "
-        f"percentile of the validation images: unlike a skin close-up). Fitted on "
-        f"{q['fitted_on']['training_images']} training and {q['fitted_on']['val_images']} validation images.\n"
+        f"{q['min_sharpness']:.1f}); or {_ood(q)} ({p.get('ood_percentile')}th percentile of the validation "
+        f"images: unlike a skin close-up). Fitted on {q['fitted_on']['training_images']} training and "
+        f"{q['fitted_on']['val_images']} validation images.\n"
     )
+
+
+def _ood(q: dict) -> str:
+    if "feature_residual" in q:
+        d = q["feature_residual"]
+        return (
+            f"with more than {d['max_residual']:.3f} of its pooled feature outside the {d['components']} principal "
+            f"directions of {q['fitted_on']['feature_images']} training images' features"
+        )
+    if "max_energy" in q:
+        return f"with an energy score over {q['max_energy']:.3f}"
+    return "(no out-of-distribution threshold)"
 
 
 def _ensemble(model) -> str:

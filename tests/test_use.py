@@ -359,7 +359,7 @@ def test_quality_gate_refuses_what_cannot_be_judged_with_the_right_reason():
     rng = np.random.default_rng(0)
     to_input = LesionTransforms({"input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.5] * 3}).to_input_size
     settings = {"min_side": 48, "sharpness_percentile": 1.0, "exposure_percentile": 99.5, "exposure_floor": 0.05}
-    settings["ood_percentile"] = 99.0
+    settings |= {"ood_percentile": 99.0, "ood": "energy"}
     val_logits = torch.tensor([[2.0, -1.0], [1.5, 0.0], [0.5, 0.4]] * 20)
     thresholds = fit_quality([skin_like(rng) for _ in range(100)], to_input, val_logits, settings)
     gate = QualityGate(thresholds, to_input, min_side=48)
@@ -379,10 +379,58 @@ def test_quality_gate_refuses_what_cannot_be_judged_with_the_right_reason():
         assert refused[1].startswith(RETAKE[reason][:20])
     assert "1x1 pixels" in gate.check_image(cases["too_small"])[1]
     # Out of distribution: an energy above the val images' 99th percentile (a flat 2-class logit pair).
-    assert gate.check_logits(torch.tensor([[2.0, -1.0], [0.0, 0.0]])) == [None, ("not_skin", RETAKE["not_skin"])]
+    assert gate.check_outputs(torch.tensor([[2.0, -1.0], [0.0, 0.0]])) == [None, ("not_skin", RETAKE["not_skin"])]
     # A checkpoint without fitted thresholds: size and flatness only.
     unfitted = QualityGate(None, to_input, min_side=48)
     assert unfitted.check_image(cases["blurred"]) is None and unfitted.check_image(cases["too_small"])[0] == "too_small"
+
+
+def test_feature_residual_is_the_share_of_a_feature_outside_the_training_subspace():
+    from lesion.quality import feature_residual, fit_feature_residual
+
+    generator = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(8, 3, generator=generator))[0]  # training features vary in 3 of 8 directions
+    offset = torch.randn(8, generator=generator)
+    features = torch.randn(500, 3, generator=generator) * torch.tensor([5.0, 3.0, 2.0]) @ basis.T + offset
+    fitted = fit_feature_residual(features, components=3)
+    assert fitted["directions"].shape == (3, 8) and fitted["components"] == 3
+    queries = torch.randn(6, 8, generator=generator) * 4 + offset
+    # Independently: the least-squares distance of each query to the training features' affine span, over its length.
+    centred = (queries - features.mean(0)).double().numpy()
+    coefficients = np.linalg.lstsq(basis.double().numpy(), centred.T, rcond=None)[0]
+    outside = np.linalg.norm(centred.T - basis.double().numpy() @ coefficients, axis=0)
+    expected = outside / np.linalg.norm(centred, axis=1)
+    np.testing.assert_allclose(feature_residual(queries, fitted).numpy(), expected, atol=1e-4)
+    assert float(feature_residual(features, fitted).max()) < 1e-3  # training features lie in the subspace
+    away = torch.randn(8, generator=generator)
+    away -= basis @ (basis.T @ away)  # a direction the training features never vary in
+    assert feature_residual((features.mean(0) + 5 * away)[None], fitted).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_gate_scores_the_pooled_features_the_screener_sees(trained):
+    from lesion.ensemble import LesionEnsemble
+    from lesion.quality import RETAKE, QualityGate, pooled_features
+
+    model = load_model(trained["ckpt"])
+    fitted = model.quality["feature_residual"]  # train.py's default: quality.ood=residual
+    assert model.quality["ood"] == "residual" and 0 < fitted["max_residual"] <= 1
+    screener = Screener(model, tta=True, quality={"enabled": True, "min_side": 16})
+    rng = np.random.default_rng(0)
+    photos = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(3)]
+    batch = torch.stack([screener.tensor(im) for im in photos])
+    _, logits, features = screener.scores(batch)
+    net = model.eval_net.eval()
+    with torch.no_grad():  # timm's own pre-logits: what the classifier layer reads
+        pre_logits = net.forward_head(net.forward_features(batch), pre_logits=True)
+        assert torch.allclose(features, pre_logits, atol=1e-5)
+        assert torch.allclose(pooled_features(model, batch), pre_logits, atol=1e-5)
+    lowered = dict(model.quality, feature_residual=dict(fitted, max_residual=-1.0))  # everything is too far
+    gate = QualityGate(lowered, screener.transforms.to_input_size, 16)
+    assert gate.check_outputs(logits, features) == [("not_skin", RETAKE["not_skin"])] * 3
+    with pytest.raises(ValueError, match="pass them"):
+        gate.check_outputs(logits)
+    pair = LesionEnsemble.from_checkpoints([trained["ckpt"], trained["ckpt"]])
+    assert torch.allclose(pooled_features(pair, batch), torch.cat([pre_logits, pre_logits], dim=1), atol=1e-5)
 
 
 def test_predict_answers_retake_without_a_probability_and_the_card_shows_the_thresholds(trained, tmp_path):
@@ -399,7 +447,7 @@ def test_predict_answers_retake_without_a_probability_and_the_card_shows_the_thr
     assert (table["decision"] == "retake").all() and table["p_malignant"].isna().all()
     assert sorted(table["quality"]) == ["featureless", "too_small"] and all(r.p_malignant is None for r in results)
     card = model_card(model, Path(trained["ckpt"]), trained["eval"])
-    assert f"under {model.quality['min_side']} px" in card and "energy score over" in card
+    assert f"under {model.quality['min_side']} px" in card and "of its pooled feature outside the" in card
 
 
 def _png(image: np.ndarray) -> bytes:
