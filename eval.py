@@ -78,7 +78,7 @@ def evaluate(config: dict) -> dict:
         log.warning("%s has no stored operating point: choosing it on the val split now", ckpt)
         op = config["operating_point"]
         val = predict(model, datamodule.val_dataloader(), trainer)
-        written |= calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"])
+        written |= calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"])
         if config["quality"]["enabled"]:  # the gate's thresholds, stored with the operating point
             model.quality = fit_on_datamodule(model, datamodule, val.logits, config["quality"])
         written["calibrated_checkpoint"] = str(save_calibrated(model, ckpt, out, config["save_operating_point"]))
@@ -97,8 +97,8 @@ def evaluate(config: dict) -> dict:
     (out / "confusion_matrix.md").write_text(f"# Confusion matrix ({_name(ckpt)})\n\n" + "\n".join(tables))
     plot_roc(p, test.y_malignant, out / "roc.png", report["test/auroc"])
     plot_pr(p, test.y_malignant, out / "pr.png")
-    before = test.p_malignant(model, temperature=1.0)
-    plot_reliability({"uncalibrated": before, "temperature-scaled": p}, test.y_malignant, out / "reliability.png")
+    before = test.p_malignant(model, calibrated=False)
+    plot_reliability({"uncalibrated": before, "calibrated": p}, test.y_malignant, out / "reliability.png")
     if len(names) > 2 and not binary:
         (out / "per_class.md").write_text(markdown_table(per_class_table(test, names, model)))
     elif len(names) > 2:
@@ -206,7 +206,8 @@ def _summary(report: dict) -> str:
         f"at threshold {report['threshold']:.3f}: sensitivity {report['test_op/recall']:.3f}, "
         f"specificity {report['test_op/specificity']:.3f}; at 0.5: sensitivity {report['test/recall']:.3f}, "
         f"specificity {report['test/specificity']:.3f}; ECE {report['test_calibration/ece_before']:.3f} -> "
-        f"{report['test_calibration/ece_after']:.3f} (T = {report['temperature']:.2f})"
+        f"{report['test_calibration/ece_after']:.3f} (T = {report['temperature']:.2f}, Platt a = {report['platt_a']:.2f}, "
+        f"b = {report['platt_b']:.2f})"
     )
 
 

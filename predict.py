@@ -63,6 +63,7 @@ def run_predict(config: dict) -> list[Result]:
         "checkpoint": str(config["ckpt_path"]),
         "threshold": screener.threshold,
         "temperature": float(model.temperature),
+        "platt": [float(v) for v in model.platt],
         "tta": config["tta"],
         "predictions": rows,
     }

@@ -3,7 +3,8 @@
 Which calibrator suits the screening score P(malignant) = the malignant classes' softmax sum: on the checkpoint's own
 val split, fit (a) temperature scaling of the multiclass logits (what train.py and eval.py do), (b) a binary
 temperature (the T minimising the binary NLL of P(malignant)), (c) Platt scaling of logit(P(malignant)) (a, b by
-logistic regression); report NLL, Brier and ECE of P(malignant) on val (where a choice would be made) and on test,
+logistic regression), (d) the multiclass temperature then Platt scaling (`operating_point.calibrator=platt`, what
+train.py and eval.py store); report NLL, Brier and ECE of P(malignant) on val (where a choice would be made) and on test,
 and test AUROC (Platt is monotone, so it keeps the uncalibrated ranking; a temperature can change a sum's ranking).
 """
 
@@ -16,13 +17,12 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lesion.calibration import binary_calibration_scores, fit_temperature  # noqa: E402
+from lesion.calibration import binary_calibration_scores, fit_platt, fit_temperature, platt_scale  # noqa: E402
 from lesion.data import build_datamodule  # noqa: E402
 from lesion.evaluation import predict, training_splits  # noqa: E402
 from lesion.inference import load_model  # noqa: E402
@@ -54,18 +54,16 @@ def main() -> None:
 
     multiclass_t = fit_temperature(val.logits, val.labels)
     binary_t = fit_binary_temperature(val.logits, mask, val.y_malignant)
-    z = torch.logit(p_of(val.logits, 1.0).clamp(1e-7, 1 - 1e-7)).numpy()[:, None]
-    platt = LogisticRegression(C=1e6).fit(z, val.y_malignant.numpy())
-
-    def platt_p(logits: torch.Tensor) -> torch.Tensor:
-        zz = torch.logit(p_of(logits, 1.0).clamp(1e-7, 1 - 1e-7)).numpy()[:, None]
-        return torch.from_numpy(platt.predict_proba(zz)[:, 1])
-
+    platt_1 = fit_platt(p_of(val.logits, 1.0), val.y_malignant)
+    platt_t = fit_platt(p_of(val.logits, multiclass_t), val.y_malignant)
     calibrators = {
         "none (T = 1)": lambda logits: p_of(logits, 1.0),
         f"multiclass temperature (T = {multiclass_t:.3f})": lambda logits: p_of(logits, multiclass_t),
         f"binary temperature (T = {binary_t:.3f})": lambda logits: p_of(logits, binary_t),
-        f"Platt (a = {platt.coef_[0][0]:.3f}, b = {platt.intercept_[0]:.3f})": platt_p,
+        f"Platt (a = {platt_1[0]:.3f}, b = {platt_1[1]:.3f})": lambda logits: platt_scale(p_of(logits, 1.0), platt_1),
+        f"multiclass temperature, then Platt (a = {platt_t[0]:.3f}, b = {platt_t[1]:.3f}; calibrator=platt)": (
+            lambda logits: platt_scale(p_of(logits, multiclass_t), platt_t)
+        ),
     }
     print(f"{Path(args.ckpt).name}: val {len(val.image_ids)} images, test {len(test.image_ids)}")
     print("| calibrator | val NLL | val Brier | val ECE | test NLL | test Brier | test ECE | test AUROC |")

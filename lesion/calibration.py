@@ -1,5 +1,5 @@
-"""Calibration: temperature scaling fitted on validation, and NLL / Brier / ECE to judge it (of calibrated
-P(malignant), the screening score; top-label multiclass figures too)."""
+"""Calibration: temperature scaling of the class logits and Platt scaling of P(malignant), fitted on validation, and
+NLL / Brier / ECE to judge them (of calibrated P(malignant), the screening score; top-label multiclass figures too)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,44 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
         )  # fmt: skip
         return bounded
     return fitted
+
+
+PLATT_IDENTITY = (1.0, 0.0)
+_EPS = 1e-12
+
+
+def fit_platt(p: torch.Tensor, y: torch.Tensor, max_iter: int = 200) -> tuple[float, float]:
+    """Platt scaling of a probability (Platt, 1999): (a, b) minimising the binary NLL of sigmoid(a logit(p) + b)
+    against y. With a > 0 it keeps the ranking of p, so AUROC and the images beyond any threshold are unchanged."""
+    z = torch.logit(p.detach().double().clamp(_EPS, 1 - _EPS))
+    y = y.detach().double()
+    params = torch.tensor(PLATT_IDENTITY, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([params], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(params[0] * z + params[1], y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    a, b = (float(v) for v in params.detach())
+    if not (math.isfinite(a) and math.isfinite(b)) or a <= 0:
+        log.warning(
+            "Platt scaling found no increasing map (a = %.4g, b = %.4g): P(malignant) is left as the temperature made "
+            "it. The validation split's scores carry little signal; check the model's training", a, b,
+        )  # fmt: skip
+        return PLATT_IDENTITY
+    return a, b
+
+
+def platt_scale(p: torch.Tensor, platt: torch.Tensor | tuple[float, float]) -> torch.Tensor:
+    """sigmoid(a logit(p) + b) in float64, returned in p's dtype; the identity map (1, 0) returns p itself."""
+    a, b = (float(v) for v in platt)
+    if (a, b) == PLATT_IDENTITY:
+        return p
+    z = torch.logit(p.double().clamp(_EPS, 1 - _EPS))
+    return torch.sigmoid(a * z + b).to(p.dtype)
 
 
 def binary_calibration_scores(p_malignant: torch.Tensor, y_malignant: torch.Tensor, bins: int = 15) -> dict[str, float]:

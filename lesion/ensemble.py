@@ -8,7 +8,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from lesion.module import LesionClassifier, initial_posthoc_tau
+from lesion.calibration import PLATT_IDENTITY
+from lesion.module import FITTED_BUFFERS, LesionClassifier, initial_posthoc_tau
 
 ENSEMBLE_KEY = "members"  # a checkpoint whose hyperparameters hold this key is an ensemble
 
@@ -26,7 +27,7 @@ class MeanLogits(nn.Module):
 
 class LesionEnsemble(LesionClassifier):
     """Several trained LesionClassifiers that score as one: logits averaged over the members' evaluation networks
-    (their weight EMAs when kept), then one temperature and one threshold fitted on the ensemble's own validation
+    (their weight EMAs when kept), then one temperature, Platt map and threshold fitted on the ensemble's own validation
     output (`lesion.evaluation.calibrate`) and stored in the ensemble's checkpoint, so eval.py, predict.py, app.py and
     export.py all make the same decision. It is used wherever a LesionClassifier is, for evaluation and inference.
 
@@ -56,6 +57,7 @@ class LesionEnsemble(LesionClassifier):
         self.register_buffer("log_prior", torch.zeros_like(first.log_prior))  # the members' mean, set on assembly
         self.register_buffer("posthoc_tau", torch.tensor(initial_posthoc_tau(self.hparams.posthoc_adjustment)))
         self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("platt", torch.tensor(PLATT_IDENTITY, dtype=torch.float64))
         self.register_buffer("threshold", torch.tensor(0.5, dtype=torch.float64))  # exact, as chosen
         self.register_buffer("calibrated", torch.tensor(False))
         self.operating_point: dict | None = None
@@ -64,6 +66,9 @@ class LesionEnsemble(LesionClassifier):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
+        for i, member in enumerate(self.members):  # members' buffers added since the ensemble was written
+            for name in FITTED_BUFFERS:
+                checkpoint["state_dict"].setdefault(f"members.{i}.{name}", getattr(member, name).detach().clone())
         self.member_paths = list(checkpoint.get("member_paths", []))
         self.split_ids = checkpoint.get("split_ids") or [None] * len(self.members)
 

@@ -1,8 +1,8 @@
 """A checkpoint as a self-describing file for phones and servers: ONNX (dynamic batch) or TorchScript.
 
 The exported graph takes what a phone app has after resizing: RGB float32 in [0, 1], N x 3 x H x W at the model's
-input size. Normalisation, the calibration temperature and the malignant-class sum are inside the graph; it returns
-`probs` (calibrated class probabilities) and `p_malignant`. Resizing (and CLAHE, when the run used it) happens
+input size. Normalisation, the calibration temperature, the malignant-class sum and its Platt map are inside the graph;
+it returns `probs` (calibrated class probabilities) and `p_malignant`. Resizing (and CLAHE, when the run used it) happens
 before, as the metadata says; the decision is `p_malignant > threshold`, the threshold recorded in the metadata.
 """
 
@@ -32,6 +32,7 @@ class ScreeningNet(nn.Module):
         self.register_buffer("std", torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("temperature", model.temperature.detach().float().clone())
         self.register_buffer("malignant", model.malignant_mask.detach().float().clone())
+        self.register_buffer("platt", model.platt.detach().float().clone())
         settings = eval_transforms(model).preprocess_settings()
         self.constancy_power = settings.get("color_constancy")
         if self.constancy_power and settings["clahe"]:
@@ -49,7 +50,8 @@ class ScreeningNet(nn.Module):
         x = (image - self.mean) / self.std
         logits = (flip_tta(self.net, x) if self.tta else self.net(x)).float()
         probs = (logits / self.temperature).softmax(-1)
-        return probs, probs @ self.malignant
+        p = (probs @ self.malignant).clamp(1e-7, 1 - 1e-7)  # lesion.calibration.platt_scale, in float32
+        return probs, torch.sigmoid(self.platt[0] * (p.log() - (-p).log1p()) + self.platt[1])
 
 
 def metadata(model: LesionClassifier, ckpt_path: str | Path = "") -> dict[str, str]:
@@ -71,10 +73,12 @@ def metadata(model: LesionClassifier, ckpt_path: str | Path = "") -> dict[str, s
         ),
         "mean": json.dumps(cfg["mean"]),
         "std": json.dumps(cfg["std"]),
-        "outputs": "probs: calibrated class probabilities [N, C]; p_malignant: their malignant sum [N]",
+        "outputs": "probs: calibrated class probabilities [N, C]; p_malignant: sigmoid(a logit(s) + b) of their "
+        "malignant sum s [N] (a, b: platt)",
         "class_names": json.dumps(list(model.hparams.class_names)),
         "malignant_classes": json.dumps(list(model.hparams.malignant)),
         "temperature": repr(float(model.temperature)),
+        "platt": json.dumps([float(v) for v in model.platt]),
         "threshold": repr(float(model.threshold)),
         "calibrated": json.dumps(bool(model.calibrated)),
         "decision": "refer when p_malignant > threshold",

@@ -81,7 +81,7 @@ def model_card(
     run_dir = ckpt_path.resolve().parent.parent
     source = eval_dir / "metrics.json" if eval_dir else run_dir / "metrics.json"
     metrics = json.loads(source.read_text()) if source.is_file() else {}
-    threshold, temperature = float(model.threshold), float(model.temperature)
+    threshold = float(model.threshold)
     backbone = dict(model.hparams.backbone)
     how_eval = f"run `python eval.py ckpt_path={ckpt_path}` and export again."
     metrics_text = (
@@ -94,7 +94,7 @@ def model_card(
     calibration = ""
     if "test_calibration/ece_before" in metrics:
         calibration = (
-            f"\nCalibration (temperature {temperature:.3f}): ECE {metrics['test_calibration/ece_before']:.3f} -> "
+            f"\nCalibration ({_calibration(model)}): ECE {metrics['test_calibration/ece_before']:.3f} -> "
             f"{metrics['test_calibration/ece_after']:.3f}, Brier {metrics['test_calibration/brier_before']:.3f} -> "
             f"{metrics['test_calibration/brier_after']:.3f}.\n"
         )
@@ -108,7 +108,7 @@ def model_card(
 - Architecture: timm `{backbone.get("model_name")}`; cut after: `{backbone.get("cut_after") or "no cut"}`;
   head: `{backbone.get("head")}`; frozen: `{", ".join(backbone.get("freeze") or []) or "nothing"}`;
   LAuReL: `{backbone.get("laurel", "none")}`; input: {_size(model)} RGB.
-{_ensemble(model)}- Output: calibrated P(malignant) (temperature scaling, T = {temperature:.4f});
+{_ensemble(model)}- Output: calibrated P(malignant) ({_calibration(model)});
   "refer" above {threshold:.4f}.
 {files}
 ## Intended use
@@ -174,13 +174,19 @@ def _ood(q: dict) -> str:
     return "(no out-of-distribution threshold)"
 
 
+def _calibration(model) -> str:
+    a, b = (float(v) for v in model.platt)
+    text = f"temperature scaling of the class logits, T = {float(model.temperature):.4f}"
+    return text + (f"; Platt map of P(malignant), a = {a:.4f}, b = {b:.4f}" if (a, b) != (1.0, 0.0) else "")
+
+
 def _ensemble(model) -> str:
     members = model.hparams.get("members")
     if not members:
         return ""
     paths = getattr(model, "member_paths", None) or []
     named = f": {', '.join(f'`{p}`' for p in paths)}" if paths else ""
-    return f"- Ensemble of {len(members)} checkpoints (mean logits, one temperature and threshold){named}.\n"
+    return f"- Ensemble of {len(members)} checkpoints (mean logits, one calibration and threshold){named}.\n"
 
 
 def _size(model) -> str:

@@ -13,10 +13,13 @@ from torchmetrics.classification import BinaryStatScores
 
 from lesion.activation_cache import run_suffix
 from lesion.backbones import backbone_data_config, build_backbone
+from lesion.calibration import PLATT_IDENTITY, platt_scale
 from lesion.metrics import diagnosis_collection, screening_collection
 from lesion.optimizers import build_optimizer, build_scheduler
 
 SPLITS = ("train", "val", "test")
+# Buffers set after fit (calibration, the post-hoc prior): checkpoints written before one existed load with its default.
+FITTED_BUFFERS = ("temperature", "platt", "threshold", "calibrated", "log_prior", "posthoc_tau")
 log = logging.getLogger(__name__)
 
 
@@ -98,6 +101,7 @@ class LesionClassifier(L.LightningModule):
         self.prefix_depth = 0  # blocks whose activations arrive cached (lesion.activation_cache sets it)
         # The operating point, set on validation after fit (lesion.evaluation.calibrate) and kept in checkpoints.
         self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("platt", torch.tensor(PLATT_IDENTITY, dtype=torch.float64))  # (a, b) on P(malignant)
         self.register_buffer("threshold", torch.tensor(0.5, dtype=torch.float64))  # exact, as chosen
         self.register_buffer("calibrated", torch.tensor(False))
         self.operating_point: dict | None = None  # how the threshold was chosen (method, level, bound); checkpointed
@@ -148,8 +152,11 @@ class LesionClassifier(L.LightningModule):
             "malignant": p_malignant > self.threshold,
         }
 
-    def malignant_probability(self, probs: torch.Tensor) -> torch.Tensor:
-        return probs[:, self.malignant_mask].sum(dim=-1)
+    def malignant_probability(self, probs: torch.Tensor, platt: bool = True) -> torch.Tensor:
+        """P(malignant) from (temperature-scaled) class probabilities: the malignant classes' sum, then the stored
+        Platt map (identity until calibration fits it; `platt=False`: the sum alone)."""
+        p = probs[:, self.malignant_mask].sum(dim=-1)
+        return platt_scale(p, self.platt) if platt else p
 
     def diagnosis_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits for the multiclass decision: post-hoc adjusted for the training prior when posthoc_adjustment."""
@@ -184,7 +191,7 @@ class LesionClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Checkpoints written before the operating point existed load as uncalibrated (eval.py then calibrates).
         state = checkpoint["state_dict"]
-        for name in ("temperature", "threshold", "calibrated", "log_prior", "posthoc_tau"):
+        for name in FITTED_BUFFERS:
             state.setdefault(name, getattr(self, name).detach().clone())
         self.operating_point = checkpoint.get("operating_point")
         self.quality = checkpoint.get("quality")
@@ -230,7 +237,7 @@ class LesionClassifier(L.LightningModule):
             targets = targets * (1 - self.hparams.label_smoothing) + self.hparams.label_smoothing / targets.shape[1]
         logits = self._logits(batch, images)  # mixup on cached activations is manifold mixup (Verma et al., 2019)
         loss = self._loss(logits, labels if targets is None else targets)
-        # Calibrated P(malignant) (train.py calibrates before testing; temperature 1 while fitting), as eval.py scores.
+        # Calibrated P(malignant) (train.py calibrates before testing; identity while fitting), as eval.py scores.
         probs = (logits.detach().float() / self.temperature).softmax(dim=-1)
         p_malignant, y_malignant = self.malignant_probability(probs), self.is_malignant(labels)
         metrics = getattr(self, f"{split}_metrics")

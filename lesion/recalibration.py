@@ -1,5 +1,5 @@
-"""Local recalibration: a clinic adopting a model refits its temperature and threshold on one stratified part of its
-own labelled photos (the lower-bound rule), keeps a site-specific copy of the checkpoint, and sees what that buys on
+"""Local recalibration: a clinic adopting a model refits its calibration (the Platt map of P(malignant) when the model
+has one, else the temperature) and threshold on one stratified part of its own labelled photos (the lower-bound rule), keeps a site-specific copy of the checkpoint, and sees what that buys on
 the other part, never on the photos it refitted on (`python eval.py ... data.external=true recalibrate.enabled=true`).
 """
 
@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from lesion.calibration import TEMPERATURE_BOUNDS
+from lesion.calibration import TEMPERATURE_BOUNDS, fit_platt
 from lesion.evaluation import Predictions, screening_report
 from lesion.operating_point import choose_operating_point
 from lesion.reports import metric_cell
@@ -22,6 +22,8 @@ ROWS = (
     ("ECE of P(malignant)", "test_calibration/ece_after"),
     ("threshold", "threshold"),
     ("temperature", "temperature"),
+    ("Platt a", "platt_a"),
+    ("Platt b", "platt_b"),
 )
 
 
@@ -70,7 +72,12 @@ def recalibrate(model, external: Predictions, settings: dict, resamples: int = 1
     if int(refit.y_malignant.sum()) == 0 or int(held.y_malignant.sum()) == 0:
         raise ValueError("recalibration needs malignant images in both parts: the external set has too few")
     site = copy.deepcopy(model)
-    site.temperature.fill_(fit_binary_temperature(refit.logits, model.malignant_mask, refit.y_malignant))
+    calibrator = (model.operating_point or {}).get("calibrator", "temperature")
+    if calibrator == "platt":  # the model's own calibrator, refitted: a Platt map at the stored temperature
+        raw = model.malignant_probability(refit.probs(float(model.temperature)), platt=False)
+        site.platt.copy_(torch.tensor(fit_platt(raw, refit.y_malignant), dtype=torch.float64))
+    else:  # a temperature on P(malignant) itself: the only labels a benign/malignant site has
+        site.temperature.fill_(fit_binary_temperature(refit.logits, model.malignant_mask, refit.y_malignant))
     chosen = choose_operating_point(
         refit.p_malignant(site),
         refit.y_malignant,
@@ -79,8 +86,9 @@ def recalibrate(model, external: Predictions, settings: dict, resamples: int = 1
         settings["confidence"],
     )
     site.threshold.fill_(chosen["threshold"])
-    site.operating_point = chosen | {"site_refit_images": len(refit_rows)}
-    report = {f"recalibration/{k}": v for k, v in chosen.items()}
+    site.operating_point = chosen | {"site_refit_images": len(refit_rows), "calibrator": calibrator}
+    site.operating_point |= {"platt_a": float(site.platt[0]), "platt_b": float(site.platt[1])}
+    report = {f"recalibration/{k}": v for k, v in chosen.items()} | {"recalibration/calibrator": calibrator}
     report |= {"recalibration/refit_images": len(refit_rows), "recalibration/held_images": len(held_rows)}
     for state, m in (("before", model), ("after", site)):
         values = screening_report(m, held, "test", resamples)
@@ -95,7 +103,8 @@ def recalibration_table(in_domain: dict, report: dict) -> str:
     lines = [
         "# Local recalibration",
         "",
-        f"Temperature and threshold refitted (lower-bound rule, target sensitivity "
+        f"{'Platt map' if report.get('recalibration/calibrator') == 'platt' else 'Temperature'} and threshold "
+        f"refitted (lower-bound rule, target sensitivity "
         f"{report['recalibration/target_sensitivity']:.2f} at {report['recalibration/confidence']:.0%}) on "
         f"{report['recalibration/refit_images']} external images ({report['recalibration/val_positives']} malignant; "
         f"bound reached {report['recalibration/sensitivity_lower_bound']:.3f}); figures on the other "

@@ -71,13 +71,20 @@ def test_eval_calibrates_the_ensemble_on_its_val_output_and_stores_it(members, t
             logits = torch.stack([m.eval_net(torch.cat(images)) for m in single]).mean(0)
         return logits, torch.cat(labels)
 
+    a, b = (float(v) for v in stored.platt)
+    assert stored.operating_point["calibrator"] == "platt" and (a, b) != (1.0, 0.0)
+
+    def calibrated(logits: torch.Tensor) -> torch.Tensor:  # Platt's map of the temperature-scaled P(malignant)
+        p = (logits.double() / float(stored.temperature)).softmax(-1)[:, 1]
+        return 1 / (1 + torch.exp(-(a * torch.log(p / (1 - p)) + b)))
+
     logits, labels = mean_logits("val")
-    p_val = (logits / float(stored.temperature)).softmax(-1)[:, 1]
+    p_val = calibrated(logits)
     chosen = choose_operating_point(p_val, labels, 0.8, "lower_bound", 0.95)  # eval.yaml's operating_point
     assert float(stored.threshold) == pytest.approx(chosen["threshold"], abs=1e-6)
     # ... and the same test AUROC and sensitivity at the stored threshold.
     logits, labels = mean_logits("test")
-    p_test = (logits / float(stored.temperature)).softmax(-1)[:, 1]
+    p_test = calibrated(logits)
     assert metrics["test/auroc"] == pytest.approx(roc_auc_score(labels.numpy(), p_test.numpy()), abs=1e-6)
     called = p_test > float(stored.threshold)
     assert metrics["test_op/recall"] == pytest.approx(float(called[labels == 1].float().mean()), abs=1e-6)

@@ -360,3 +360,35 @@ def test_binary_temperature_recovers_the_temperature_that_generated_the_labels()
     p = (logits / 2.0).softmax(-1)[:, malignant].sum(-1)
     y = torch.bernoulli(p, generator=generator)
     assert fit_binary_temperature(logits, malignant, y) == pytest.approx(2.0, rel=0.05)
+
+
+def test_platt_recovers_the_map_that_generated_the_labels_and_keeps_the_ranking():
+    from lesion.calibration import PLATT_IDENTITY, fit_platt, platt_scale
+
+    generator = torch.Generator().manual_seed(0)
+    z = 2 * torch.randn(20000, generator=generator, dtype=torch.float64)
+    p = torch.sigmoid(z).float()  # the model's score: overconfident and shifted against the truth below
+    y = torch.bernoulli(torch.sigmoid(0.6 * z - 0.8), generator=generator)
+    a, b = fit_platt(p, y)
+    assert a == pytest.approx(0.6, abs=0.03) and b == pytest.approx(-0.8, abs=0.05)
+    mapped = platt_scale(p, (a, b))
+    # Increasing: in the order of p the mapped scores never decrease (float32 may tie neighbours, nothing more).
+    assert (mapped[p.argsort()].diff() >= 0).all() and mapped.dtype == p.dtype
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y, mapped) == pytest.approx(roc_auc_score(y, p), abs=1e-5)
+    assert platt_scale(p, PLATT_IDENTITY) is p  # the identity leaves scores bit for bit
+    # No signal at all: no increasing map fits, and the scores are left as they are.
+    assert fit_platt(p, 1 - torch.bernoulli(p.double(), generator=generator)) == PLATT_IDENTITY
+
+
+def test_a_checkpoint_written_before_platt_loads_with_the_identity_map(tmp_path):
+    run = tmp_path / "train"
+    trained = train(compose_config("train", [*TINY, "trainer.max_epochs=1"], run))
+    best = json.loads((run / "metrics.json").read_text())["best_checkpoint"]
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    assert ckpt["operating_point"]["calibrator"] == "platt"
+    ckpt["state_dict"].pop("platt")
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    old = LesionClassifier.load_from_checkpoint(tmp_path / "old.ckpt")
+    assert old.platt.tolist() == [1.0, 0.0] and float(old.threshold) == pytest.approx(trained["threshold"])
