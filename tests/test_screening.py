@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -263,6 +264,7 @@ def test_train_and_eval_report_the_same_test_figures_for_a_7_class_model(tmp_pat
     report = evaluate(compose_config("eval", overrides, tmp_path / "eval"))
     for key in ("test/auroc", "test/pauc80", "test/recall", "test/specificity", "test_op/recall", "test_op/auroc"):
         assert trained[key] == pytest.approx(report[key], abs=1e-6), key
+    _check_against_scikit_learn(model, root, tmp_path / "eval")
     # eval.py used the run's own split (stored in the checkpoint) ...
     run_split = pd.read_csv(tmp_path / "train" / "splits.csv", dtype=str).sort_values("image_id")
     eval_split = pd.read_csv(tmp_path / "eval" / "splits.csv", dtype=str).sort_values("image_id")
@@ -271,6 +273,42 @@ def test_train_and_eval_report_the_same_test_figures_for_a_7_class_model(tmp_pat
     reseeded = [*overrides, *data, "data.seed=1"]
     with pytest.raises(ValueError, match=r"\d+ of the \d+ test images were used to train or tune"):
         evaluate(compose_config("eval", reseeded, tmp_path / "leak"))
+
+
+def _check_against_scikit_learn(model: LesionClassifier, root: Path, eval_dir: Path) -> None:
+    """metrics.json's headline figures and the confusion table, recomputed from the test photos themselves (decoded and
+    scored by `Screener`, as predict.py does) with scikit-learn and the official ISIC 2024 pAUC formula."""
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
+
+    from lesion.inference import Screener
+
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    split = pd.read_csv(eval_dir / "splits.csv", dtype=str)
+    ids = sorted(split.loc[split["split"] == "test", "image_id"])
+    truth = pd.read_csv(root / "ISIC2018_Task3_Training_GroundTruth" / "ISIC2018_Task3_Training_GroundTruth.csv")
+    names = list(model.hparams.class_names)
+    labels = np.array([names.index(truth.set_index("image").loc[i].idxmax()) for i in ids])
+    y = np.isin(labels, [names.index(c) for c in model.hparams.malignant]).astype(int)
+    screener = Screener(model)
+    files = [root / "ISIC2018_Task3_Training_Input" / f"{i}.jpg" for i in ids]
+    p = np.array([r.p_malignant for r in screener.screen_files(files)])
+    assert metrics["test/auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-5)
+    # ISIC 2024's scorer: benign is the positive class of a partial AUC above 80 % sensitivity, McClish-rescaled back.
+    max_fpr = 0.2
+    scaled = roc_auc_score(1 - y, -p, max_fpr=max_fpr)
+    pauc = 0.5 * max_fpr**2 + (max_fpr - 0.5 * max_fpr**2) / (1.0 - 0.5) * (scaled - 0.5)
+    assert metrics["test/pauc80"] == pytest.approx(pauc, abs=1e-5)
+    for prefix, threshold in (("test", 0.5), ("test_op", float(model.threshold))):
+        tn, fp, fn, tp = confusion_matrix(y, p > threshold, labels=[0, 1]).ravel()
+        assert [metrics[f"{prefix}/{k}"] for k in ("tp", "fn", "fp", "tn")] == [tp, fn, fp, tn], prefix
+        assert metrics[f"{prefix}/recall"] == pytest.approx(tp / (tp + fn), abs=1e-6)
+        assert metrics[f"{prefix}/specificity"] == pytest.approx(tn / (tn + fp), abs=1e-6)
+    table = (eval_dir / "confusion_matrix.md").read_text()
+    assert f"| **malignant** | {fn} | {tp} | {fn + tp} |" in table  # the stored threshold's section, last
+    with torch.no_grad():
+        logits = model(torch.stack([screener.tensor(screener.read(f.read_bytes(), str(f))) for f in files]))
+    decided = model.diagnosis_logits(logits).argmax(1).numpy()
+    assert metrics["test/balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, decided), abs=1e-6)
 
 
 def test_calibration_figures_describe_calibrated_p_malignant():
