@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -105,6 +106,8 @@ def evaluate(config: dict) -> dict:
         log.info("benign/malignant labels only: no per-class table for the %d-class checkpoint", len(names))
     if config["recalibrate"]["enabled"] and not getattr(datamodule, "external", False):
         raise ValueError("recalibrate.enabled=true refits on a site's own labelled set: add data.external=true")
+    if "calibrated_checkpoint" in written and not getattr(datamodule, "external", False):
+        _store_in_domain(written["calibrated_checkpoint"], report, out / "metrics.json")
     if getattr(datamodule, "external", False):
         in_domain = _in_domain_metrics(ckpt)
         (out / "domain_shift.md").write_text(domain_shift_table(in_domain, report))
@@ -181,9 +184,22 @@ def _scored_through_p_malignant(datamodule, names: list[str]) -> bool:
     )
 
 
+def _store_in_domain(path: str, report: dict, source: Path) -> None:
+    """The in-domain test figures, kept in the calibrated checkpoint eval.py wrote (its run has no metrics.json of
+    them when train.py could not calibrate), for a later external evaluation's in-domain vs external table."""
+    stored = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoint, written by this run
+    stored["in_domain_test"] = {k: report[k] for k in DOMAIN_KEYS if k in report} | {"source": str(source)}
+    torch.save(stored, path)
+
+
 def _in_domain_metrics(ckpt: str | list) -> dict:
-    """The test figures of the checkpoint's own run (train.py's metrics.json beside checkpoints/, or the eval.py run
-    that calibrated it), for the in-domain vs external table."""
+    """The test figures of the checkpoint's own run (stored in it by the eval.py run that calibrated it, or train.py's
+    metrics.json beside checkpoints/, or that of the eval.py run dir holding an ensemble.ckpt), for the in-domain vs
+    external table."""
+    if not isinstance(ckpt, list):
+        stored = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("in_domain_test")
+        if stored:
+            return dict(stored)
     first = Path(ckpt if not isinstance(ckpt, list) else ckpt[0]).resolve()
     # An ensemble.ckpt sits in the eval.py run dir that calibrated it; a checkpoint in its run's checkpoints/.
     candidates = [first.parent / "metrics.json", first.parent.parent / "metrics.json"]
@@ -206,8 +222,8 @@ def _summary(report: dict) -> str:
         f"at threshold {report['threshold']:.3f}: sensitivity {report['test_op/recall']:.3f}, "
         f"specificity {report['test_op/specificity']:.3f}; at 0.5: sensitivity {report['test/recall']:.3f}, "
         f"specificity {report['test/specificity']:.3f}; ECE {report['test_calibration/ece_before']:.3f} -> "
-        f"{report['test_calibration/ece_after']:.3f} (T = {report['temperature']:.2f}, Platt a = {report['platt_a']:.2f}, "
-        f"b = {report['platt_b']:.2f})"
+        f"{report['test_calibration/ece_after']:.3f} (T = {report['temperature']:.2f}, "
+        f"Platt a = {report['platt_a']:.2f}, b = {report['platt_b']:.2f})"
     )
 
 

@@ -4,8 +4,8 @@ Which calibrator suits the screening score P(malignant) = the malignant classes'
 val split, fit (a) temperature scaling of the multiclass logits (what train.py and eval.py do), (b) a binary
 temperature (the T minimising the binary NLL of P(malignant)), (c) Platt scaling of logit(P(malignant)) (a, b by
 logistic regression), (d) the multiclass temperature then Platt scaling (`operating_point.calibrator=platt`, what
-train.py and eval.py store); report NLL, Brier and ECE of P(malignant) on val (where a choice would be made) and on test,
-and test AUROC (Platt is monotone, so it keeps the uncalibrated ranking; a temperature can change a sum's ranking).
+train.py and eval.py store); report NLL, Brier and ECE of P(malignant) on val (where a choice would be made) and on
+test, and test AUROC (Platt is monotone, so it keeps the ranking it maps; a temperature can change a sum's ranking).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """A checkpoint as a self-describing file for phones and servers: ONNX (dynamic batch) or TorchScript.
 
 The exported graph takes what a phone app has after resizing: RGB float32 in [0, 1], N x 3 x H x W at the model's
-input size. Normalisation, the calibration temperature, the malignant-class sum and its Platt map are inside the graph;
-it returns `probs` (calibrated class probabilities) and `p_malignant`. Resizing (and CLAHE, when the run used it) happens
-before, as the metadata says; the decision is `p_malignant > threshold`, the threshold recorded in the metadata.
+input size. Normalisation, the calibration temperature, the malignant-class sum and its Platt map are inside the
+graph; it returns `probs` (calibrated class probabilities) and `p_malignant`. Resizing (and CLAHE, when the run used it)
+happens before, as the metadata says; the decision is `p_malignant > threshold`, the threshold recorded in the metadata.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def energy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def classifier_layers(model: nn.Module) -> list[nn.Linear]:
-    """The last nn.Linear of each evaluation network (one per member of an ensemble): its input is the pooled feature."""
+    """The last nn.Linear of each evaluation network (one per ensemble member): its input is the pooled feature."""
     layers = []
     for member in getattr(model, "members", None) or [model]:
         linears = [m for m in member.eval_net.modules() if isinstance(m, nn.Linear)]
@@ -178,7 +178,9 @@ def fit_on_datamodule(model, datamodule, val_logits: torch.Tensor, settings: dic
         features["val"] = torch.cat(
             [pooled_features(model, b["image"]) for b in tqdm(datamodule.val_dataloader(), desc="val features")]
         )
-    return fit_quality((read(i) for i in ids), datamodule.transforms.to_input_size, val_logits, settings, len(ids), features)
+    return fit_quality(
+        (read(i) for i in ids), datamodule.transforms.to_input_size, val_logits, settings, len(ids), features
+    )
 
 
 def _features(model, images: Iterable[np.ndarray], transforms, total: int, batch_size: int = 64) -> torch.Tensor:
@@ -224,15 +226,15 @@ class QualityGate:
         reason = next((key for key, bad in failed if bad), None)
         return (reason, RETAKE[reason]) if reason else None
 
-    def check_outputs(
-        self, logits: torch.Tensor, features: torch.Tensor | None = None
-    ) -> list[tuple[str, str] | None]:
+    def check_outputs(self, logits: torch.Tensor, features: torch.Tensor | None = None) -> list[tuple[str, str] | None]:
         """Out of distribution from the model's outputs: the feature residual when fitted (needs `features`, see
         `captured_features`), else the energy of the logits, else nothing to check."""
         fitted = self.thresholds.get("feature_residual")
         if fitted is not None:
             if features is None:
-                raise ValueError("this quality gate scores pooled features: pass them (lesion.quality.captured_features)")
+                raise ValueError(
+                    "this quality gate scores pooled features: pass them (lesion.quality.captured_features)"
+                )
             scores, limit = feature_residual(features, fitted).tolist(), fitted["max_residual"]
         elif self.thresholds.get("max_energy") is not None:
             scores, limit = energy(logits).tolist(), self.thresholds["max_energy"]

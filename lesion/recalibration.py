@@ -1,6 +1,7 @@
 """Local recalibration: a clinic adopting a model refits its calibration (the Platt map of P(malignant) when the model
-has one, else the temperature) and threshold on one stratified part of its own labelled photos (the lower-bound rule), keeps a site-specific copy of the checkpoint, and sees what that buys on
-the other part, never on the photos it refitted on (`python eval.py ... data.external=true recalibrate.enabled=true`).
+has one, else the temperature) and threshold on one stratified part of its own labelled photos (the lower-bound
+rule), keeps a site-specific copy of the checkpoint, and sees what that buys on the other part, never on the photos it
+refitted on (`python eval.py ... data.external=true recalibrate.enabled=true`).
 """
 
 from __future__ import annotations

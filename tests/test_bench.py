@@ -229,6 +229,12 @@ def test_quality_gate_and_calibrators_scripts_run_on_a_trained_checkpoint(tmp_pa
     out = _bench(["bench/calibrators.py", ckpt, "--root", str(root)], tmp_path)
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
     names = [r[1].strip().split(" (")[0] for r in rows]
-    assert names == ["none", "multiclass temperature", "binary temperature", "Platt", "multiclass temperature, then Platt"]
+    assert names == [
+        "none",
+        "multiclass temperature",
+        "binary temperature",
+        "Platt",
+        "multiclass temperature, then Platt",
+    ]
     # test AUROC: a Platt map is increasing (or the identity when none is), so it keeps the ranking it maps
     assert float(rows[3][-2]) == float(rows[0][-2]) and float(rows[4][-2]) == float(rows[1][-2])

@@ -385,6 +385,18 @@ def test_external_benign_malignant_set_evaluates_a_7_class_checkpoint_through_p_
     assert refit["external_before/test_op/recall"] == pytest.approx(before)
     assert float(site.threshold) == refit["recalibration/threshold"] and site.operating_point["method"] == "lower_bound"
     assert "refitted locally" in (site_run / "recalibration.md").read_text()
+    # A checkpoint that only eval.py could calibrate (DDP, an old run) keeps its in-domain figures for the table.
+    raw = torch.load(best, map_location="cpu", weights_only=False)
+    raw["state_dict"]["calibrated"] = torch.tensor(False)
+    (tmp_path / "moved" / "checkpoints").mkdir(parents=True)
+    torch.save(raw, tmp_path / "moved" / "checkpoints" / "raw.ckpt")  # no run dir, no metrics.json beside it
+    own = [f"ckpt_path={tmp_path / 'moved' / 'checkpoints' / 'raw.ckpt'}", "bootstrap.resamples=20"]
+    own += ["robustness.enabled=false", "fairness.enabled=false"]
+    calibrating = evaluate(compose_config("eval", own, tmp_path / "calibrating"))
+    calibrated = json.loads((tmp_path / "calibrating" / "metrics.json").read_text())["calibrated_checkpoint"]
+    again = evaluate(compose_config("eval", [f"ckpt_path={calibrated}", *overrides[1:]], tmp_path / "external2"))
+    assert again["in_domain/test/auroc"] == calibrating["test/auroc"]
+    assert again["in_domain/source"] == str(tmp_path / "calibrating" / "metrics.json")
     with pytest.raises(ValueError, match="add data.external=true"):
         evaluate(compose_config("eval", [f"ckpt_path={best}", "recalibrate.enabled=true"], tmp_path / "no"))
 
