@@ -4,6 +4,7 @@ a plain-language risk band, optional flip TTA and Grad-CAM. Shared by predict.py
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,12 +157,10 @@ class Screener:
         they are: the gate's out-of-distribution score."""
         from lesion.quality import captured_features
 
-        if self.gate is not None and self.gate.needs_features:
-            with captured_features(self.model) as captured:
-                logits = self.model(batch).float()
-                features = captured()
-        else:
-            logits, features = self.model(batch).float(), None
+        wanted = self.gate is not None and self.gate.needs_features
+        with captured_features(self.model) if wanted else nullcontext(lambda: None) as captured:
+            logits = self.model(batch).float()
+            features = captured()
         views = [logits]
         if self.tta:
             views += [self.model(v).float() for v in (batch.flip(-1), batch.flip(-2), batch.flip(-1, -2))]
