@@ -16,20 +16,28 @@ log = logging.getLogger(__name__)
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
+def _minimise(start: torch.Tensor, loss, max_iter: int) -> torch.Tensor:
+    """L-BFGS (strong Wolfe line search) on `loss(params)` from `start`: the fitted parameters, detached."""
+    params = start.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([params], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        value = loss(params)
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    return params.detach()
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 200) -> float:
     """The temperature T > 0 minimising the NLL of softmax(logits / T) (Guo et al., ICML 2017), kept within
     TEMPERATURE_BOUNDS (with a warning when a bound is hit)."""
     logits, labels = logits.detach().double(), labels.detach().long()
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
+    log_t = _minimise(
+        torch.zeros(1, dtype=torch.float64), lambda t: F.cross_entropy(logits / t.exp(), labels), max_iter
+    )
     fitted = float(log_t.detach().exp())
     low, high = TEMPERATURE_BOUNDS
     if not math.isfinite(fitted) or not low <= fitted <= high:
@@ -52,16 +60,11 @@ def fit_platt(p: torch.Tensor, y: torch.Tensor, max_iter: int = 200) -> tuple[fl
     against y. With a > 0 it keeps the ranking of p, so AUROC and the images beyond any threshold are unchanged."""
     z = torch.logit(p.detach().double().clamp(_EPS, 1 - _EPS))
     y = y.detach().double()
-    params = torch.tensor(PLATT_IDENTITY, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([params], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(params[0] * z + params[1], y)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
+    params = _minimise(
+        torch.tensor(PLATT_IDENTITY, dtype=torch.float64),
+        lambda ab: F.binary_cross_entropy_with_logits(ab[0] * z + ab[1], y),
+        max_iter,
+    )
     a, b = (float(v) for v in params.detach())
     if not (math.isfinite(a) and math.isfinite(b)) or a <= 0:
         log.warning(
