@@ -48,12 +48,17 @@ def predict(
 ) -> Predictions:
     """binary_labels: the loader's labels are benign (0) / malignant (1), e.g. an external set scored through the
     P(malignant) of a multiclass model."""
-    batches = trainer.predict(model, dataloaders=loader)
-    labels = torch.cat([b["label"] for b in batches])
+    return predictions_of(trainer.predict(model, dataloaders=loader), model, binary_labels)
+
+
+def predictions_of(batches: list[dict], model: LesionClassifier, binary_labels: bool = False) -> Predictions:
+    """Predictions from per-batch outputs with "image_id", "label" and "logits" (predict_step's, or the
+    `model.test_outputs` that trainer.test leaves)."""
+    labels = torch.cat([b["label"] for b in batches]).cpu()
     return Predictions(
         image_ids=[i for b in batches for i in b["image_id"]],
         labels=labels,
-        logits=torch.cat([b["logits"] for b in batches]),
+        logits=torch.cat([b["logits"] for b in batches]).cpu(),
         y_malignant=labels.long().cpu() if binary_labels else model.is_malignant(labels).cpu(),
         binary_labels=binary_labels,
     )
@@ -280,12 +285,13 @@ def operating_point_after_fit(
     return info
 
 
-def test_at_operating_point(
-    model: LesionClassifier, datamodule, trainer: L.Trainer, operating_point: dict
-) -> tuple[dict, Predictions]:
-    """The test report at the stored operating point, without the `test/` keys (trainer.test gave those, on the same
-    calibrated scores), and the test predictions."""
-    test = predict(model, datamodule.test_dataloader(), trainer)
+def test_at_operating_point(model: LesionClassifier, operating_point: dict) -> tuple[dict, Predictions]:
+    """The test report at the stored operating point from the outputs of the `trainer.test` just run (no second pass
+    over the test split), without the `test/` keys (trainer.test gave those, on the same calibrated scores), and the
+    test predictions."""
+    if not model.test_outputs:
+        raise RuntimeError("test_at_operating_point reads the outputs of trainer.test: run it first")
+    test = predictions_of(model.test_outputs, model)
     report = screening_report(model, test, resamples=operating_point["bootstrap_resamples"])
     return {k: v for k, v in report.items() if not k.startswith("test/")}, test
 

@@ -107,6 +107,7 @@ class LesionClassifier(L.LightningModule):
         self.operating_point: dict | None = None  # how the threshold was chosen (method, level, bound); checkpointed
         self.quality: dict | None = None  # the quality gate's thresholds (lesion.quality); checkpointed
         self.split_ids: dict[str, list[str]] | None = None  # image ids per split of the training run; checkpointed
+        self.test_outputs: list[dict] = []  # the last test run's logits per batch: train.py reports from them
         for split in SPLITS:
             setattr(self, f"{split}_metrics", screening_collection().clone(prefix=f"{split}/"))
             if num_classes > 2:
@@ -130,13 +131,19 @@ class LesionClassifier(L.LightningModule):
         return self.ema.module if self.ema is not None else self.net
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val")
 
+    def on_test_epoch_start(self) -> None:
+        self.test_outputs = []
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "test")
+        """Kept as predict_step returns them (lesion.evaluation.predictions_of), so the report at the operating point
+        needs no second pass over the test split (with TTA, as long as the test itself)."""
+        logits = self._step(batch, "test")[1]
+        self.test_outputs.append({"image_id": batch["image_id"], "label": batch["label"].cpu(), "logits": logits.cpu()})
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Calibrated probabilities (softmax of logits / temperature) and the decision at the stored threshold."""
@@ -227,7 +234,8 @@ class LesionClassifier(L.LightningModule):
             features = features.contiguous(memory_format=torch.channels_last)
         return run_suffix(self.net if self.training else self.eval_net, features, self.prefix_depth)
 
-    def _step(self, batch: dict, split: str) -> torch.Tensor:
+    def _step(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss and the (detached, float) logits of a batch; updates and logs the split's metrics."""
         images, labels = batch.get("features", batch.get("image")), batch["label"]
         targets = None
         if split == "train" and self.mixup is not None and len(labels) % 2 == 0:  # timm's Mixup pairs the batch
@@ -238,7 +246,8 @@ class LesionClassifier(L.LightningModule):
         logits = self._logits(batch, images)  # mixup on cached activations is manifold mixup (Verma et al., 2019)
         loss = self._loss(logits, labels if targets is None else targets)
         # Calibrated P(malignant) (train.py calibrates before testing; identity while fitting), as eval.py scores.
-        probs = (logits.detach().float() / self.temperature).softmax(dim=-1)
+        logits = logits.detach().float()
+        probs = (logits / self.temperature).softmax(dim=-1)
         p_malignant, y_malignant = self.malignant_probability(probs), self.is_malignant(labels)
         metrics = getattr(self, f"{split}_metrics")
         metrics.update(p_malignant, y_malignant)
@@ -250,11 +259,11 @@ class LesionClassifier(L.LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=size)
         if hasattr(self, f"{split}_diagnosis"):
             diagnosis = getattr(self, f"{split}_diagnosis")
-            diagnosis.update(self.diagnosis_logits(logits.detach()).softmax(dim=-1), labels)
+            diagnosis.update(self.diagnosis_logits(logits).softmax(dim=-1), labels)
             self.log_dict(diagnosis, on_step=False, on_epoch=True, batch_size=size)
         if split != "train":
             getattr(self, f"{split}_counts").update(p_malignant, y_malignant)
-        return loss
+        return loss, logits
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Class-weighted cross-entropy on hard labels or soft targets (mixup, smoothing), logit-adjusted when set.

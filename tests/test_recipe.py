@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import TINY, compose_config
 
 from lesion.backbones import build_backbone
-from lesion.module import LesionClassifier
+from lesion.module import LesionClassifier, flip_tta
 from lesion.optimizers import build_optimizer, build_scheduler
 from train import train
 
@@ -220,6 +220,31 @@ def test_flip_tta_averages_logits_outside_fit_and_reaches_the_exported_graph():
         normalised = (x - 0.5) / 0.5
         probs, _ = ScreeningNet(model).eval()(x)
         assert torch.allclose(probs, model(normalised).softmax(-1), atol=1e-6)
+
+
+def test_the_test_pass_keeps_what_predict_gives_so_train_py_scores_the_test_split_once():
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from lesion.evaluation import predict, predictions_of
+
+    torch.manual_seed(0)
+    classes = {"class_names": ["MEL", "NV", "BCC"], "malignant": ["MEL", "BCC"]}
+    model = LesionClassifier(backbone=LITE, tta=True, channels_last=False, **classes)
+    rows = [{"image": torch.rand(3, 32, 32), "label": i % 3, "image_id": f"img{i}"} for i in range(10)]
+    loader = DataLoader(rows, batch_size=4)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(model, dataloaders=loader, verbose=False)
+    kept = predictions_of(model.test_outputs, model)
+    again = predict(model, loader, trainer)
+    assert kept.image_ids == again.image_ids == [f"img{i}" for i in range(10)]
+    assert torch.equal(kept.labels, again.labels) and torch.equal(kept.y_malignant, again.y_malignant)
+    assert torch.allclose(kept.logits, again.logits, atol=1e-6)  # with flip TTA in both
+    with torch.no_grad():
+        by_hand = flip_tta(model.eval().eval_net, torch.stack([r["image"] for r in rows[:4]]))
+        assert torch.allclose(kept.logits[:4], by_hand, atol=1e-6)
+    trainer.test(model, dataloaders=DataLoader(rows[:3], batch_size=4), verbose=False)
+    assert predictions_of(model.test_outputs, model).image_ids == ["img0", "img1", "img2"]  # a new test starts anew
 
 
 def test_scale_or_translate_turn_the_rotation_into_one_affine():
