@@ -22,6 +22,7 @@ from lesion.evaluation import (
     per_class_table,
     predict,
     refuse_leaks,
+    residual_gate,
     robustness_table,
     screening_report,
     skin_tone_frame,
@@ -78,10 +79,10 @@ def evaluate(config: dict) -> dict:
     if not bool(model.calibrated):
         log.warning("%s has no stored operating point: choosing it on the val split now", ckpt)
         op = config["operating_point"]
-        val = predict(model, datamodule.val_dataloader(), trainer)
+        val = predict(model, datamodule.val_dataloader(), trainer, features=residual_gate(config["quality"]))
         written |= calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"])
         if config["quality"]["enabled"]:  # the gate's thresholds, stored with the operating point
-            model.quality = fit_on_datamodule(model, datamodule, val.logits, config["quality"])
+            model.quality = fit_on_datamodule(model, datamodule, val, config["quality"])
         written["calibrated_checkpoint"] = str(save_calibrated(model, ckpt, out, config["save_operating_point"]))
         log.info("operating point stored in %s: pass it to predict/app/export", written["calibrated_checkpoint"])
     written |= {f"operating_point/{k}": v for k, v in (model.operating_point or {}).items() if k != "threshold"}

@@ -74,9 +74,9 @@ def main() -> None:
     datamodule.setup()
     if not getattr(model, "quality", None) or args.ood:
         trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-        val = predict(model, datamodule.val_dataloader(), trainer)
         settings = SETTINGS | {"ood": args.ood or SETTINGS["ood"]}
-        model.quality = fit_on_datamodule(model, datamodule, val.logits, settings)
+        val = predict(model, datamodule.val_dataloader(), trainer, features=settings["ood"] == "residual")
+        model.quality = fit_on_datamodule(model, datamodule, val, settings)
         print("fitted here" + (f" with ood={args.ood}:" if args.ood else " (the checkpoint has none):"), end=" ")
     shown = {k: v for k, v in model.quality.items() if k not in ("percentiles", "feature_residual")}
     if "feature_residual" in model.quality:

@@ -31,6 +31,7 @@ class Predictions:
     logits: torch.Tensor
     y_malignant: torch.Tensor
     binary_labels: bool = False  # labels are benign/malignant of an external set, not the model's classes
+    features: torch.Tensor | None = None  # pooled features of the identity view, when predict() was asked for them
 
     def probs(self, temperature: float = 1.0) -> torch.Tensor:
         return (self.logits / temperature).softmax(dim=-1)
@@ -44,11 +45,21 @@ class Predictions:
 
 
 def predict(
-    model: LesionClassifier, loader: DataLoader, trainer: L.Trainer, binary_labels: bool = False
+    model: LesionClassifier, loader: DataLoader, trainer: L.Trainer, binary_labels: bool = False, features: bool = False
 ) -> Predictions:
     """binary_labels: the loader's labels are benign (0) / malignant (1), e.g. an external set scored through the
-    P(malignant) of a multiclass model."""
-    return predictions_of(trainer.predict(model, dataloaders=loader), model, binary_labels)
+    P(malignant) of a multiclass model. features: also keep the pooled features of each image's identity view, from
+    the same forward passes (the quality gate's `ood: residual` is fitted on them)."""
+    if not features:
+        return predictions_of(trainer.predict(model, dataloaders=loader), model, binary_labels)
+    from lesion.quality import captured_features
+
+    with captured_features(model) as captured:
+        batches = trainer.predict(model, dataloaders=loader)
+        pooled = captured(len(batches))
+    predictions = predictions_of(batches, model, binary_labels)
+    predictions.features = pooled
+    return predictions
 
 
 def predictions_of(batches: list[dict], model: LesionClassifier, binary_labels: bool = False) -> Predictions:
@@ -273,16 +284,21 @@ def operating_point_after_fit(
     comparison puts val and test side by side)."""
     from lesion.quality import fit_on_datamodule
 
-    val = predict(model, datamodule.val_dataloader(), trainer)
+    val = predict(model, datamodule.val_dataloader(), trainer, features=residual_gate(quality))
     op = operating_point
     info = calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"])
     if quality["enabled"]:
-        model.quality = fit_on_datamodule(model, datamodule, val.logits, quality)
+        model.quality = fit_on_datamodule(model, datamodule, val, quality)
     report = screening_report(model, val, "val", op["bootstrap_resamples"])
     info |= {k: v for k, v in report.items() if "calibration" not in k}
     if best:
         store_operating_point(best, model)
     return info
+
+
+def residual_gate(quality: dict) -> bool:
+    """Whether fitting the quality gate (train.yaml `quality`) needs the val split's pooled features."""
+    return bool(quality["enabled"]) and quality.get("ood", "energy") == "residual"
 
 
 def test_at_operating_point(model: LesionClassifier, operating_point: dict) -> tuple[dict, Predictions]:

@@ -74,17 +74,25 @@ def classifier_layers(model: nn.Module) -> list[nn.Linear]:
 
 
 @contextmanager
-def captured_features(model: nn.Module) -> Iterator[Callable[[], torch.Tensor]]:
-    """Within the block, the returned function gives the pooled features of the first forward pass through `model`
-    since the block began (members' features side by side): flip TTA runs the identity view first."""
+def captured_features(model: nn.Module) -> Iterator[Callable[[int], torch.Tensor]]:
+    """Within the block, the returned function gives the pooled features (members' side by side) of the identity view
+    of each batch that went through `model` since the block began: `features(batches=1)`. Every batch runs the same
+    views (one, or flip TTA's four, identity first), so a batch's identity view is the first of its passes."""
     layers = classifier_layers(model)
     seen: list[list[torch.Tensor]] = [[] for _ in layers]
     hooks = [
         layer.register_forward_pre_hook(lambda _, args, i=i: seen[i].append(args[0].detach().float().flatten(1)))
         for i, layer in enumerate(layers)
     ]
+
+    def features(batches: int = 1) -> torch.Tensor:
+        views, rest = divmod(len(seen[0]), batches)
+        if rest or not views:
+            raise RuntimeError(f"{len(seen[0])} forward passes do not split into {batches} batches of equal views")
+        return torch.cat([torch.cat(s[::views]) for s in seen], dim=1).cpu()
+
     try:
-        yield lambda: torch.cat([s[0] for s in seen], dim=1).cpu()
+        yield features
     finally:
         for hook in hooks:
             hook.remove()
@@ -162,10 +170,11 @@ def fit_quality(
     return thresholds
 
 
-def fit_on_datamodule(model, datamodule, val_logits: torch.Tensor, settings: dict, seed: int = 0) -> dict | None:
+def fit_on_datamodule(model, datamodule, val, settings: dict, seed: int = 0) -> dict | None:
     """`fit_quality` on up to `settings["max_images"]` training images of `datamodule` (a seeded sample), measured
-    after its own resize, the validation logits and (`ood: residual`) the model's pooled features of the sample and of
-    the val split; None for data without photos (synthetic tensors)."""
+    after its own resize, the validation predictions `val` (lesion.evaluation.Predictions: logits, and with
+    `ood: residual` the pooled features, computed here when `val.features` is None) and the model's pooled features
+    of the sample; None for data without photos (synthetic tensors)."""
     if not datamodule.photos:
         log.info("the data are tensors, not photos: the quality gate is not fitted")
         return None
@@ -175,11 +184,12 @@ def fit_on_datamodule(model, datamodule, val_logits: torch.Tensor, settings: dic
     features = None
     if settings.get("ood", "energy") == "residual":
         features = {"train": _features(model, (read(i) for i in ids), datamodule.transforms, len(ids))}
-        features["val"] = torch.cat(
-            [pooled_features(model, b["image"]) for b in tqdm(datamodule.val_dataloader(), desc="val features")]
-        )
+        features["val"] = val.features
+        if features["val"] is None:
+            loader = tqdm(datamodule.val_dataloader(), desc="val features")
+            features["val"] = torch.cat([pooled_features(model, b["image"]) for b in loader])
     return fit_quality(
-        (read(i) for i in ids), datamodule.transforms.to_input_size, val_logits, settings, len(ids), features
+        (read(i) for i in ids), datamodule.transforms.to_input_size, val.logits, settings, len(ids), features
     )
 
 

@@ -222,11 +222,12 @@ def test_flip_tta_averages_logits_outside_fit_and_reaches_the_exported_graph():
         assert torch.allclose(probs, model(normalised).softmax(-1), atol=1e-6)
 
 
-def test_the_test_pass_keeps_what_predict_gives_so_train_py_scores_the_test_split_once():
+def test_the_test_pass_and_predict_keep_logits_and_features_so_no_split_is_scored_twice():
     import lightning as L
     from torch.utils.data import DataLoader
 
     from lesion.evaluation import predict, predictions_of
+    from lesion.quality import pooled_features
 
     torch.manual_seed(0)
     classes = {"class_names": ["MEL", "NV", "BCC"], "malignant": ["MEL", "BCC"]}
@@ -243,6 +244,11 @@ def test_the_test_pass_keeps_what_predict_gives_so_train_py_scores_the_test_spli
     with torch.no_grad():
         by_hand = flip_tta(model.eval().eval_net, torch.stack([r["image"] for r in rows[:4]]))
         assert torch.allclose(kept.logits[:4], by_hand, atol=1e-6)
+    # The quality gate's val features come from the same passes: each image's identity view, batch by batch.
+    with_features = predict(model, loader, trainer, features=True)
+    assert torch.allclose(with_features.logits, again.logits, atol=1e-6) and again.features is None
+    images = torch.stack([r["image"] for r in rows])
+    assert torch.allclose(with_features.features, pooled_features(model, images), atol=1e-5)
     trainer.test(model, dataloaders=DataLoader(rows[:3], batch_size=4), verbose=False)
     assert predictions_of(model.test_outputs, model).image_ids == ["img0", "img1", "img2"]  # a new test starts anew
 
