@@ -22,7 +22,6 @@ from lesion.evaluation import (
     per_class_table,
     predict,
     refuse_leaks,
-    residual_gate,
     robustness_table,
     screening_report,
     skin_tone_frame,
@@ -31,7 +30,7 @@ from lesion.evaluation import (
 )
 from lesion.fairness import fairness_markdown, fairness_table, group_columns
 from lesion.inference import load_model
-from lesion.quality import fit_on_datamodule
+from lesion.quality import fit_on_datamodule, fits_features
 from lesion.recalibration import recalibrate, recalibration_table
 from lesion.reports import (
     DOMAIN_KEYS,
@@ -79,7 +78,7 @@ def evaluate(config: dict) -> dict:
     if not bool(model.calibrated):
         log.warning("%s has no stored operating point: choosing it on the val split now", ckpt)
         op = config["operating_point"]
-        val = predict(model, datamodule.val_dataloader(), trainer, features=residual_gate(config["quality"]))
+        val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(config["quality"]))
         written |= calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"])
         if config["quality"]["enabled"]:  # the gate's thresholds, stored with the operating point
             model.quality = fit_on_datamodule(model, datamodule, val, config["quality"])

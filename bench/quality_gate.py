@@ -27,7 +27,7 @@ from lesion.data import build_datamodule  # noqa: E402
 from lesion.data.apples_oranges import render_fruit  # noqa: E402
 from lesion.evaluation import predict, training_splits  # noqa: E402
 from lesion.inference import Screener, load_model  # noqa: E402
-from lesion.quality import fit_on_datamodule  # noqa: E402
+from lesion.quality import fit_on_datamodule, fits_features  # noqa: E402
 
 SETTINGS = {"min_side": 100, "sharpness_percentile": 1.0, "exposure_percentile": 99.5, "exposure_floor": 0.05,
             "ood_percentile": 99.0, "ood": "residual", "ood_components": 128, "max_images": 2000}  # fmt: skip
@@ -75,7 +75,7 @@ def main() -> None:
     if not getattr(model, "quality", None) or args.ood:
         trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
         settings = SETTINGS | {"ood": args.ood or SETTINGS["ood"]}
-        val = predict(model, datamodule.val_dataloader(), trainer, features=settings["ood"] == "residual")
+        val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(settings))
         model.quality = fit_on_datamodule(model, datamodule, val, settings)
         print("fitted here" + (f" with ood={args.ood}:" if args.ood else " (the checkpoint has none):"), end=" ")
     shown = {k: v for k, v in model.quality.items() if k not in ("percentiles", "feature_residual")}

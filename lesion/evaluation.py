@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +51,9 @@ def predict(
     """binary_labels: the loader's labels are benign (0) / malignant (1), e.g. an external set scored through the
     P(malignant) of a multiclass model. features: also keep the pooled features of each image's identity view, from
     the same forward passes (the quality gate's `ood: residual` is fitted on them)."""
-    if not features:
-        return predictions_of(trainer.predict(model, dataloaders=loader), model, binary_labels)
     from lesion.quality import captured_features
 
-    with captured_features(model) as captured:
+    with captured_features(model) if features else nullcontext(lambda _: None) as captured:
         batches = trainer.predict(model, dataloaders=loader)
         pooled = captured(len(batches))
     predictions = predictions_of(batches, model, binary_labels)
@@ -282,9 +281,9 @@ def operating_point_after_fit(
     """Calibrate on val and choose the threshold (conf/train.yaml `operating_point`), fit the quality gate (`quality`,
     when enabled), store them in the best checkpoint, and return the val figures at them (with CIs: the study
     comparison puts val and test side by side)."""
-    from lesion.quality import fit_on_datamodule
+    from lesion.quality import fit_on_datamodule, fits_features
 
-    val = predict(model, datamodule.val_dataloader(), trainer, features=residual_gate(quality))
+    val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(quality))
     op = operating_point
     info = calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"])
     if quality["enabled"]:
@@ -294,11 +293,6 @@ def operating_point_after_fit(
     if best:
         store_operating_point(best, model)
     return info
-
-
-def residual_gate(quality: dict) -> bool:
-    """Whether fitting the quality gate (train.yaml `quality`) needs the val split's pooled features."""
-    return bool(quality["enabled"]) and quality.get("ood", "energy") == "residual"
 
 
 def test_at_operating_point(model: LesionClassifier, operating_point: dict) -> tuple[dict, Predictions]:

@@ -170,11 +170,16 @@ def fit_quality(
     return thresholds
 
 
+def fits_features(settings: dict) -> bool:
+    """Whether fitting the gate (train.yaml `quality`) needs the val split's pooled features: `ood: residual`."""
+    return bool(settings.get("enabled", True)) and settings.get("ood", "energy") == "residual"
+
+
 def fit_on_datamodule(model, datamodule, val, settings: dict, seed: int = 0) -> dict | None:
     """`fit_quality` on up to `settings["max_images"]` training images of `datamodule` (a seeded sample), measured
-    after its own resize, the validation predictions `val` (lesion.evaluation.Predictions: logits, and with
-    `ood: residual` the pooled features, computed here when `val.features` is None) and the model's pooled features
-    of the sample; None for data without photos (synthetic tensors)."""
+    after its own resize, the validation predictions `val` (lesion.evaluation.Predictions: logits, and when
+    `fits_features(settings)` the pooled features, `predict(..., features=True)`) and the model's pooled features of
+    the sample; None for data without photos (synthetic tensors)."""
     if not datamodule.photos:
         log.info("the data are tensors, not photos: the quality gate is not fitted")
         return None
@@ -182,12 +187,11 @@ def fit_on_datamodule(model, datamodule, val, settings: dict, seed: int = 0) -> 
     ids = ids.sample(min(int(settings["max_images"]), len(ids)), random_state=seed).tolist()
     read = datamodule.reader()
     features = None
-    if settings.get("ood", "energy") == "residual":
+    if fits_features(settings):
+        if val.features is None:
+            raise ValueError("quality.ood=residual needs the val split's pooled features: predict(..., features=True)")
         features = {"train": _features(model, (read(i) for i in ids), datamodule.transforms, len(ids))}
         features["val"] = val.features
-        if features["val"] is None:
-            loader = tqdm(datamodule.val_dataloader(), desc="val features")
-            features["val"] = torch.cat([pooled_features(model, b["image"]) for b in loader])
     return fit_quality(
         (read(i) for i in ids), datamodule.transforms.to_input_size, val.logits, settings, len(ids), features
     )
