@@ -33,6 +33,7 @@ OPTIONS = {
     "bf16": {"bf16": True},
     "bf16+channels_last": {"channels_last": True, "bf16": True},
     "compile": {"compile": True},
+    "compile+channels_last": {"compile": True, "channels_last": True},
 }
 
 
