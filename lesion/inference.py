@@ -183,14 +183,17 @@ class Screener:
         """A Result per photo: a probability and decision, or, when the quality gate refuses it, `decision: retake`
         with the reason (never a probability)."""
         results: list[Result | None] = [None] * len(images)
+        # Resized once: the gate measures and the model sees the same input-size photo (preprocessing's own resize
+        # is then a copy; a 12-megapixel photo's area resize is most of its preprocessing).
+        sized = [self.transforms.to_input_size(image) for image in images]
         for i, image in enumerate(images):
-            refused = self.gate.check_image(image) if self.gate else None
+            refused = self.gate.check_image(image, sized[i]) if self.gate else None
             if refused:
                 results[i] = self.retake(names[i], refused)
         keep = [i for i, r in enumerate(results) if r is None]
         if not keep:
             return results
-        batch = torch.stack([self.tensor(images[i]) for i in keep])
+        batch = torch.stack([self.tensor(sized[i]) for i in keep])
         probabilities, logits, features = self.scores(batch)
         unlike = self.gate.check_outputs(logits, features) if self.gate else [None] * len(keep)
         for j, i in enumerate(keep):

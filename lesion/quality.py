@@ -46,9 +46,10 @@ RETAKE = {
 }
 
 
-def image_measures(image: np.ndarray, to_input_size: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
-    """Sharpness, contrast and the clipped / crushed shares of an RGB photo at the model's input size."""
-    grey = cv2.cvtColor(to_input_size(image), cv2.COLOR_RGB2GRAY)
+def image_measures(image: np.ndarray, to_input_size: Callable[[np.ndarray], np.ndarray] | None) -> dict[str, float]:
+    """Sharpness, contrast and the clipped / crushed shares of an RGB photo at the model's input size (to_input_size:
+    how to get it there; None when `image` is already there)."""
+    grey = cv2.cvtColor(image if to_input_size is None else to_input_size(image), cv2.COLOR_RGB2GRAY)
     return {
         "sharpness": float(cv2.Laplacian(grey, cv2.CV_64F).var()),
         "contrast": float(grey.std()),
@@ -225,12 +226,17 @@ class QualityGate:
                 "checked. Retrain, or set quality.enabled=false to turn the gate off"
             )
 
-    def check_image(self, image: np.ndarray) -> tuple[str, str] | None:
+    def check_image(self, image: np.ndarray, at_input_size: np.ndarray | None = None) -> tuple[str, str] | None:
+        """at_input_size: the photo already resized by the gate's `to_input_size` (a caller that feeds the model the
+        same resized photo resizes once); `image` itself still decides whether it is too small."""
         t = self.thresholds
         height, width = image.shape[:2]
         if min(height, width) < t["min_side"]:
             return "too_small", RETAKE["too_small"].format(width=width, height=height, min_side=t["min_side"])
-        m = image_measures(image, self.to_input_size)
+        if at_input_size is None:
+            m = image_measures(image, self.to_input_size)
+        else:
+            m = image_measures(at_input_size, None)
         failed = [  # a black frame is too dark before it is featureless
             ("overexposed", m["highlights"] > t.get("max_highlights", 1.0)),
             ("underexposed", m["shadows"] > t.get("max_shadows", 1.0)),

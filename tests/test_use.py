@@ -433,6 +433,25 @@ def test_the_gate_scores_the_pooled_features_the_screener_sees(trained):
     assert torch.allclose(pooled_features(pair, batch), torch.cat([pre_logits, pre_logits], dim=1), atol=1e-5)
 
 
+def test_the_screener_resizes_each_photo_once_for_the_gate_and_the_model(trained):
+    model = load_model(trained["ckpt"])
+    screener = Screener(model, quality={"enabled": True, "min_side": 16})
+    rng = np.random.default_rng(1)
+    photos = [skin_like(rng, size) for size in (300, 61, 128)]  # down-, up- and down-scaled to the input size
+    resize, calls = screener.transforms.to_input_size, []
+    screener.transforms.to_input_size = lambda image: calls.append(image.shape) or resize(image)
+    results = screener(photos, ["a.png", "b.png", "c.png"])
+    assert calls == [im.shape for im in photos]  # once per photo
+    screener.transforms.to_input_size = resize
+    for photo in photos:  # the gate's verdict and the model's input are those of the photo resized by each itself
+        assert screener.gate.check_image(photo, resize(photo)) == screener.gate.check_image(photo)
+        assert torch.equal(screener.tensor(resize(photo)), screener.tensor(photo))
+    kept = [i for i, r in enumerate(results) if r.decision != "retake"]
+    assert kept, [r.quality for r in results]
+    expected = screener.probabilities(torch.stack([screener.tensor(photos[i]) for i in kept]))
+    assert [results[i].p_malignant for i in kept] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
 def test_predict_answers_retake_without_a_probability_and_the_card_shows_the_thresholds(trained, tmp_path):
     from lesion.model_card import model_card
 
