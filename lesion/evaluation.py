@@ -20,7 +20,7 @@ from lesion.calibration import (
 )
 from lesion.metrics import diagnosis_collection, screening_metrics
 from lesion.module import LesionClassifier
-from lesion.operating_point import bootstrap_ci, choose_operating_point
+from lesion.operating_point import balanced_accuracy_ci, bootstrap_ci, choose_operating_point
 
 
 @dataclass
@@ -160,11 +160,13 @@ def screening_report(
             scores = calibration_scores(test.probs(t), test.labels, bins)
             report |= {f"{split}_calibration_multiclass/{name}_{state}": value for name, value in scores.items()}
     if num_classes > 2:
+        decision = model.diagnosis_logits(test.logits).softmax(-1)
         report[f"{split}/balanced_accuracy"] = float(
-            diagnosis_collection(num_classes)(model.diagnosis_logits(test.logits).softmax(-1), test.labels)[
-                "balanced_accuracy"
-            ]
+            diagnosis_collection(num_classes)(decision, test.labels)["balanced_accuracy"]
         )
+        if resamples:
+            ci = balanced_accuracy_ci(decision.argmax(-1), test.labels, resamples, level)
+            report[f"{split}/balanced_accuracy_ci"] = list(ci)
     return report
 
 

@@ -130,3 +130,20 @@ def bootstrap_ci(
         values["specificity"].append(float(binary_specificity(ps, ys, threshold=threshold)))
     tail = (1 - level) / 2 * 100
     return {k: tuple(np.percentile(v, [tail, 100 - tail]).tolist()) for k, v in values.items()}
+
+
+def balanced_accuracy_ci(
+    predicted: torch.Tensor, labels: torch.Tensor, resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of balanced accuracy (the mean over classes of per-class recall) of a multiclass
+    decision. Resampling is stratified by class, as `bootstrap_ci`'s: each class keeps its support in every resample,
+    so rare classes (17 DF images in a test split) are never dropped from the mean."""
+    correct, labels = (predicted.flatten() == labels.flatten()).float(), labels.flatten()
+    generator = torch.Generator().manual_seed(seed)
+    recalls = []
+    for c in labels.unique().tolist():
+        hits = correct[labels == c]
+        recalls.append(hits[torch.randint(len(hits), (resamples, len(hits)), generator=generator)].mean(1))
+    values = torch.stack(recalls).mean(0).numpy()
+    tail = (1 - level) / 2 * 100
+    return tuple(np.percentile(values, [tail, 100 - tail]).tolist())

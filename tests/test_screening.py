@@ -20,6 +20,7 @@ from lesion.fairness import fairness_table, group_columns, ita_category, ita_deg
 from lesion.metrics import screening_metrics
 from lesion.module import LesionClassifier
 from lesion.operating_point import (
+    balanced_accuracy_ci,
     bootstrap_ci,
     choose_operating_point,
     sensitivity_lower_bound,
@@ -129,6 +130,25 @@ def test_bootstrap_cis_contain_the_point_estimates():
     for name in ("auroc", "pauc80", "recall", "specificity"):
         low, high = cis[name]
         assert low <= point[name] <= high and low < high, name
+
+
+def test_balanced_accuracy_ci_resamples_within_each_class():
+    from sklearn.metrics import balanced_accuracy_score
+
+    # Class 0: two images, one right; class 1: 50, all right. Resampled within classes, class 0's recall is 0, 0.5 or
+    # 1 (chances 1/4, 1/2, 1/4) and class 1's always 1: balanced accuracy 0.5, 0.75 or 1, so the 95% CI is (0.5, 1).
+    labels = torch.tensor([0, 0] + [1] * 50)
+    predicted = torch.tensor([0, 1] + [1] * 50)
+    assert balanced_accuracy_ci(predicted, labels, resamples=1000) == (0.5, 1.0)
+    assert balanced_accuracy_ci(labels, labels, resamples=50) == (1.0, 1.0)
+    rng = np.random.default_rng(3)
+    labels = torch.tensor(rng.choice(4, 600, p=[0.7, 0.2, 0.07, 0.03]))  # imbalanced, as ISIC's 7 classes
+    predicted = torch.where(torch.tensor(rng.random(600) < 0.7), labels, torch.tensor(rng.integers(0, 4, 600)))
+    point = balanced_accuracy_score(labels.numpy(), predicted.numpy())
+    low, high = balanced_accuracy_ci(predicted, labels, resamples=500)
+    assert low < point < high and high - low < 0.25
+    wider = balanced_accuracy_ci(predicted[:150], labels[:150], resamples=500)  # a quarter of the images
+    assert wider[1] - wider[0] > high - low
 
 
 def test_fairness_numbers_equal_hand_computed_values():
@@ -309,6 +329,8 @@ def _check_against_scikit_learn(model: LesionClassifier, root: Path, eval_dir: P
         logits = model(torch.stack([screener.tensor(screener.read(f.read_bytes(), str(f))) for f in files]))
     decided = model.diagnosis_logits(logits).argmax(1).numpy()
     assert metrics["test/balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, decided), abs=1e-6)
+    low, high = metrics["test/balanced_accuracy_ci"]
+    assert 0 <= low <= high <= 1
 
 
 def test_calibration_figures_describe_calibrated_p_malignant():
