@@ -46,10 +46,9 @@ RETAKE = {
 }
 
 
-def image_measures(image: np.ndarray, to_input_size: Callable[[np.ndarray], np.ndarray] | None) -> dict[str, float]:
-    """Sharpness, contrast and the clipped / crushed shares of an RGB photo at the model's input size (to_input_size:
-    how to get it there; None when `image` is already there)."""
-    grey = cv2.cvtColor(image if to_input_size is None else to_input_size(image), cv2.COLOR_RGB2GRAY)
+def image_measures(image: np.ndarray) -> dict[str, float]:
+    """Sharpness, contrast and the clipped / crushed shares of an RGB photo already at the model's input size."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     return {
         "sharpness": float(cv2.Laplacian(grey, cv2.CV_64F).var()),
         "contrast": float(grey.std()),
@@ -140,7 +139,8 @@ def fit_quality(
     """Thresholds from the training images (`images`) and the validation logits; `settings` is train.yaml `quality`.
 
     features: for `ood: residual`, the pooled features {"train", "val"} (`pooled_features`)."""
-    rows = [image_measures(im, to_input_size) for im in tqdm(images, total=total, desc="quality gate", unit="img")]
+    images = tqdm(images, total=total, desc="quality gate", unit="img")
+    rows = [image_measures(to_input_size(im)) for im in images]
     if not rows:
         raise ValueError("the quality gate needs training images to fit its thresholds")
     measures = {k: np.array([r[k] for r in rows]) for k in rows[0]}
@@ -233,10 +233,7 @@ class QualityGate:
         height, width = image.shape[:2]
         if min(height, width) < t["min_side"]:
             return "too_small", RETAKE["too_small"].format(width=width, height=height, min_side=t["min_side"])
-        if at_input_size is None:
-            m = image_measures(image, self.to_input_size)
-        else:
-            m = image_measures(at_input_size, None)
+        m = image_measures(self.to_input_size(image) if at_input_size is None else at_input_size)
         failed = [  # a black frame is too dark before it is featureless
             ("overexposed", m["highlights"] > t.get("max_highlights", 1.0)),
             ("underexposed", m["shadows"] > t.get("max_shadows", 1.0)),

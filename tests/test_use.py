@@ -439,10 +439,11 @@ def test_the_screener_resizes_each_photo_once_for_the_gate_and_the_model(trained
     rng = np.random.default_rng(1)
     photos = [skin_like(rng, size) for size in (300, 61, 128)]  # down-, up- and down-scaled to the input size
     resize, calls = screener.transforms.to_input_size, []
-    screener.transforms.to_input_size = lambda image: calls.append(image.shape) or resize(image)
+    counted = lambda image: calls.append(image.shape) or resize(image)  # noqa: E731
+    screener.transforms.to_input_size = screener.gate.to_input_size = counted  # the model's resize and the gate's
     results = screener(photos, ["a.png", "b.png", "c.png"])
     assert calls == [im.shape for im in photos]  # once per photo
-    screener.transforms.to_input_size = resize
+    screener.transforms.to_input_size = screener.gate.to_input_size = resize
     for photo in photos:  # the gate's verdict and the model's input are those of the photo resized by each itself
         assert screener.gate.check_image(photo, resize(photo)) == screener.gate.check_image(photo)
         assert torch.equal(screener.tensor(resize(photo)), screener.tensor(photo))
