@@ -14,7 +14,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
@@ -22,31 +21,20 @@ from sklearn.metrics import roc_auc_score
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from own_split import DEFAULT_ROOT, own_split_predictions  # noqa: E402
+
 from lesion.calibration import binary_calibration_scores, fit_platt, fit_temperature, platt_scale  # noqa: E402
-from lesion.data import build_datamodule  # noqa: E402
-from lesion.evaluation import predict, training_splits  # noqa: E402
-from lesion.inference import load_model  # noqa: E402
 from lesion.recalibration import fit_binary_temperature  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpt")
-    parser.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "isic2018"))
+    parser.add_argument("--root", default=DEFAULT_ROOT)
     parser.add_argument("--bins", type=int, default=15)
     args = parser.parse_args()
-    model = load_model(args.ckpt)
-    data = dict(model.hparams.data) | {"root": args.root, "num_workers": 0, "cache": False}
-    data["transforms"] = dict((model.hparams.data or {}).get("transforms") or {})
-    splits = training_splits(model, args.ckpt)
-    if splits:  # the run's own split: calibrators fitted on its val, judged on its test
-        path = Path("/tmp/lesion-calibrators-splits.csv")
-        splits[0].to_csv(path, index=False)
-        data["split_file"] = str(path)
-    datamodule = build_datamodule(data, model.data_config)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-    val = predict(model, datamodule.val_dataloader(), trainer)
-    test = predict(model, datamodule.test_dataloader(), trainer)
+    model, _, predictions = own_split_predictions(args.ckpt, args.root)
+    val, test = predictions["val"], predictions["test"]
     mask = model.malignant_mask
 
     def p_of(logits: torch.Tensor, t: float) -> torch.Tensor:

@@ -1,0 +1,39 @@
+"""Predictions of a checkpoint on the lesion-disjoint split of the run that trained it (for bench scripts that fit
+something on its val split and judge it on its test split)."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import lightning as L
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lesion.data import build_datamodule  # noqa: E402
+from lesion.evaluation import Predictions, predict, training_splits  # noqa: E402
+from lesion.inference import load_model  # noqa: E402
+
+DEFAULT_ROOT = str(ROOT.parent / "shared" / "data" / "isic2018")
+
+
+def own_split_predictions(ckpt: str, root: str, splits: tuple[str, ...] = ("val", "test")):
+    """(model, datamodule, {split: Predictions}): the checkpoint's own preprocessing and, where its run stored one,
+    its own split (else the split its data config carves now), read from `root`."""
+    model = load_model(ckpt)
+    data = dict(model.hparams.data) | {"root": root, "num_workers": 0, "cache": False}
+    data["transforms"] = dict((model.hparams.data or {}).get("transforms") or {})
+    tables = training_splits(model, ckpt)
+    if tables:
+        path = Path(tempfile.mkdtemp(prefix="lesion-bench-")) / "splits.csv"
+        tables[0].to_csv(path, index=False)
+        data["split_file"] = str(path)
+    datamodule = build_datamodule(data, model.data_config)
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    loaders = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}
+    predictions: dict[str, Predictions] = {s: predict(model, loaders[s](), trainer) for s in splits}
+    return model, datamodule, predictions
