@@ -205,15 +205,28 @@ def test_ablation_script_runs_its_rows_and_prints_the_table(tmp_path):
     assert len(table) == 2 and (tmp_path / "ablation" / "F" / "external.json").is_file()
 
 
-def test_quality_gate_and_calibrators_scripts_run_on_a_trained_checkpoint(tmp_path):
+def test_quality_gate_calibrators_and_metadata_fusion_scripts_run_on_a_trained_checkpoint(tmp_path):
     import json
 
+    import numpy as np
+    import pandas as pd
     from conftest import TINY, compose_config
     from fakes import make_isic2018
 
     from train import train
 
     root = make_isic2018(tmp_path / "isic2018", n=140)
+    # HAM10000_metadata.csv where age alone tells malignant (MEL, BCC, AKIEC) from benign: a prior fitted on the train
+    # split's metadata must rank the test split perfectly, the image-only tiny model cannot
+    ids = pd.read_csv(root / "ISIC2018_Task3_Training_GroundTruth" / "ISIC2018_Task3_Training_GroundTruth.csv")
+    dx = ids[["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]].idxmax(axis=1)
+    malignant = dx.isin(["MEL", "BCC", "AKIEC"]).to_numpy()
+    meta = pd.DataFrame({"lesion_id": [f"HAM_{i // 2:07d}" for i in range(len(ids))], "image_id": ids["image"]})
+    meta["dx"], meta["dx_type"] = dx.str.lower(), "histo"
+    meta["age"] = np.where(malignant, 70.0, 30.0) + np.arange(len(ids)) % 5
+    meta.loc[1, "age"] = np.nan  # an unknown age is a feature of its own, not a dropped row
+    meta["sex"], meta["localization"] = np.where(np.arange(len(ids)) % 2, "male", "female"), "back"
+    meta.to_csv(root / "HAM10000_metadata.csv", index=False)
     data = ["data=isic2018", f"data.root={root}", "data.val_fraction=0.25", "data.test_fraction=0.25"]
     overrides = [o for o in TINY if not o.startswith("data.")] + data + ["data.batch_size=8", "quality.enabled=false"]
     train(compose_config("train", overrides, tmp_path / "run"))  # no thresholds stored: the script fits them
@@ -238,3 +251,10 @@ def test_quality_gate_and_calibrators_scripts_run_on_a_trained_checkpoint(tmp_pa
     ]
     # test AUROC: a Platt map is increasing (or the identity when none is), so it keeps the ranking it maps
     assert float(rows[3][-2]) == float(rows[0][-2]) and float(rows[4][-2]) == float(rows[1][-2])
+    # bench/metadata_fusion.py: the metadata prior ranks the test split by age; the fusion keeps that
+    args = ["bench/metadata_fusion.py", ckpt, "--root", str(root), "--resamples", "20"]
+    out = _bench(args + ["--out", str(tmp_path / "f.json")], tmp_path)
+    assert any(line.startswith(f"| {Path(ckpt).name} |") for line in out.splitlines())
+    (report,) = json.loads((tmp_path / "f.json").read_text())
+    assert report["test/prior_auroc"] == 1.0 and report["test/fused_auroc"] > 0.95
+    assert report["test_images"] + report["val_images"] < 140 and report["fusion_weights"]["prior"] > 0
