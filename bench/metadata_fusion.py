@@ -72,7 +72,7 @@ def fusion_report(ckpt: str, root: str, resamples: int) -> dict:
     train = datamodule.frames["train"]
     meta_train = split_metadata(datamodule, "train", train["image_id"].tolist())
     sites = sorted(meta_train["localization"].dropna().astype(str).unique())
-    y_train = model.is_malignant(torch.as_tensor(train["label"].to_numpy())).numpy()
+    y_train = model.is_malignant(torch.tensor(train["label"].to_numpy(int))).numpy()
     prior = LogisticRegression(C=1.0, max_iter=5000).fit(metadata_features(meta_train, sites), y_train)
     scores = {}
     for split in ("val", "test"):
@@ -111,7 +111,7 @@ def main() -> None:
     print("| " + " | ".join(header + ["fused - image (paired CI)"]) + " |")
     print("|---|---|---|---|---|")
     for r in reports:
-        cells = [Path(r["checkpoint"]).name]
+        cells = [r["checkpoint"]]
         for name in ("image", "prior", "fused"):
             low, high = r[f"test/{name}_auroc_ci"]
             cells.append(f"{r[f'test/{name}_auroc']:.4f} ({low:.3f}-{high:.3f})")
