@@ -26,13 +26,13 @@ def own_split_predictions(ckpt: str, root: str, splits: tuple[str, ...] = ("val"
     data = dict(model.hparams.data) | {"root": root, "num_workers": 0, "cache": False}
     data["transforms"] = dict((model.hparams.data or {}).get("transforms") or {})
     tables = training_splits(model, ckpt)
-    if tables:
-        path = Path(tempfile.mkdtemp(prefix="lesion-bench-")) / "splits.csv"
-        tables[0].to_csv(path, index=False)
-        data["split_file"] = str(path)
-    datamodule = build_datamodule(data, model.data_config)
-    datamodule.setup("fit")
-    datamodule.setup("test")
+    with tempfile.TemporaryDirectory(prefix="lesion-bench-") as tmp:  # setup reads the split file once
+        if tables:
+            data["split_file"] = str(Path(tmp) / "splits.csv")
+            tables[0].to_csv(data["split_file"], index=False)
+        datamodule = build_datamodule(data, model.data_config)
+        datamodule.setup("fit")
+        datamodule.setup("test")
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     loaders = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}
     predictions: dict[str, Predictions] = {s: predict(model, loaders[s](), trainer) for s in splits}
