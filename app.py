@@ -9,9 +9,9 @@ import hydra
 import uvicorn
 from omegaconf import DictConfig
 
-from lesion.config import to_plain
-from lesion.inference import Screener, load_calibrated
-from lesion.webapp import create_app
+from lesion.runs.config import to_plain
+from lesion.serving.inference import Screener, load_calibrated
+from lesion.serving.webapp import create_app
 
 log = logging.getLogger("lesion")
 

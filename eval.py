@@ -13,11 +13,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lesion import dashboard
-from lesion.config import to_plain
 from lesion.data import build_datamodule
-from lesion.ensemble import LesionEnsemble
-from lesion.evaluation import (
+from lesion.models.ensemble import LesionEnsemble
+from lesion.runs import dashboard
+from lesion.runs.config import to_plain
+from lesion.screening.evaluation import (
     calibrate,
     per_class_table,
     predict,
@@ -28,11 +28,9 @@ from lesion.evaluation import (
     store_operating_point,
     training_splits,
 )
-from lesion.fairness import fairness_markdown, fairness_table, group_columns
-from lesion.inference import load_model
-from lesion.quality import fit_on_datamodule, fits_features
-from lesion.recalibration import recalibrate, recalibration_table
-from lesion.reports import (
+from lesion.screening.fairness import fairness_markdown, fairness_table, group_columns
+from lesion.screening.recalibration import recalibrate, recalibration_table
+from lesion.screening.reports import (
     DOMAIN_KEYS,
     LABELS,
     confusion_table,
@@ -44,6 +42,8 @@ from lesion.reports import (
     plot_robustness,
     plot_roc,
 )
+from lesion.serving.inference import load_model
+from lesion.serving.quality import fit_on_datamodule, fits_features
 
 log = logging.getLogger("lesion")
 

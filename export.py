@@ -9,10 +9,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lesion.config import to_plain
-from lesion.export import FORMATS, export
-from lesion.inference import load_calibrated
-from lesion.model_card import find_eval_dir, model_card
+from lesion.runs.config import to_plain
+from lesion.serving.export import FORMATS, export
+from lesion.serving.inference import load_calibrated
+from lesion.serving.model_card import find_eval_dir, model_card
 
 log = logging.getLogger("lesion")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}

@@ -12,8 +12,8 @@ import pandas as pd
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from lesion.config import to_plain
-from lesion.inference import DISCLAIMER, Result, Screener, load_calibrated
+from lesion.runs.config import to_plain
+from lesion.serving.inference import DISCLAIMER, Result, Screener, load_calibrated
 
 log = logging.getLogger("lesion")
 

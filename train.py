@@ -12,15 +12,15 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from lesion import dashboard
-from lesion.activation_cache import ActivationCache
-from lesion.backbones import backbone_data_config
-from lesion.config import in_multirun, to_plain
 from lesion.data import build_datamodule
-from lesion.evaluation import operating_point_after_fit, test_at_operating_point
-from lesion.module import LesionClassifier
-from lesion.sweeps import run_job
-from lesion.trainer import EpochHistory, build_trainer, resume_checkpoint
+from lesion.models.activation_cache import ActivationCache
+from lesion.models.backbones import backbone_data_config
+from lesion.models.module import LesionClassifier
+from lesion.runs import dashboard
+from lesion.runs.config import in_multirun, to_plain
+from lesion.runs.sweeps import run_job
+from lesion.runs.trainer import EpochHistory, build_trainer, resume_checkpoint
+from lesion.screening.evaluation import operating_point_after_fit, test_at_operating_point
 
 log = logging.getLogger("lesion")
 
@@ -94,7 +94,7 @@ def train(config: dict) -> dict:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Returns the best monitored val score, which Hydra sweepers (Optuna) optimise; a job that fails in a sweep
-    returns None, with its error in the job dir (lesion.sweeps.run_job)."""
+    returns None, with its error in the job dir (lesion.runs.sweeps.run_job)."""
     return run_job(lambda config: train(config)["best_val_score"], to_plain(cfg), in_sweep=in_multirun())
 
 

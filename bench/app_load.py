@@ -26,10 +26,10 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import lesion.config  # noqa: E402,F401  (run_id resolver)
+import lesion.runs.config  # noqa: E402,F401  (run_id resolver)
 from app import build_app  # noqa: E402
-from lesion.config import to_plain  # noqa: E402
-from lesion.webapp import serving  # noqa: E402
+from lesion.runs.config import to_plain  # noqa: E402
+from lesion.serving.webapp import serving  # noqa: E402
 
 
 def phone_jpeg(width: int, height: int) -> bytes:

@@ -25,7 +25,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from timing import BareStep, rotated  # noqa: E402
 
-from lesion.module import LesionClassifier  # noqa: E402
+from lesion.models.module import LesionClassifier  # noqa: E402
 
 OPTIONS = {
     "fp32": {},

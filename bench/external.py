@@ -2,8 +2,8 @@
 
 External validation of a checkpoint on a benign/malignant folder from another clinic (ISIC 2017 test set): AUROC and
 pAUC80 of calibrated P(malignant), and sensitivity/specificity at the checkpoint's stored threshold, each with a
-stratified bootstrap 95% CI. Preprocessing, temperature and threshold are the checkpoint's own (lesion.inference), so
-this is what a deployed model would score there. Measure with it; never tune on it.
+stratified bootstrap 95% CI. Preprocessing, temperature and threshold are the checkpoint's own
+(lesion.serving.inference), so this is what a deployed model would score there. Measure with it; never tune on it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lesion.inference import Screener, load_model
-from lesion.metrics import screening_metrics
-from lesion.operating_point import bootstrap_ci
+from lesion.screening.metrics import screening_metrics
+from lesion.screening.operating_point import bootstrap_ci
+from lesion.serving.inference import Screener, load_model
 
 SUFFIXES = {".jpg", ".jpeg", ".png"}
 

@@ -31,7 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from timing import bare_loop  # noqa: E402
 
-from lesion.module import LesionClassifier  # noqa: E402
+from lesion.models.module import LesionClassifier  # noqa: E402
 
 
 def backbone_config(name: str, size: int, frozen: bool) -> dict:

@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lesion.backbones import build_backbone  # noqa: E402
+from lesion.models.backbones import build_backbone  # noqa: E402
 
 MODES = ("fp32", "bf16_cl", "bf16_cl_compile")
 

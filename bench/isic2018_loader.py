@@ -10,8 +10,8 @@ import argparse
 import tempfile
 import time
 
-from lesion.backbones import backbone_data_config
 from lesion.data import build_datamodule
+from lesion.models.backbones import backbone_data_config
 
 
 def images_per_second(loader, limit: int) -> float:

@@ -77,8 +77,8 @@ def generate(root: Path, n: int, seed: int = 0) -> Path:
 
 def measure(root: Path) -> dict:
     """Run in a fresh process: set-up time, one undersampled epoch with 2 workers, peak RSS."""
-    from lesion.backbones import backbone_data_config
     from lesion.data import build_datamodule
+    from lesion.models.backbones import backbone_data_config
 
     start = time.perf_counter()
     dm = build_datamodule(

@@ -22,8 +22,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lesion.export import ScreeningNet, export_onnx  # noqa: E402
-from lesion.module import LesionClassifier  # noqa: E402
+from lesion.models.module import LesionClassifier  # noqa: E402
+from lesion.serving.export import ScreeningNet, export_onnx  # noqa: E402
 
 
 def timed(call, runs: int, warmup: int = 5) -> list[float]:

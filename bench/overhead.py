@@ -35,8 +35,8 @@ PLACEHOLDER = "/tmp/lesion-bench-output-dir"  # replaced by a temporary dir per 
 
 from timing import rotated  # noqa: E402
 
-import lesion.config  # noqa: E402,F401  (run_id resolver)
-from lesion.config import to_plain  # noqa: E402
+import lesion.runs.config  # noqa: E402,F401  (run_id resolver)
+from lesion.runs.config import to_plain  # noqa: E402
 from train import train  # noqa: E402
 
 
@@ -142,8 +142,8 @@ def spread(values: list[float]) -> str:
 
 def warm_cache(cfg: dict) -> None:
     """One pass over the training images fills the preprocessing cache, as a first epoch would."""
-    from lesion.backbones import backbone_data_config
     from lesion.data import build_datamodule
+    from lesion.models.backbones import backbone_data_config
 
     datamodule = build_datamodule(cfg["data"], backbone_data_config(**cfg["backbone"]))
     for _ in datamodule.train_dataloader():

@@ -19,9 +19,9 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lesion.backbones import backbone_data_config  # noqa: E402
 from lesion.data import build_datamodule  # noqa: E402
-from lesion.weights import packaged_state_dict  # noqa: E402
+from lesion.models.backbones import backbone_data_config  # noqa: E402
+from lesion.models.weights import packaged_state_dict  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 

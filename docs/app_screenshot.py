@@ -15,10 +15,10 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-import lesion.config  # noqa: E402,F401
+import lesion.runs.config  # noqa: E402,F401
 from app import build_app  # noqa: E402
-from lesion.config import to_plain  # noqa: E402
-from lesion.webapp import serving  # noqa: E402
+from lesion.runs.config import to_plain  # noqa: E402
+from lesion.serving.webapp import serving  # noqa: E402
 
 
 def main() -> None:

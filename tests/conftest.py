@@ -9,8 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-import lesion.config  # noqa: F401  (registers the run_id resolver)
-from lesion.config import to_plain
+import lesion.runs.config  # noqa: F401  (registers the run_id resolver)
+from lesion.runs.config import to_plain
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")

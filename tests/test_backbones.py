@@ -9,9 +9,9 @@ from conftest import backbone_names, compose_config
 from safetensors.torch import save_file
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from lesion.backbones import backbone_data_config, build_backbone
-from lesion.heads import VggHead
-from lesion.weights import WeightsError, packaged_state_dict
+from lesion.models.backbones import backbone_data_config, build_backbone
+from lesion.models.heads import VggHead
+from lesion.models.weights import WeightsError, packaged_state_dict
 
 # InceptionV3 needs at least 75 px; the rest run at 64 px.
 SMALL = {"inception_v3": 96}

@@ -12,10 +12,10 @@ from conftest import CONF, backbone_names, compose_config, data_names
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import lesion.config  # noqa: F401  (registers run_id)
-from lesion.backbones import build_backbone
+import lesion.runs.config  # noqa: F401  (registers run_id)
 from lesion.data import DATAMODULES
-from lesion.module import LesionClassifier
+from lesion.models.backbones import build_backbone
+from lesion.models.module import LesionClassifier
 
 
 def root_for(group: str, option: str) -> list[str]:
@@ -86,7 +86,7 @@ def test_loggers_instantiate_offline(tmp_path, monkeypatch):
 
 
 def test_run_ids_differ_between_processes_started_together():
-    code = "import lesion.config; from omegaconf import OmegaConf; print(OmegaConf.create({'d': '${run_id:}'}).d)"
+    code = "import lesion.runs.config; from omegaconf import OmegaConf; print(OmegaConf.create({'d': '${run_id:}'}).d)"
     ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()}
     ids.add(OmegaConf.create({"d": "${run_id:}"}).d)
     assert len(ids) == 2 and all(ids)

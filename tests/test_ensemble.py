@@ -16,10 +16,10 @@ from sklearn.metrics import roc_auc_score
 from eval import evaluate
 from export import run_export
 from lesion.data import build_datamodule
-from lesion.ensemble import LesionEnsemble, MeanLogits
-from lesion.export import ScreeningNet
-from lesion.inference import load_model
-from lesion.operating_point import choose_operating_point
+from lesion.models.ensemble import LesionEnsemble, MeanLogits
+from lesion.screening.operating_point import choose_operating_point
+from lesion.serving.export import ScreeningNet
+from lesion.serving.inference import load_model
 from predict import run_predict
 from train import train
 

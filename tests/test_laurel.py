@@ -7,8 +7,8 @@ import torch
 from test_backbones import backbone_cfg
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from lesion.backbones import build_backbone
-from lesion.laurel import Laurel, laurel_parameter_count
+from lesion.models.backbones import build_backbone
+from lesion.models.laurel import Laurel, laurel_parameter_count
 
 VARIANTS = ["rw", "lr", "rw_lr"]
 

@@ -18,7 +18,7 @@ from conftest import CONF, ROOT, TINY, compose_config
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from lesion.loggers import wandb_run_id
+from lesion.runs.loggers import wandb_run_id
 from train import train
 
 pytestmark = pytest.mark.slow
@@ -145,7 +145,7 @@ def test_the_sweep_summary_is_rewritten_after_every_job(tmp_path):
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from lesion.sweeps import SweepSummary
+    from lesion.runs.sweeps import SweepSummary
 
     job = tmp_path / "0"
     (job / ".hydra").mkdir(parents=True)
@@ -263,7 +263,7 @@ def test_ddp_on_two_cpu_processes_syncs_val_metrics_and_losses(tmp_path):
     import lightning as L
 
     from lesion.data import build_datamodule
-    from lesion.module import LesionClassifier
+    from lesion.models.module import LesionClassifier
 
     model = LesionClassifier.load_from_checkpoint(out / "checkpoints" / "last.ckpt", map_location="cpu")
     config = compose_config("train", [*SMALL, "data.num_val=8"], tmp_path)
@@ -280,7 +280,7 @@ def test_checkpoint_loads_without_hydra_and_with_weights_only(tmp_path):
     ckpt = next((tmp_path / "checkpoints").glob("epoch*.ckpt"))
     code = (
         "import sys; sys.modules['hydra'] = None; sys.modules['omegaconf'] = None\n"
-        "from lesion.module import LesionClassifier\n"
+        "from lesion.models.module import LesionClassifier\n"
         f"m = LesionClassifier.load_from_checkpoint({str(ckpt)!r}, map_location='cpu', weights_only=True)\n"
         "print(type(m.hparams['backbone']).__name__, bool(m.calibrated), float(m.threshold))"
     )

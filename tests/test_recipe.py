@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY, compose_config
 
-from lesion.backbones import build_backbone
-from lesion.module import LesionClassifier, flip_tta
-from lesion.optimizers import build_optimizer, build_scheduler
+from lesion.models.backbones import build_backbone
+from lesion.models.module import LesionClassifier, flip_tta
+from lesion.models.optimizers import build_optimizer, build_scheduler
 from train import train
 
 LITE = {"model_name": "tf_efficientnet_lite0", "input_size": 32, "pretrained": False}
@@ -146,12 +146,12 @@ def test_shades_of_gray_removes_a_colour_cast_and_is_cached_preprocessing():
 
 
 def test_exported_graph_applies_shades_of_gray_like_training():
-    from lesion.export import ScreeningNet
+    from lesion.serving.export import ScreeningNet
 
     model = LesionClassifier(backbone=LITE, data={"transforms": {"color_constancy": True}}).eval()
     image = np.random.default_rng(1).integers(0, 256, (32, 32, 3)).astype(np.uint8)
     image = np.clip(image * np.array([1.2, 1.0, 0.8]), 0, 255).astype(np.uint8)
-    from lesion.inference import eval_transforms
+    from lesion.serving.inference import eval_transforms
 
     expected = model.eval_net(eval_transforms(model)(image, train=False)[None]).softmax(-1)
     probs, _ = ScreeningNet(model).eval()(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
@@ -159,9 +159,9 @@ def test_exported_graph_applies_shades_of_gray_like_training():
 
 
 def test_cached_activations_equal_recomputed_ones_and_give_the_same_logits(tmp_path):
-    from lesion.activation_cache import ActivationCache, prefix_depth
-    from lesion.backbones import backbone_data_config
     from lesion.data import build_datamodule
+    from lesion.models.activation_cache import ActivationCache, prefix_depth
+    from lesion.models.backbones import backbone_data_config
 
     freeze = ["backbone.freeze=[conv_stem,bn1,blocks.0,blocks.1]", "backbone.pretrained=true"]  # offline weights
     config = compose_config("train", [*TINY, *freeze, "model.channels_last=false"], tmp_path)
@@ -197,7 +197,7 @@ def test_activation_cache_trains_through_train_py(tmp_path):
 
 
 def test_input_size_can_be_height_and_width(tmp_path):
-    from lesion.backbones import backbone_data_config
+    from lesion.models.backbones import backbone_data_config
 
     assert backbone_data_config("tf_efficientnet_lite0", input_size=[150, 200])["input_size"] == [3, 150, 200]
     with pytest.raises(ValueError, match=r"\[height, width\]"):
@@ -209,7 +209,7 @@ def test_input_size_can_be_height_and_width(tmp_path):
 
 
 def test_flip_tta_averages_logits_outside_fit_and_reaches_the_exported_graph():
-    from lesion.export import ScreeningNet
+    from lesion.serving.export import ScreeningNet
 
     model = LesionClassifier(backbone=LITE, tta=True, channels_last=False).eval()
     x = torch.rand(2, 3, 32, 32)
@@ -226,8 +226,8 @@ def test_the_test_pass_and_predict_keep_logits_and_features_so_no_split_is_score
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from lesion.evaluation import predict, predictions_of
-    from lesion.quality import pooled_features
+    from lesion.screening.evaluation import predict, predictions_of
+    from lesion.serving.quality import pooled_features
 
     torch.manual_seed(0)
     classes = {"class_names": ["MEL", "NV", "BCC"], "malignant": ["MEL", "BCC"]}
@@ -280,8 +280,8 @@ def test_posthoc_adjustment_moves_the_7_class_decision_but_not_p_malignant():
 
 
 def test_posthoc_adjustment_val_chooses_the_tau_with_the_best_val_balanced_accuracy():
-    from lesion.evaluation import POSTHOC_TAUS, Predictions, calibrate
-    from lesion.metrics import diagnosis_collection
+    from lesion.screening.evaluation import POSTHOC_TAUS, Predictions, calibrate
+    from lesion.screening.metrics import diagnosis_collection
 
     model = LesionClassifier(backbone=LITE, class_names=["a", "b", "c"], malignant=["c"], posthoc_adjustment="val")
     prior = torch.tensor([0.8, 0.15, 0.05])

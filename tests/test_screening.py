@@ -15,18 +15,18 @@ import torch.nn.functional as F
 from conftest import TINY, compose_config
 
 from eval import evaluate
-from lesion.calibration import calibration_scores, fit_temperature
-from lesion.fairness import fairness_table, group_columns, ita_category, ita_degrees
-from lesion.metrics import screening_metrics
-from lesion.module import LesionClassifier
-from lesion.operating_point import (
+from lesion.models.module import LesionClassifier
+from lesion.screening.calibration import calibration_scores, fit_temperature
+from lesion.screening.fairness import fairness_table, group_columns, ita_category, ita_degrees
+from lesion.screening.metrics import screening_metrics
+from lesion.screening.operating_point import (
     balanced_accuracy_ci,
     bootstrap_ci,
     choose_operating_point,
     sensitivity_lower_bound,
     threshold_for_sensitivity,
 )
-from lesion.robustness import DEGRADATIONS, degrade
+from lesion.screening.robustness import DEGRADATIONS, degrade
 from train import train
 
 
@@ -252,8 +252,8 @@ def test_eval_end_to_end_writes_every_artifact(tmp_path):
 
 
 def test_temperature_stays_bounded_and_keeps_the_ranking_of_scores_without_signal():
-    from lesion.calibration import TEMPERATURE_BOUNDS, fit_temperature
-    from lesion.metrics import screening_metrics
+    from lesion.screening.calibration import TEMPERATURE_BOUNDS, fit_temperature
+    from lesion.screening.metrics import screening_metrics
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 2, (400,), generator=generator)
@@ -300,7 +300,7 @@ def _check_against_scikit_learn(model: LesionClassifier, root: Path, eval_dir: P
     scored by `Screener`, as predict.py does) with scikit-learn and the official ISIC 2024 pAUC formula."""
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
-    from lesion.inference import Screener
+    from lesion.serving.inference import Screener
 
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     split = pd.read_csv(eval_dir / "splits.csv", dtype=str)
@@ -338,7 +338,7 @@ def test_calibration_figures_describe_calibrated_p_malignant():
     count; the 7-class top-label figures have their own names."""
     from sklearn.metrics import brier_score_loss, log_loss
 
-    from lesion.evaluation import Predictions, screening_report
+    from lesion.screening.evaluation import Predictions, screening_report
 
     lite = {"model_name": "tf_efficientnet_lite0", "pretrained": False}
     names = ["a", "b", "c", "d"]
@@ -365,7 +365,7 @@ def test_external_benign_malignant_set_evaluates_a_7_class_checkpoint_through_p_
     from fakes import make_folder, make_isic2018
     from sklearn.metrics import roc_auc_score
 
-    from lesion.inference import Screener, load_model
+    from lesion.serving.inference import Screener, load_model
 
     root = make_isic2018(tmp_path / "isic2018", n=140)
     data = ["data=isic2018", f"data.root={root}", "data.task=diagnosis", "data.val_fraction=0.25"]
@@ -390,7 +390,7 @@ def test_external_benign_malignant_set_evaluates_a_7_class_checkpoint_through_p_
     assert report["in_domain/test/auroc"] == trained["test/auroc"] and f"{trained['test/auroc']:.3f}" in table
     assert (tmp_path / "eval" / "robustness.csv").is_file() and (tmp_path / "eval" / "fairness.csv").is_file()
     # Local recalibration: refit on a stratified half, figures on the other half only, a site copy of the checkpoint.
-    from lesion.recalibration import stratified_halves
+    from lesion.screening.recalibration import stratified_halves
 
     site_run = tmp_path / "site"
     refit = evaluate(compose_config("eval", [*overrides, "recalibrate.enabled=true"], site_run))
@@ -424,7 +424,7 @@ def test_external_benign_malignant_set_evaluates_a_7_class_checkpoint_through_p_
 
 
 def test_binary_temperature_recovers_the_temperature_that_generated_the_labels():
-    from lesion.recalibration import fit_binary_temperature
+    from lesion.screening.recalibration import fit_binary_temperature
 
     generator = torch.Generator().manual_seed(0)
     logits = 3 * torch.randn(20000, 4, generator=generator)
@@ -435,7 +435,7 @@ def test_binary_temperature_recovers_the_temperature_that_generated_the_labels()
 
 
 def test_platt_recovers_the_map_that_generated_the_labels_and_keeps_the_ranking():
-    from lesion.calibration import PLATT_IDENTITY, fit_platt, platt_scale
+    from lesion.screening.calibration import PLATT_IDENTITY, fit_platt, platt_scale
 
     generator = torch.Generator().manual_seed(0)
     z = 2 * torch.randn(20000, generator=generator, dtype=torch.float64)

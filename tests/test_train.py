@@ -12,9 +12,9 @@ import torch
 from conftest import TINY, backbone_names, compose_config
 
 from eval import evaluate
-from lesion.backbones import backbone_data_config
 from lesion.data.datamodule import LesionDataModule
-from lesion.module import LesionClassifier
+from lesion.models.backbones import backbone_data_config
+from lesion.models.module import LesionClassifier
 from train import train
 
 SIZES = {"inception_v3": 96}

@@ -17,10 +17,10 @@ from fakes import jpeg
 
 from eval import evaluate
 from export import run_export
-from lesion.backbones import build_backbone
-from lesion.explain import last_feature_map
-from lesion.export import ScreeningNet
-from lesion.inference import DISCLAIMER, Screener, load_model
+from lesion.models.backbones import build_backbone
+from lesion.serving.explain import last_feature_map
+from lesion.serving.export import ScreeningNet
+from lesion.serving.inference import DISCLAIMER, Screener, load_model
 from predict import run_predict
 from train import train
 
@@ -237,7 +237,7 @@ def test_app_bounds_its_queue_with_503_and_retry_after(trained):
 
     import httpx
 
-    from lesion.webapp import create_app, serving
+    from lesion.serving.webapp import create_app, serving
 
     class SlowScreener(Screener):  # one second a photo: the requests below all arrive while the first is checked
         def __call__(self, images, names):
@@ -291,7 +291,7 @@ def test_web_page_in_a_real_browser(trained, tmp_path):
         pytest.skip(f"needs a real lesion image from {SHARED_ISIC2018}, which is absent (a fresh clone)")
     playwright = pytest.importorskip("playwright.sync_api")
     from app import build_app
-    from lesion.webapp import serving
+    from lesion.serving.webapp import serving
 
     lesion_image = next(SHARED_ISIC2018.glob("ISIC2018_Task3_Training_Input/*.jpg"))
     text_file = tmp_path / "notes.txt"
@@ -354,7 +354,7 @@ def test_quality_gate_refuses_what_cannot_be_judged_with_the_right_reason():
     import cv2
 
     from lesion.data.transforms import LesionTransforms
-    from lesion.quality import RETAKE, QualityGate, fit_quality
+    from lesion.serving.quality import RETAKE, QualityGate, fit_quality
 
     rng = np.random.default_rng(0)
     to_input = LesionTransforms({"input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.5] * 3}).to_input_size
@@ -386,7 +386,7 @@ def test_quality_gate_refuses_what_cannot_be_judged_with_the_right_reason():
 
 
 def test_feature_residual_is_the_share_of_a_feature_outside_the_training_subspace():
-    from lesion.quality import feature_residual, fit_feature_residual
+    from lesion.serving.quality import feature_residual, fit_feature_residual
 
     generator = torch.Generator().manual_seed(0)
     basis = torch.linalg.qr(torch.randn(8, 3, generator=generator))[0]  # training features vary in 3 of 8 directions
@@ -408,8 +408,8 @@ def test_feature_residual_is_the_share_of_a_feature_outside_the_training_subspac
 
 
 def test_the_gate_scores_the_pooled_features_the_screener_sees(trained):
-    from lesion.ensemble import LesionEnsemble
-    from lesion.quality import RETAKE, QualityGate, pooled_features
+    from lesion.models.ensemble import LesionEnsemble
+    from lesion.serving.quality import RETAKE, QualityGate, pooled_features
 
     model = load_model(trained["ckpt"])
     fitted = model.quality["feature_residual"]  # train.py's default: quality.ood=residual
@@ -454,7 +454,7 @@ def test_the_screener_resizes_each_photo_once_for_the_gate_and_the_model(trained
 
 
 def test_predict_answers_retake_without_a_probability_and_the_card_shows_the_thresholds(trained, tmp_path):
-    from lesion.model_card import model_card
+    from lesion.serving.model_card import model_card
 
     model = load_model(trained["ckpt"])
     assert model.quality is not None and model.quality["fitted_on"]["val_images"] == 16  # fitted by train.py
@@ -477,7 +477,7 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def test_predict_crop_center_screens_the_centred_square(trained, tmp_path):
-    from lesion.inference import center_square
+    from lesion.serving.inference import center_square
 
     wide = np.zeros((60, 100, 3), np.uint8)
     wide[:, 20:80] = 200  # the centred 60x60 square is bright, the sides dark

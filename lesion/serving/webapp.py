@@ -23,7 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from lesion.data.readers import BadImageError
-from lesion.inference import DISCLAIMER, Screener
+from lesion.serving.inference import DISCLAIMER, Screener
 
 
 class UploadError(Exception):
@@ -60,7 +60,7 @@ def create_app(screener: Screener, max_bytes: int = 10_000_000, model_name: str 
     lock = threading.Lock()
     load = {"admitted": 0, "seconds": 1.0}  # photos waiting or being checked; a running mean of one check's time
     page = (
-        files("lesion")
+        files("lesion.serving")
         .joinpath("static/index.html")
         .read_text()
         .replace("__DISCLAIMER__", html.escape(DISCLAIMER))

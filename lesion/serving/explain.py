@@ -9,7 +9,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from torch import nn
 
-from lesion.module import LesionClassifier
+from lesion.models.module import LesionClassifier
 
 
 def last_feature_map(net: nn.Module, input_size: int | tuple[int, int]) -> nn.Module:

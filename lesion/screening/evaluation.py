@@ -11,16 +11,16 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from lesion.calibration import (
+from lesion.models.module import LesionClassifier
+from lesion.screening.calibration import (
     PLATT_IDENTITY,
     binary_calibration_scores,
     calibration_scores,
     fit_platt,
     fit_temperature,
 )
-from lesion.metrics import diagnosis_collection, screening_metrics
-from lesion.module import LesionClassifier
-from lesion.operating_point import balanced_accuracy_ci, bootstrap_ci, choose_operating_point
+from lesion.screening.metrics import diagnosis_collection, screening_metrics
+from lesion.screening.operating_point import balanced_accuracy_ci, bootstrap_ci, choose_operating_point
 
 
 @dataclass
@@ -51,7 +51,7 @@ def predict(
     """binary_labels: the loader's labels are benign (0) / malignant (1), e.g. an external set scored through the
     P(malignant) of a multiclass model. features: also keep the pooled features of each image's identity view, from
     the same forward passes (the quality gate's `ood: residual` is fitted on them)."""
-    from lesion.quality import captured_features
+    from lesion.serving.quality import captured_features
 
     with captured_features(model) if features else nullcontext(lambda _: None) as captured:
         batches = trainer.predict(model, dataloaders=loader)
@@ -84,8 +84,8 @@ def calibrate(
 ) -> dict:
     """Fit the temperature of the class logits on validation and (`calibrator="platt"`) a Platt map of the resulting
     P(malignant), then the threshold for `target_sensitivity` on calibrated P(malignant)
-    (`lesion.operating_point.choose_operating_point`); all are stored in the model's buffers and the rules that chose
-    them in `model.operating_point`, so its checkpoints carry them.
+    (`lesion.screening.operating_point.choose_operating_point`); all are stored in the model's buffers and the rules
+    that chose them in `model.operating_point`, so its checkpoints carry them.
 
     Why Platt on top of the temperature: P(malignant) is a sum of softmax outputs, and one temperature fitted to the
     7-class NLL leaves that sum miscalibrated (bench/calibrators.py: val ECE of P(malignant) 0.087 with the temperature,
@@ -214,7 +214,7 @@ def robustness_table(
     """AUROC, sensitivity and specificity at the stored threshold under each degradation and severity, and the
     drop from clean, on the same (optionally subsampled, class-stratified) images."""
     from lesion.data.datamodule import LesionDataset
-    from lesion.robustness import DEGRADATIONS, DegradedReader
+    from lesion.screening.robustness import DEGRADATIONS, DegradedReader
 
     rows = subset(test.image_ids, test.y_malignant, max_images)
     ids = [test.image_ids[i] for i in rows]
@@ -257,7 +257,7 @@ def skin_tone_frame(datamodule, image_ids: list[str]) -> pd.DataFrame:
     """The split's metadata for `image_ids`, with `ita` estimated from the images when no Fitzpatrick column exists."""
     from tqdm.auto import tqdm
 
-    from lesion.fairness import FITZPATRICK, ita_degrees
+    from lesion.screening.fairness import FITZPATRICK, ita_degrees
 
     frame = pd.concat(datamodule.frames.values()).drop_duplicates("image_id").set_index("image_id")
     frame = frame.loc[image_ids].reset_index()
@@ -283,7 +283,7 @@ def operating_point_after_fit(
     """Calibrate on val and choose the threshold (conf/train.yaml `operating_point`), fit the quality gate (`quality`,
     when enabled), store them in the best checkpoint, and return the val figures at them (with CIs: the study
     comparison puts val and test side by side)."""
-    from lesion.quality import fit_on_datamodule, fits_features
+    from lesion.serving.quality import fit_on_datamodule, fits_features
 
     val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(quality))
     op = operating_point

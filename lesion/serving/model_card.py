@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lesion.inference import DISCLAIMER
-from lesion.module import LesionClassifier
+from lesion.models.module import LesionClassifier
+from lesion.serving.inference import DISCLAIMER
 
 OP_METRICS = [("auroc", "AUROC"), ("pauc80", "pAUC80 (TPR >= 0.8)"), ("recall", "sensitivity"),
               ("specificity", "specificity")]  # fmt: skip
@@ -145,7 +145,7 @@ def model_card(
 
 
 def _quality(model) -> str:
-    """The quality gate's stored thresholds (lesion.quality), as predict.py and app.py apply them."""
+    """The quality gate's stored thresholds (lesion.serving.quality), as predict.py and app.py apply them."""
     q = getattr(model, "quality", None)
     if not q:
         return "_No fitted thresholds (trained before the gate): predict.py and app.py check only size and flatness._\n"

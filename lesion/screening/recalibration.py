@@ -11,10 +11,10 @@ import math
 
 import torch
 
-from lesion.calibration import TEMPERATURE_BOUNDS, fit_platt
-from lesion.evaluation import Predictions, screening_report
-from lesion.operating_point import choose_operating_point
-from lesion.reports import metric_cell
+from lesion.screening.calibration import TEMPERATURE_BOUNDS, fit_platt
+from lesion.screening.evaluation import Predictions, screening_report
+from lesion.screening.operating_point import choose_operating_point
+from lesion.screening.reports import metric_cell
 
 ROWS = (
     ("AUROC", "test/auroc"),

@@ -13,7 +13,7 @@ import torch
 
 from lesion.data.readers import BadImageError, decode
 from lesion.data.transforms import LesionTransforms
-from lesion.module import LesionClassifier
+from lesion.models.module import LesionClassifier
 
 log = logging.getLogger(__name__)
 DISCLAIMER = (
@@ -30,7 +30,7 @@ def load_model(ckpt_path: str | Path | list, tta: bool | None = None, posthoc: f
     """A checkpoint (or an ensemble: a list of checkpoints, or the ensemble checkpoint eval.py wrote) in eval mode on
     the CPU, with a clear error for a wrong path. tta, posthoc: flip TTA and post-hoc adjustment of an ensemble
     assembled from a list (None: as its members); a checkpoint keeps those its operating point was fitted with."""
-    from lesion.ensemble import ENSEMBLE_KEY, LesionEnsemble
+    from lesion.models.ensemble import ENSEMBLE_KEY, LesionEnsemble
 
     if isinstance(ckpt_path, list | tuple):
         return (
@@ -101,7 +101,7 @@ class Screener:
     """Calibrated P(malignant), decision and risk band for RGB photos (uint8 HxWx3), with the model loaded once.
 
     tta: average the calibrated probabilities over the identity, horizontal, vertical and both flips.
-    gradcam: also return a Grad-CAM overlay of what drove P(malignant) (see `lesion.explain`).
+    gradcam: also return a Grad-CAM overlay of what drove P(malignant) (see `lesion.serving.explain`).
     """
 
     def __init__(
@@ -119,7 +119,7 @@ class Screener:
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
         self.crop = crop
-        from lesion.quality import QualityGate
+        from lesion.serving.quality import QualityGate
 
         self.model = model.eval()
         self.transforms = eval_transforms(model)
@@ -133,7 +133,7 @@ class Screener:
         self.threshold = float(model.threshold)
         self.explainer = None
         if gradcam:
-            from lesion.explain import GradCam  # grad-cam is imported only when asked for
+            from lesion.serving.explain import GradCam  # grad-cam is imported only when asked for
 
             self.explainer = GradCam(model)
 
@@ -155,7 +155,7 @@ class Screener:
     def scores(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """`probabilities`, and the logits and (when the quality gate scores them) pooled features of the photos as
         they are: the gate's out-of-distribution score."""
-        from lesion.quality import captured_features
+        from lesion.serving.quality import captured_features
 
         wanted = self.gate is not None and self.gate.needs_features
         with captured_features(self.model) if wanted else nullcontext(lambda: None) as captured:

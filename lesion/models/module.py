@@ -11,11 +11,11 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3
 from torchmetrics.classification import BinaryStatScores
 
-from lesion.activation_cache import run_suffix
-from lesion.backbones import backbone_data_config, build_backbone
-from lesion.calibration import PLATT_IDENTITY, platt_scale
-from lesion.metrics import diagnosis_collection, screening_collection
-from lesion.optimizers import build_optimizer, build_scheduler
+from lesion.models.activation_cache import run_suffix
+from lesion.models.backbones import backbone_data_config, build_backbone
+from lesion.models.optimizers import build_optimizer, build_scheduler
+from lesion.screening.calibration import PLATT_IDENTITY, platt_scale
+from lesion.screening.metrics import diagnosis_collection, screening_collection
 
 SPLITS = ("train", "val", "test")
 # Buffers set after fit (calibration, the post-hoc prior): checkpoints written before one existed load with its default.
@@ -36,7 +36,7 @@ class LesionClassifier(L.LightningModule):
     counts, resolved at fit start and stored in the checkpoint) or None.
     malignant_weight: when set, weight 1 for benign classes and this for malignant ones (any number of classes);
     it replaces class_weights, which must then be null or "balanced".
-    optimizer, scheduler: conf/optimizer and conf/scheduler blocks (`lesion.optimizers`); None: Adam at 1e-3, constant.
+    optimizer, scheduler: conf/optimizer and conf/scheduler blocks (`lesion.models.optimizers`); None: Adam 1e-3.
     label_smoothing: of the training targets. mixup: timm `Mixup` arguments (mixup_alpha, cutmix_alpha, prob,
     switch_prob) for training batches, or None.
     ema_decay: keep an EMA of the weights (timm ModelEmaV3, with warmup), used for validation, test, prediction,
@@ -98,14 +98,14 @@ class LesionClassifier(L.LightningModule):
             if isinstance(class_weights, list | tuple):
                 raise ValueError("set model.class_weights or model.malignant_weight, not both")
             self.loss_weights.copy_(1 + (malignant_weight - 1) * self.malignant_mask.float())
-        self.prefix_depth = 0  # blocks whose activations arrive cached (lesion.activation_cache sets it)
-        # The operating point, set on validation after fit (lesion.evaluation.calibrate) and kept in checkpoints.
+        self.prefix_depth = 0  # blocks whose activations arrive cached (lesion.models.activation_cache sets it)
+        # The operating point, set on validation after fit (lesion.screening.evaluation.calibrate), kept in checkpoints.
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("platt", torch.tensor(PLATT_IDENTITY, dtype=torch.float64))  # (a, b) on P(malignant)
         self.register_buffer("threshold", torch.tensor(0.5, dtype=torch.float64))  # exact, as chosen
         self.register_buffer("calibrated", torch.tensor(False))
         self.operating_point: dict | None = None  # how the threshold was chosen (method, level, bound); checkpointed
-        self.quality: dict | None = None  # the quality gate's thresholds (lesion.quality); checkpointed
+        self.quality: dict | None = None  # the quality gate's thresholds (lesion.serving.quality); checkpointed
         self.split_ids: dict[str, list[str]] | None = None  # image ids per split of the training run; checkpointed
         self.test_outputs: list[dict] = []  # the last test run's logits per batch: train.py reports from them
         for split in SPLITS:
@@ -140,8 +140,8 @@ class LesionClassifier(L.LightningModule):
         self.test_outputs = []
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        """Kept as predict_step returns them (lesion.evaluation.predictions_of), so the report at the operating point
-        needs no second pass over the test split (with TTA, as long as the test itself)."""
+        """Kept as predict_step returns them (lesion.screening.evaluation.predictions_of), so the report at the
+        operating point needs no second pass over the test split (with TTA, as long as the test itself)."""
         logits = self._step(batch, "test")[1]
         self.test_outputs.append({"image_id": batch["image_id"], "label": batch["label"].cpu(), "logits": logits.cpu()})
 
@@ -226,7 +226,7 @@ class LesionClassifier(L.LightningModule):
         self._log_confusion("test")
 
     def _logits(self, batch: dict, inputs: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits for a batch of images, or of cached prefix activations ("features", lesion.activation_cache)."""
+        """Logits for a batch of images, or cached prefix activations ("features": lesion.models.activation_cache)."""
         if "features" not in batch:
             return self(batch["image"] if inputs is None else inputs)
         features = batch["features"] if inputs is None else inputs

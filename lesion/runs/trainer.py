@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
-from lesion.loggers import ResumableCSVLogger, wandb_run_id
+from lesion.runs.loggers import ResumableCSVLogger, wandb_run_id
 
 log = logging.getLogger(__name__)
 

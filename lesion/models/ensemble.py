@@ -8,8 +8,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from lesion.calibration import PLATT_IDENTITY
-from lesion.module import FITTED_BUFFERS, LesionClassifier, initial_posthoc_tau
+from lesion.models.module import FITTED_BUFFERS, LesionClassifier, initial_posthoc_tau
+from lesion.screening.calibration import PLATT_IDENTITY
 
 ENSEMBLE_KEY = "members"  # a checkpoint whose hyperparameters hold this key is an ensemble
 
@@ -28,8 +28,9 @@ class MeanLogits(nn.Module):
 class LesionEnsemble(LesionClassifier):
     """Several trained LesionClassifiers that score as one: logits averaged over the members' evaluation networks
     (their weight EMAs when kept), then one temperature, Platt map and threshold fitted on the ensemble's own validation
-    output (`lesion.evaluation.calibrate`) and stored in the ensemble's checkpoint, so eval.py, predict.py, app.py and
-    export.py all make the same decision. It is used wherever a LesionClassifier is, for evaluation and inference.
+    output (`lesion.screening.evaluation.calibrate`) and stored in the ensemble's checkpoint, so eval.py, predict.py,
+    app.py and export.py all make the same decision. It is used wherever a LesionClassifier is, for evaluation and
+    inference.
 
     members: each member's hyperparameters (its weights are in the ensemble's state dict under `members.<i>.`).
     tta: flip test-time augmentation of the ensemble's logits.
@@ -89,7 +90,7 @@ class LesionEnsemble(LesionClassifier):
         """Assemble trained checkpoints (uncalibrated: fit its operating point on val, e.g. with eval.py).
 
         tta: None keeps flip TTA when any member used it. Members must share classes and input pipeline."""
-        from lesion.inference import eval_transforms, load_model
+        from lesion.serving.inference import eval_transforms, load_model
 
         models = [load_model(p) for p in paths]
         if any(isinstance(m, LesionEnsemble) for m in models):
@@ -114,7 +115,7 @@ class LesionEnsemble(LesionClassifier):
         return ensemble.eval()
 
     def save(self, path: str | Path) -> Path:
-        """A checkpoint that `lesion.inference.load_model` (so every entry point) reads back as this ensemble."""
+        """A checkpoint that `lesion.serving.inference.load_model` (every entry point) reads back as this ensemble."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(

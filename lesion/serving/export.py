@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lesion.inference import eval_transforms
-from lesion.module import LesionClassifier, flip_tta
+from lesion.models.module import LesionClassifier, flip_tta
+from lesion.serving.inference import eval_transforms
 
 FORMATS = ("onnx", "torchscript")
 
@@ -50,7 +50,7 @@ class ScreeningNet(nn.Module):
         x = (image - self.mean) / self.std
         logits = (flip_tta(self.net, x) if self.tta else self.net(x)).float()
         probs = (logits / self.temperature).softmax(-1)
-        p = (probs @ self.malignant).clamp(1e-7, 1 - 1e-7)  # lesion.calibration.platt_scale, in float32
+        p = (probs @ self.malignant).clamp(1e-7, 1 - 1e-7)  # lesion.screening.calibration.platt_scale, in float32
         return probs, torch.sigmoid(self.platt[0] * (p.log() - (-p).log1p()) + self.platt[1])
 
 

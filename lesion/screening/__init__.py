@@ -1,0 +1,1 @@
+"""Screening numbers: metrics, the operating point, calibration, evaluation, fairness and robustness reports."""
