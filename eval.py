@@ -20,15 +20,13 @@ from lesion.runs.config import to_plain
 from lesion.screening.evaluation import (
     calibrate,
     per_class_table,
-    predict,
     refuse_leaks,
-    robustness_table,
     screening_report,
-    skin_tone_frame,
     store_operating_point,
     training_splits,
 )
-from lesion.screening.fairness import fairness_markdown, fairness_table, group_columns
+from lesion.screening.fairness import fairness_markdown, fairness_table, group_columns, skin_tone_frame
+from lesion.screening.predictions import predict
 from lesion.screening.recalibration import recalibrate, recalibration_table
 from lesion.screening.reports import (
     DOMAIN_KEYS,
@@ -42,6 +40,7 @@ from lesion.screening.reports import (
     plot_robustness,
     plot_roc,
 )
+from lesion.screening.robustness import robustness_table
 from lesion.serving.inference import load_model
 from lesion.serving.quality import fit_on_datamodule, fits_features
 

@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from lesion.data import build_datamodule  # noqa: E402
 from lesion.data.apples_oranges import render_fruit  # noqa: E402
-from lesion.screening.evaluation import predict, training_splits  # noqa: E402
+from lesion.screening.evaluation import training_splits  # noqa: E402
+from lesion.screening.predictions import predict  # noqa: E402
 from lesion.serving.inference import Screener, load_model  # noqa: E402
 from lesion.serving.quality import fit_on_datamodule, fits_features  # noqa: E402
 

@@ -226,7 +226,7 @@ def test_the_test_pass_and_predict_keep_logits_and_features_so_no_split_is_score
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from lesion.screening.evaluation import predict, predictions_of
+    from lesion.screening.predictions import predict, predictions_of
     from lesion.serving.quality import pooled_features
 
     torch.manual_seed(0)
@@ -280,8 +280,9 @@ def test_posthoc_adjustment_moves_the_7_class_decision_but_not_p_malignant():
 
 
 def test_posthoc_adjustment_val_chooses_the_tau_with_the_best_val_balanced_accuracy():
-    from lesion.screening.evaluation import POSTHOC_TAUS, Predictions, calibrate
+    from lesion.screening.evaluation import POSTHOC_TAUS, calibrate
     from lesion.screening.metrics import diagnosis_collection
+    from lesion.screening.predictions import Predictions
 
     model = LesionClassifier(backbone=LITE, class_names=["a", "b", "c"], malignant=["c"], posthoc_adjustment="val")
     prior = torch.tensor([0.8, 0.15, 0.05])

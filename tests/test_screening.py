@@ -338,7 +338,8 @@ def test_calibration_figures_describe_calibrated_p_malignant():
     count; the 7-class top-label figures have their own names."""
     from sklearn.metrics import brier_score_loss, log_loss
 
-    from lesion.screening.evaluation import Predictions, screening_report
+    from lesion.screening.evaluation import screening_report
+    from lesion.screening.predictions import Predictions
 
     lite = {"model_name": "tf_efficientnet_lite0", "pretrained": False}
     names = ["a", "b", "c", "d"]

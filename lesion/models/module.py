@@ -140,7 +140,7 @@ class LesionClassifier(L.LightningModule):
         self.test_outputs = []
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        """Kept as predict_step returns them (lesion.screening.evaluation.predictions_of), so the report at the
+        """Kept as predict_step returns them (lesion.screening.predictions.predictions_of), so the report at the
         operating point needs no second pass over the test split (with TTA, as long as the test itself)."""
         logits = self._step(batch, "test")[1]
         self.test_outputs.append({"image_id": batch["image_id"], "label": batch["label"].cpu(), "logits": logits.cpu()})

@@ -1,15 +1,12 @@
-"""Screening evaluation: predictions, the calibrated operating point, and the metrics at it with bootstrap CIs."""
+"""Screening evaluation: the calibrated operating point, the metrics at it with bootstrap CIs, and leak checks."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from lesion.models.module import LesionClassifier
 from lesion.screening.calibration import (
@@ -21,57 +18,7 @@ from lesion.screening.calibration import (
 )
 from lesion.screening.metrics import diagnosis_collection, screening_metrics
 from lesion.screening.operating_point import balanced_accuracy_ci, bootstrap_ci, choose_operating_point
-
-
-@dataclass
-class Predictions:
-    """One split's model outputs, aligned with its image ids."""
-
-    image_ids: list[str]
-    labels: torch.Tensor
-    logits: torch.Tensor
-    y_malignant: torch.Tensor
-    binary_labels: bool = False  # labels are benign/malignant of an external set, not the model's classes
-    features: torch.Tensor | None = None  # pooled features of the identity view, when predict() was asked for them
-
-    def probs(self, temperature: float = 1.0) -> torch.Tensor:
-        return (self.logits / temperature).softmax(dim=-1)
-
-    def p_malignant(self, model: LesionClassifier, calibrated: bool = True) -> torch.Tensor:
-        """P(malignant), calibrated with the model's stored temperature and Platt map; `calibrated=False`: as the
-        network gives it (temperature 1, no Platt map)."""
-        if not calibrated:
-            return model.malignant_probability(self.probs(1.0), platt=False)
-        return model.malignant_probability(self.probs(float(model.temperature)))
-
-
-def predict(
-    model: LesionClassifier, loader: DataLoader, trainer: L.Trainer, binary_labels: bool = False, features: bool = False
-) -> Predictions:
-    """binary_labels: the loader's labels are benign (0) / malignant (1), e.g. an external set scored through the
-    P(malignant) of a multiclass model. features: also keep the pooled features of each image's identity view, from
-    the same forward passes (the quality gate's `ood: residual` is fitted on them)."""
-    from lesion.serving.quality import captured_features
-
-    with captured_features(model) if features else nullcontext(lambda _: None) as captured:
-        batches = trainer.predict(model, dataloaders=loader)
-        pooled = captured(len(batches))
-    predictions = predictions_of(batches, model, binary_labels)
-    predictions.features = pooled
-    return predictions
-
-
-def predictions_of(batches: list[dict], model: LesionClassifier, binary_labels: bool = False) -> Predictions:
-    """Predictions from per-batch outputs with "image_id", "label" and "logits" (predict_step's, or the
-    `model.test_outputs` that trainer.test leaves)."""
-    labels = torch.cat([b["label"] for b in batches]).cpu()
-    return Predictions(
-        image_ids=[i for b in batches for i in b["image_id"]],
-        labels=labels,
-        logits=torch.cat([b["logits"] for b in batches]).cpu(),
-        y_malignant=labels.long().cpu() if binary_labels else model.is_malignant(labels).cpu(),
-        binary_labels=binary_labels,
-    )
+from lesion.screening.predictions import Predictions, predict, predictions_of
 
 
 def calibrate(
@@ -186,85 +133,6 @@ def per_class_table(test: Predictions, class_names: list[str], model: LesionClas
             }
         )
     return pd.DataFrame(rows)
-
-
-def subset(predictions_ids: list[str], labels: torch.Tensor, max_images: int | None, seed: int = 0) -> list[int]:
-    """Row indices of a class-stratified random subset of at most `max_images` (all rows when None)."""
-    if not max_images or max_images >= len(predictions_ids):
-        return list(range(len(predictions_ids)))
-    generator = torch.Generator().manual_seed(seed)
-    share = max_images / len(predictions_ids)
-    chosen = []
-    for value in labels.unique():
-        rows = torch.nonzero(labels == value).flatten()
-        take = max(1, round(share * len(rows)))
-        chosen += rows[torch.randperm(len(rows), generator=generator)[:take]].tolist()
-    return sorted(chosen)
-
-
-def robustness_table(
-    model: LesionClassifier,
-    datamodule,
-    trainer: L.Trainer,
-    test: Predictions,
-    severities: list[int],
-    max_images: int | None = None,
-    split: str = "test",
-) -> pd.DataFrame:
-    """AUROC, sensitivity and specificity at the stored threshold under each degradation and severity, and the
-    drop from clean, on the same (optionally subsampled, class-stratified) images."""
-    from lesion.data.datamodule import LesionDataset
-    from lesion.screening.robustness import DEGRADATIONS, DegradedReader
-
-    rows = subset(test.image_ids, test.y_malignant, max_images)
-    ids = [test.image_ids[i] for i in rows]
-    labels = test.labels[rows]
-    threshold = float(model.threshold)
-    results = []
-    for name in DEGRADATIONS:
-        for severity in [0, *severities]:
-            if severity == 0 and results:
-                results.append(results[0] | {"degradation": name})
-                continue
-            dataset = LesionDataset(
-                ids,
-                labels,
-                DegradedReader(datamodule.reader(), name, severity, datamodule.transforms.to_input_size),
-                datamodule.transforms,
-                train=False,
-            )
-            loader = DataLoader(dataset, batch_size=datamodule.eval_batch_size, num_workers=datamodule.num_workers)
-            p = predict(model, loader, trainer).p_malignant(model)
-            m = screening_metrics(p, test.y_malignant[rows], threshold)
-            results.append(
-                {
-                    "degradation": name,
-                    "severity": severity,
-                    "auroc": m["auroc"],
-                    "sensitivity": m["recall"],
-                    "specificity": m["specificity"],
-                }
-            )
-    table = pd.DataFrame(results)
-    clean = table[table["severity"] == 0].iloc[0]
-    for metric in ("auroc", "sensitivity", "specificity"):
-        table[f"{metric}_drop"] = clean[metric] - table[metric]
-    table.insert(2, "images", len(ids))
-    return table
-
-
-def skin_tone_frame(datamodule, image_ids: list[str]) -> pd.DataFrame:
-    """The split's metadata for `image_ids`, with `ita` estimated from the images when no Fitzpatrick column exists."""
-    from tqdm.auto import tqdm
-
-    from lesion.screening.fairness import FITZPATRICK, ita_degrees
-
-    frame = pd.concat(datamodule.frames.values()).drop_duplicates("image_id").set_index("image_id")
-    frame = frame.loc[image_ids].reset_index()
-    if not any(c in frame for c in FITZPATRICK):
-        read = datamodule.reader()
-        frame["ita"] = [ita_degrees(read(i)) for i in tqdm(image_ids, desc="skin tone (ITA)", unit="img")]
-    return frame
 
 
 def store_operating_point(ckpt_path: str, model: LesionClassifier) -> None:

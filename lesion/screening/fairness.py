@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from fairlearn.metrics import MetricFrame
 from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
 
 # Individual Typology Angle categories (Chardon et al., Int J Cosmet Sci 1991; Del Bino et al. 2013), in degrees.
 ITA_CATEGORIES = ((55, "very light"), (41, "light"), (28, "intermediate"), (10, "tan"), (-30, "brown"))
@@ -135,3 +136,13 @@ def fairness_markdown(table: pd.DataFrame, gaps: pd.DataFrame, threshold: float,
 
 def _fmt(value: float) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def skin_tone_frame(datamodule, image_ids: list[str]) -> pd.DataFrame:
+    """The split's metadata for `image_ids`, with `ita` estimated from the images when no Fitzpatrick column exists."""
+    frame = pd.concat(datamodule.frames.values()).drop_duplicates("image_id").set_index("image_id")
+    frame = frame.loc[image_ids].reset_index()
+    if not any(c in frame for c in FITZPATRICK):
+        read = datamodule.reader()
+        frame["ita"] = [ita_degrees(read(i)) for i in tqdm(image_ids, desc="skin tone (ITA)", unit="img")]
+    return frame

@@ -12,8 +12,9 @@ import math
 import torch
 
 from lesion.screening.calibration import TEMPERATURE_BOUNDS, fit_platt
-from lesion.screening.evaluation import Predictions, screening_report
+from lesion.screening.evaluation import screening_report
 from lesion.screening.operating_point import choose_operating_point
+from lesion.screening.predictions import Predictions
 from lesion.screening.reports import metric_cell
 
 ROWS = (

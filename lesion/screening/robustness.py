@@ -1,13 +1,22 @@
 """Phone-camera degradations at graded severities (0 = identity), applied at the model's input size (the photo is
 resized as preprocessing resizes it, then degraded), so a severity means the same on a 200x150 dermoscopy image and on
-a 12-megapixel phone photo (a 2-pixel blur or a noise of sigma 16 would vanish in the downscale of the latter)."""
+a 12-megapixel phone photo (a 2-pixel blur or a noise of sigma 16 would vanish in the downscale of the latter); and the
+robustness table, a model's screening figures under each of them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import cv2
+import lightning as L
 import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from lesion.models.module import LesionClassifier
+from lesion.screening.metrics import screening_metrics
+from lesion.screening.predictions import Predictions, predict
 
 
 def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -85,3 +94,67 @@ class DegradedReader:
 
     def __call__(self, image_id: str) -> np.ndarray:
         return degrade(self.to_input_size(self.read(image_id)), self.name, self.severity)
+
+
+def subset(predictions_ids: list[str], labels: torch.Tensor, max_images: int | None, seed: int = 0) -> list[int]:
+    """Row indices of a class-stratified random subset of at most `max_images` (all rows when None)."""
+    if not max_images or max_images >= len(predictions_ids):
+        return list(range(len(predictions_ids)))
+    generator = torch.Generator().manual_seed(seed)
+    share = max_images / len(predictions_ids)
+    chosen = []
+    for value in labels.unique():
+        rows = torch.nonzero(labels == value).flatten()
+        take = max(1, round(share * len(rows)))
+        chosen += rows[torch.randperm(len(rows), generator=generator)[:take]].tolist()
+    return sorted(chosen)
+
+
+def robustness_table(
+    model: LesionClassifier,
+    datamodule,
+    trainer: L.Trainer,
+    test: Predictions,
+    severities: list[int],
+    max_images: int | None = None,
+    split: str = "test",
+) -> pd.DataFrame:
+    """AUROC, sensitivity and specificity at the stored threshold under each degradation and severity, and the
+    drop from clean, on the same (optionally subsampled, class-stratified) images."""
+    from lesion.data.datamodule import LesionDataset
+
+    rows = subset(test.image_ids, test.y_malignant, max_images)
+    ids = [test.image_ids[i] for i in rows]
+    labels = test.labels[rows]
+    threshold = float(model.threshold)
+    results = []
+    for name in DEGRADATIONS:
+        for severity in [0, *severities]:
+            if severity == 0 and results:
+                results.append(results[0] | {"degradation": name})
+                continue
+            dataset = LesionDataset(
+                ids,
+                labels,
+                DegradedReader(datamodule.reader(), name, severity, datamodule.transforms.to_input_size),
+                datamodule.transforms,
+                train=False,
+            )
+            loader = DataLoader(dataset, batch_size=datamodule.eval_batch_size, num_workers=datamodule.num_workers)
+            p = predict(model, loader, trainer).p_malignant(model)
+            m = screening_metrics(p, test.y_malignant[rows], threshold)
+            results.append(
+                {
+                    "degradation": name,
+                    "severity": severity,
+                    "auroc": m["auroc"],
+                    "sensitivity": m["recall"],
+                    "specificity": m["specificity"],
+                }
+            )
+    table = pd.DataFrame(results)
+    clean = table[table["severity"] == 0].iloc[0]
+    for metric in ("auroc", "sensitivity", "specificity"):
+        table[f"{metric}_drop"] = clean[metric] - table[metric]
+    table.insert(2, "images", len(ids))
+    return table

@@ -178,7 +178,7 @@ def fits_features(settings: dict) -> bool:
 
 def fit_on_datamodule(model, datamodule, val, settings: dict, seed: int = 0) -> dict | None:
     """`fit_quality` on up to `settings["max_images"]` training images of `datamodule` (a seeded sample), measured
-    after its own resize, the validation predictions `val` (lesion.screening.evaluation.Predictions: logits, and when
+    after its own resize, the validation predictions `val` (lesion.screening.predictions.Predictions: logits, and when
     `fits_features(settings)` the pooled features, `predict(..., features=True)`) and the model's pooled features of
     the sample; None for data without photos (synthetic tensors)."""
     if not datamodule.photos:
