@@ -4,32 +4,28 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lesion.data import build_datamodule
-from lesion.models.ensemble import LesionEnsemble
 from lesion.runs import dashboard
 from lesion.runs.config import to_plain
+from lesion.screening.checkpoints import in_domain_metrics, save_calibrated, save_site, store_in_domain
 from lesion.screening.evaluation import (
     calibrate,
     per_class_table,
     refuse_leaks,
     screening_report,
-    store_operating_point,
     training_splits,
 )
 from lesion.screening.fairness import fairness_markdown, fairness_table, group_columns, skin_tone_frame
 from lesion.screening.predictions import predict
 from lesion.screening.recalibration import recalibrate, recalibration_table
 from lesion.screening.reports import (
-    DOMAIN_KEYS,
     LABELS,
     confusion_table,
     domain_shift_table,
@@ -54,77 +50,23 @@ def evaluate(config: dict) -> dict:
     model = load_model(ckpt, config.get("tta"), config.get("posthoc_adjustment"))
     out = Path(config["paths"]["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    splits = training_splits(model, ckpt)
-    data = dict(config.get("data") or model.hparams.data)
-    # The checkpoint's own preprocessing (CLAHE, colour constancy) whatever data is evaluated: it is part of the model.
-    data["transforms"] = dict((model.hparams.data or {}).get("transforms") or data.get("transforms") or {})
-    if not config.get("data") and splits:  # the training run's own split, whatever the data config would carve now
-        data["split_file"] = str(out / "splits.csv")
-        splits[0].to_csv(data["split_file"], index=False)
-    datamodule = build_datamodule(data, model.data_config)
-    names = list(model.hparams.class_names)
-    binary = _scored_through_p_malignant(datamodule, names)
-    datamodule.setup("test")
-    refuse_leaks(datamodule.frames["test"]["image_id"].tolist(), splits, ckpt)
+    datamodule, binary = _datamodule(config, model, out)
+    external = getattr(datamodule, "external", False)
+    if config["recalibrate"]["enabled"] and not external:
+        raise ValueError("recalibrate.enabled=true refits on a site's own labelled set: add data.external=true")
     trainer = L.Trainer(**config["trainer"], logger=False, default_root_dir=str(out))
     test = predict(model, datamodule.test_dataloader(), trainer, binary_labels=binary)
-    written = {}
-    if not bool(model.calibrated) and getattr(datamodule, "external", False):
-        raise ValueError(
-            f"{_name(ckpt)} has no operating point and data.external=true has no val split to fit one on: evaluate it "
-            "on its own data first (python eval.py ckpt_path=...), then pass the calibrated checkpoint it writes"
-        )
-    if not bool(model.calibrated):
-        log.warning("%s has no stored operating point: choosing it on the val split now", ckpt)
-        op = config["operating_point"]
-        val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(config["quality"]))
-        written |= calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"])
-        if config["quality"]["enabled"]:  # the gate's thresholds, stored with the operating point
-            model.quality = fit_on_datamodule(model, datamodule, val, config["quality"])
-        written["calibrated_checkpoint"] = str(save_calibrated(model, ckpt, out, config["save_operating_point"]))
-        log.info("operating point stored in %s: pass it to predict/app/export", written["calibrated_checkpoint"])
+    written = {} if bool(model.calibrated) else _calibrate(model, datamodule, trainer, config, out)
     written |= {f"operating_point/{k}": v for k, v in (model.operating_point or {}).items() if k != "threshold"}
-    boot, bins = config["bootstrap"], config["calibration"]["bins"]
-    report = screening_report(model, test, "test", boot["resamples"], boot["level"], bins)
-    p = test.p_malignant(model)
-    # Two classes: name the axes by them (apple/orange); more: the benign/malignant grouping.
-    axes = tuple(sorted(names, key=lambda c: c in model.hparams.malignant)) if len(names) == 2 else LABELS
-    tables = []
-    for prefix, threshold in (("test", 0.5), ("test_op", report["threshold"])):
-        counts = {k: int(report[f"{prefix}/{k}"]) for k in ("tp", "fn", "fp", "tn")}
-        tables.append(f"## Threshold {threshold:.4f}\n\n{confusion_table(counts, axes)}")
-        plot_confusion(counts, out / f"confusion_matrix{'_op' if prefix == 'test_op' else ''}.png", axes)
-    (out / "confusion_matrix.md").write_text(f"# Confusion matrix ({_name(ckpt)})\n\n" + "\n".join(tables))
-    plot_roc(p, test.y_malignant, out / "roc.png", report["test/auroc"])
-    plot_pr(p, test.y_malignant, out / "pr.png")
-    before = test.p_malignant(model, calibrated=False)
-    plot_reliability({"uncalibrated": before, "calibrated": p}, test.y_malignant, out / "reliability.png")
-    if len(names) > 2 and not binary:
-        (out / "per_class.md").write_text(markdown_table(per_class_table(test, names, model)))
-    elif len(names) > 2:
-        log.info("benign/malignant labels only: no per-class table for the %d-class checkpoint", len(names))
-    if config["recalibrate"]["enabled"] and not getattr(datamodule, "external", False):
-        raise ValueError("recalibrate.enabled=true refits on a site's own labelled set: add data.external=true")
-    if "calibrated_checkpoint" in written and not getattr(datamodule, "external", False):
-        _store_in_domain(written["calibrated_checkpoint"], report, out / "metrics.json")
-    if getattr(datamodule, "external", False):
-        in_domain = _in_domain_metrics(ckpt)
-        (out / "domain_shift.md").write_text(domain_shift_table(in_domain, report))
-        report |= {f"in_domain/{k}": v for k, v in in_domain.items()}
-        if config["recalibrate"]["enabled"]:
-            site, refitted = recalibrate(model, test, config["recalibrate"], boot["resamples"])
-            (out / "recalibration.md").write_text(recalibration_table(in_domain, refitted))
-            report |= refitted | {"site_checkpoint": str(save_site(site, ckpt, out))}
-            log.info("site-specific checkpoint: %s (recalibration.md)", report["site_checkpoint"])
+    boot = config["bootstrap"]
+    report = screening_report(model, test, "test", boot["resamples"], boot["level"], config["calibration"]["bins"])
+    _plots(model, test, report, out, _name(ckpt), binary)
+    if "calibrated_checkpoint" in written and not external:
+        store_in_domain(written["calibrated_checkpoint"], report, out / "metrics.json")
+    if external:
+        report |= _domain_shift(model, test, ckpt, report, config, out)
     if config["fairness"]["enabled"]:
-        groups = group_columns(skin_tone_frame(datamodule, test.image_ids))
-        table, gaps = fairness_table(
-            test.y_malignant.numpy(), p.numpy(), groups, report["threshold"], config["fairness"]["min_positives"]
-        )
-        table.to_csv(out / "fairness.csv", index=False)
-        (out / "fairness.md").write_text(
-            fairness_markdown(table, gaps, report["threshold"], config["fairness"]["min_positives"])
-        )
+        _fairness(datamodule, test, test.p_malignant(model), report["threshold"], config["fairness"], out)
     if config["robustness"]["enabled"]:
         rob = config["robustness"]
         table = robustness_table(model, datamodule, trainer, test, rob["severities"], rob["max_images"])
@@ -140,34 +82,84 @@ def evaluate(config: dict) -> dict:
     return report
 
 
-def save_calibrated(model, ckpt: str | list, out: Path, in_place: bool) -> Path:
-    """Keep the operating point just fitted: an ensemble is written to the run dir as ensemble.ckpt; a checkpoint
-    gets a calibrated copy beside it (`<name>.calibrated.ckpt`), or is updated in place when `in_place`."""
+def _datamodule(config: dict, model, out: Path):
+    """The data to evaluate, set up for test, with the checkpoint's own preprocessing (and, when no data is given, its
+    training run's own split); refuses test images the model was trained or tuned on. Also: whether benign/malignant
+    labels score a multiclass model through its P(malignant)."""
+    splits = training_splits(model, config["ckpt_path"])
+    data = dict(config.get("data") or model.hparams.data)
+    # The checkpoint's own preprocessing (CLAHE, colour constancy) whatever data is evaluated: it is part of the model.
+    data["transforms"] = dict((model.hparams.data or {}).get("transforms") or data.get("transforms") or {})
+    if not config.get("data") and splits:  # the training run's own split, whatever the data config would carve now
+        data["split_file"] = str(out / "splits.csv")
+        splits[0].to_csv(data["split_file"], index=False)
+    datamodule = build_datamodule(data, model.data_config)
+    binary = _scored_through_p_malignant(datamodule, list(model.hparams.class_names))
+    datamodule.setup("test")
+    refuse_leaks(datamodule.frames["test"]["image_id"].tolist(), splits, config["ckpt_path"])
+    return datamodule, binary
 
-    def beside(source: Path) -> Path:
-        return source if in_place else source.with_name(f"{source.stem}.calibrated.ckpt")
 
-    return _save_operating_point(model, ckpt, out / "ensemble.ckpt", beside)
+def _calibrate(model, datamodule, trainer: L.Trainer, config: dict, out: Path) -> dict:
+    """A checkpoint without an operating point gets one fitted on its val split (and the quality gate's thresholds),
+    written to a calibrated copy (or ensemble.ckpt) that predict/app/export then read."""
+    ckpt = config["ckpt_path"]
+    if getattr(datamodule, "external", False):
+        raise ValueError(
+            f"{_name(ckpt)} has no operating point and data.external=true has no val split to fit one on: evaluate it "
+            "on its own data first (python eval.py ckpt_path=...), then pass the calibrated checkpoint it writes"
+        )
+    log.warning("%s has no stored operating point: choosing it on the val split now", ckpt)
+    op = config["operating_point"]
+    val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(config["quality"]))
+    written = calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"])
+    if config["quality"]["enabled"]:  # the gate's thresholds, stored with the operating point
+        model.quality = fit_on_datamodule(model, datamodule, val, config["quality"])
+    written["calibrated_checkpoint"] = str(save_calibrated(model, ckpt, out, config["save_operating_point"]))
+    log.info("operating point stored in %s: pass it to predict/app/export", written["calibrated_checkpoint"])
+    return written
 
 
-def save_site(site, ckpt: str | list, out: Path) -> Path:
-    """The locally recalibrated copy, in the eval run dir: ensemble.site.ckpt or <name>.site.ckpt."""
-    return _save_operating_point(
-        site, ckpt, out / "ensemble.site.ckpt", lambda source: out / f"{source.stem}.site.ckpt"
-    )
+def _plots(model, test, report: dict, out: Path, name: str, binary: bool) -> None:
+    """Confusion tables and plots at 0.5 and at the operating point, ROC, PR, reliability, and the per-class table."""
+    names = list(model.hparams.class_names)
+    p = test.p_malignant(model)
+    # Two classes: name the axes by them (apple/orange); more: the benign/malignant grouping.
+    axes = tuple(sorted(names, key=lambda c: c in model.hparams.malignant)) if len(names) == 2 else LABELS
+    tables = []
+    for prefix, threshold in (("test", 0.5), ("test_op", report["threshold"])):
+        counts = {k: int(report[f"{prefix}/{k}"]) for k in ("tp", "fn", "fp", "tn")}
+        tables.append(f"## Threshold {threshold:.4f}\n\n{confusion_table(counts, axes)}")
+        plot_confusion(counts, out / f"confusion_matrix{'_op' if prefix == 'test_op' else ''}.png", axes)
+    (out / "confusion_matrix.md").write_text(f"# Confusion matrix ({name})\n\n" + "\n".join(tables))
+    plot_roc(p, test.y_malignant, out / "roc.png", report["test/auroc"])
+    plot_pr(p, test.y_malignant, out / "pr.png")
+    before = test.p_malignant(model, calibrated=False)
+    plot_reliability({"uncalibrated": before, "calibrated": p}, test.y_malignant, out / "reliability.png")
+    if len(names) > 2 and not binary:
+        (out / "per_class.md").write_text(markdown_table(per_class_table(test, names, model)))
+    elif len(names) > 2:
+        log.info("benign/malignant labels only: no per-class table for the %d-class checkpoint", len(names))
 
 
-def _save_operating_point(model, ckpt: str | list, ensemble_path: Path, target_of) -> Path:
-    """An ensemble saved whole to `ensemble_path`; a checkpoint copied to `target_of(source)` (or kept, when that is
-    the source itself) with the model's operating point written into it."""
-    if isinstance(model, LesionEnsemble):
-        return model.save(ensemble_path)
-    source = Path(ckpt[0] if isinstance(ckpt, list) else ckpt)
-    target = target_of(source)
-    if target != source:
-        shutil.copyfile(source, target)
-    store_operating_point(str(target), model)
-    return target
+def _domain_shift(model, test, ckpt: str | list, report: dict, config: dict, out: Path) -> dict:
+    """External data: the in-domain vs external table and, when asked, the site's local recalibration."""
+    in_domain = in_domain_metrics(ckpt)
+    (out / "domain_shift.md").write_text(domain_shift_table(in_domain, report))
+    extra = {f"in_domain/{k}": v for k, v in in_domain.items()}
+    if config["recalibrate"]["enabled"]:
+        site, refitted = recalibrate(model, test, config["recalibrate"], config["bootstrap"]["resamples"])
+        (out / "recalibration.md").write_text(recalibration_table(in_domain, refitted))
+        extra |= refitted | {"site_checkpoint": str(save_site(site, ckpt, out))}
+        log.info("site-specific checkpoint: %s (recalibration.md)", extra["site_checkpoint"])
+    return extra
+
+
+def _fairness(datamodule, test, p, threshold: float, fairness: dict, out: Path) -> None:
+    groups = group_columns(skin_tone_frame(datamodule, test.image_ids))
+    table, gaps = fairness_table(test.y_malignant.numpy(), p.numpy(), groups, threshold, fairness["min_positives"])
+    table.to_csv(out / "fairness.csv", index=False)
+    (out / "fairness.md").write_text(fairness_markdown(table, gaps, threshold, fairness["min_positives"]))
 
 
 def _scored_through_p_malignant(datamodule, names: list[str]) -> bool:
@@ -181,33 +173,6 @@ def _scored_through_p_malignant(datamodule, names: list[str]) -> bool:
         f"data classes {list(datamodule.classes)} differ from the checkpoint's {names}: use data with the same "
         "classes, or a benign/malignant set (folder: benign/ and malignant/ class folders, data.task=binary)"
     )
-
-
-def _store_in_domain(path: str, report: dict, source: Path) -> None:
-    """The in-domain test figures, kept in the calibrated checkpoint eval.py wrote (its run has no metrics.json of
-    them when train.py could not calibrate), for a later external evaluation's in-domain vs external table."""
-    stored = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoint, written by this run
-    stored["in_domain_test"] = {k: report[k] for k in DOMAIN_KEYS if k in report} | {"source": str(source)}
-    torch.save(stored, path)
-
-
-def _in_domain_metrics(ckpt: str | list) -> dict:
-    """The test figures of the checkpoint's own run (stored in it by the eval.py run that calibrated it, or train.py's
-    metrics.json beside checkpoints/, or that of the eval.py run dir holding an ensemble.ckpt), for the in-domain vs
-    external table."""
-    if not isinstance(ckpt, list):
-        stored = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("in_domain_test")
-        if stored:
-            return dict(stored)
-    first = Path(ckpt if not isinstance(ckpt, list) else ckpt[0]).resolve()
-    # An ensemble.ckpt sits in the eval.py run dir that calibrated it; a checkpoint in its run's checkpoints/.
-    candidates = [first.parent / "metrics.json", first.parent.parent / "metrics.json"]
-    for path in candidates:
-        if path.is_file():
-            values = json.loads(path.read_text())
-            if "test/auroc" in values:
-                return {k: values[k] for k in DOMAIN_KEYS if k in values} | {"source": str(path)}
-    return {}
 
 
 def _name(ckpt: str | list) -> str:

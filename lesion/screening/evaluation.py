@@ -16,6 +16,7 @@ from lesion.screening.calibration import (
     fit_platt,
     fit_temperature,
 )
+from lesion.screening.checkpoints import store_operating_point
 from lesion.screening.metrics import diagnosis_collection, screening_metrics
 from lesion.screening.operating_point import balanced_accuracy_ci, bootstrap_ci, choose_operating_point
 from lesion.screening.predictions import Predictions, predict, predictions_of
@@ -133,16 +134,6 @@ def per_class_table(test: Predictions, class_names: list[str], model: LesionClas
             }
         )
     return pd.DataFrame(rows)
-
-
-def store_operating_point(ckpt_path: str, model: LesionClassifier) -> None:
-    """Write the model's temperature, Platt map, threshold and calibrated flag into an existing checkpoint file."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own checkpoint, written by this run
-    for name in ("temperature", "platt", "threshold", "calibrated", "posthoc_tau"):
-        ckpt["state_dict"][name] = getattr(model, name).detach().cpu()
-    ckpt["operating_point"] = dict(model.operating_point or {})
-    ckpt["quality"] = model.quality
-    torch.save(ckpt, ckpt_path)
 
 
 def operating_point_after_fit(

@@ -1,0 +1,81 @@
+"""What evaluation writes into checkpoint files and reads back: the operating point (in place, in a calibrated copy, or
+a site's recalibrated copy), and the in-domain test figures an external evaluation is compared against."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from lesion.models.ensemble import LesionEnsemble
+from lesion.models.module import LesionClassifier
+from lesion.screening.reports import DOMAIN_KEYS
+
+
+def store_operating_point(ckpt_path: str, model: LesionClassifier) -> None:
+    """Write the model's temperature, Platt map, threshold and calibrated flag into an existing checkpoint file."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own checkpoint, written by this run
+    for name in ("temperature", "platt", "threshold", "calibrated", "posthoc_tau"):
+        ckpt["state_dict"][name] = getattr(model, name).detach().cpu()
+    ckpt["operating_point"] = dict(model.operating_point or {})
+    ckpt["quality"] = model.quality
+    torch.save(ckpt, ckpt_path)
+
+
+def save_calibrated(model, ckpt: str | list, out: Path, in_place: bool) -> Path:
+    """Keep the operating point just fitted: an ensemble is written to the run dir as ensemble.ckpt; a checkpoint
+    gets a calibrated copy beside it (`<name>.calibrated.ckpt`), or is updated in place when `in_place`."""
+
+    def beside(source: Path) -> Path:
+        return source if in_place else source.with_name(f"{source.stem}.calibrated.ckpt")
+
+    return _save_operating_point(model, ckpt, out / "ensemble.ckpt", beside)
+
+
+def save_site(site, ckpt: str | list, out: Path) -> Path:
+    """The locally recalibrated copy, in the eval run dir: ensemble.site.ckpt or <name>.site.ckpt."""
+    return _save_operating_point(
+        site, ckpt, out / "ensemble.site.ckpt", lambda source: out / f"{source.stem}.site.ckpt"
+    )
+
+
+def _save_operating_point(model, ckpt: str | list, ensemble_path: Path, target_of) -> Path:
+    """An ensemble saved whole to `ensemble_path`; a checkpoint copied to `target_of(source)` (or kept, when that is
+    the source itself) with the model's operating point written into it."""
+    if isinstance(model, LesionEnsemble):
+        return model.save(ensemble_path)
+    source = Path(ckpt[0] if isinstance(ckpt, list) else ckpt)
+    target = target_of(source)
+    if target != source:
+        shutil.copyfile(source, target)
+    store_operating_point(str(target), model)
+    return target
+
+
+def store_in_domain(path: str, report: dict, source: Path) -> None:
+    """The in-domain test figures, kept in the calibrated checkpoint eval.py wrote (its run has no metrics.json of
+    them when train.py could not calibrate), for a later external evaluation's in-domain vs external table."""
+    stored = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoint, written by this run
+    stored["in_domain_test"] = {k: report[k] for k in DOMAIN_KEYS if k in report} | {"source": str(source)}
+    torch.save(stored, path)
+
+
+def in_domain_metrics(ckpt: str | list) -> dict:
+    """The test figures of the checkpoint's own run (stored in it by the eval.py run that calibrated it, or train.py's
+    metrics.json beside checkpoints/, or that of the eval.py run dir holding an ensemble.ckpt), for the in-domain vs
+    external table."""
+    if not isinstance(ckpt, list):
+        stored = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("in_domain_test")
+        if stored:
+            return dict(stored)
+    first = Path(ckpt if not isinstance(ckpt, list) else ckpt[0]).resolve()
+    # An ensemble.ckpt sits in the eval.py run dir that calibrated it; a checkpoint in its run's checkpoints/.
+    candidates = [first.parent / "metrics.json", first.parent.parent / "metrics.json"]
+    for path in candidates:
+        if path.is_file():
+            values = json.loads(path.read_text())
+            if "test/auroc" in values:
+                return {k: values[k] for k in DOMAIN_KEYS if k in values} | {"source": str(path)}
+    return {}
