@@ -60,13 +60,14 @@ def evaluate(config: dict) -> dict:
     written |= {f"operating_point/{k}": v for k, v in (model.operating_point or {}).items() if k != "threshold"}
     boot = config["bootstrap"]
     report = screening_report(model, test, "test", boot["resamples"], boot["level"], config["calibration"]["bins"])
-    _plots(model, test, report, out, _name(ckpt), binary)
+    p = test.p_malignant(model)
+    _plots(model, test, p, report, out, _name(ckpt), binary)
     if "calibrated_checkpoint" in written and not external:
         store_in_domain(written["calibrated_checkpoint"], report, out / "metrics.json")
     if external:
         report |= _domain_shift(model, test, ckpt, report, config, out)
     if config["fairness"]["enabled"]:
-        _fairness(datamodule, test, test.p_malignant(model), report["threshold"], config["fairness"], out)
+        _fairness(datamodule, test, p, report["threshold"], config["fairness"], out)
     if config["robustness"]["enabled"]:
         rob = config["robustness"]
         table = robustness_table(model, datamodule, trainer, test, rob["severities"], rob["max_images"])
@@ -120,10 +121,10 @@ def _calibrate(model, datamodule, trainer: L.Trainer, config: dict, out: Path) -
     return written
 
 
-def _plots(model, test, report: dict, out: Path, name: str, binary: bool) -> None:
-    """Confusion tables and plots at 0.5 and at the operating point, ROC, PR, reliability, and the per-class table."""
+def _plots(model, test, p, report: dict, out: Path, name: str, binary: bool) -> None:
+    """Confusion tables and plots at 0.5 and at the operating point, ROC, PR, reliability (p: calibrated
+    P(malignant) of `test`), and the per-class table."""
     names = list(model.hparams.class_names)
-    p = test.p_malignant(model)
     # Two classes: name the axes by them (apple/orange); more: the benign/malignant grouping.
     axes = tuple(sorted(names, key=lambda c: c in model.hparams.malignant)) if len(names) == 2 else LABELS
     tables = []

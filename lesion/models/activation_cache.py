@@ -78,7 +78,8 @@ class ActivationCache(L.LightningDataModule):
         if not model.hparams.backbone.get("freeze_bn_stats", True):
             raise ValueError(
                 "activation_cache needs the frozen prefix to compute the same activations every epoch, and "
-                "backbone.freeze_bn_stats=false lets its BatchNorm statistics move: set one of them back"
+                "backbone.freeze_bn_stats=false lets its BatchNorm statistics move: set backbone.freeze_bn_stats=true "
+                "or activation_cache.enabled=false"
             )
         self.depth = prefix_depth(model.net, model.hparams.backbone.get("freeze") or ())
         model.prefix_depth = self.depth
