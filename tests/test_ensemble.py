@@ -48,6 +48,10 @@ def test_ensemble_logits_are_the_mean_of_the_members(members):
         flips = [x, x.flip(-1), x.flip(-2), x.flip(-2, -1)]
         with_tta = torch.stack([torch.stack([m.eval_net(v) for m in single]).mean(0) for v in flips]).mean(0)
         torch.testing.assert_close(ensemble(x), with_tta)
+        ensemble.hparams.tta = "dihedral"
+        turned = [v.transpose(-2, -1) for v in flips]
+        dihedral = torch.stack([torch.stack([m.eval_net(v) for m in single]).mean(0) for v in flips + turned]).mean(0)
+        torch.testing.assert_close(ensemble(x), dihedral)
     assert isinstance(ensemble.eval_net, MeanLogits) and not bool(ensemble.calibrated)
     assert not torch.equal(single[0].eval_net(x), single[1].eval_net(x))  # the members really differ
 

@@ -213,18 +213,36 @@ def test_input_size_can_be_height_and_width(tmp_path):
     assert model.data_config["input_size"] == [3, 48, 64] and 0.0 <= metrics["test/auroc"] <= 1.0
 
 
-def test_flip_tta_averages_logits_outside_fit_and_reaches_the_exported_graph():
-    from lesion.serving.export import ScreeningNet
+@pytest.mark.parametrize("tta", [True, "flip", "dihedral"])
+def test_tta_averages_logits_outside_fit_and_reaches_the_exported_graph(tta, tmp_path):
+    import onnxruntime as ort
 
-    model = LesionClassifier(backbone=LITE, tta=True, channels_last=False).eval()
-    x = torch.rand(2, 3, 32, 32)
+    from lesion.serving.export import ScreeningNet, export_onnx
+
+    backbone = LITE | {"input_size": [24, 32]}  # 3:4: the dihedral views of a non-square image are 4:3
+    model = LesionClassifier(backbone=backbone, tta=tta, channels_last=False).eval()
+    x = torch.rand(2, 3, 24, 32)
+    flips = (lambda v: v, lambda v: v.flip(-1), lambda v: v.flip(-2), lambda v: v.flip(-2, -1))
+    turns = (lambda v: v, lambda v: v.transpose(-2, -1)) if tta == "dihedral" else (lambda v: v,)
     with torch.no_grad():
-        views = [model.net(v) for v in (x, x.flip(-1), x.flip(-2), x.flip(-2, -1))]
+        views = [model.net(flip(turn(x))) for turn in turns for flip in flips]  # 8 distinct views, or 4
+        assert len({round(float(v.sum()), 5) for v in views}) == len(views)
         expected = torch.stack(views).mean(0)
         assert torch.allclose(model(x), expected, atol=1e-6) and not torch.allclose(model(x), views[0])
         normalised = (x - 0.5) / 0.5
         probs, _ = ScreeningNet(model).eval()(x)
         assert torch.allclose(probs, model(normalised).softmax(-1), atol=1e-6)
+    if tta == "dihedral":  # the transposed views survive export as one graph with a dynamic batch
+        session = ort.InferenceSession(str(export_onnx(model, tmp_path / "m.onnx")))
+        batch = torch.rand(3, 3, 24, 32)
+        onnx_probs = session.run(["probs"], {"image": batch.numpy()})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(onnx_probs, model((batch - 0.5) / 0.5).softmax(-1).numpy(), atol=1e-5)
+
+
+def test_a_wrong_tta_fails_when_the_model_is_built():
+    with pytest.raises(ValueError, match="model.tta='rot'.*flip .or true. or dihedral"):
+        LesionClassifier(backbone=LITE, tta="rot")
 
 
 def test_the_test_pass_and_predict_keep_logits_and_features_so_no_split_is_scored_twice():

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from lesion.models.module import FITTED_BUFFERS, LesionClassifier, initial_posthoc_tau
+from lesion.models.module import FITTED_BUFFERS, LesionClassifier, initial_posthoc_tau, tta_mode
 from lesion.screening.calibration import PLATT_IDENTITY
 
 ENSEMBLE_KEY = "members"  # a checkpoint whose hyperparameters hold this key is an ensemble
@@ -33,12 +33,12 @@ class LesionEnsemble(LesionClassifier):
     inference.
 
     members: each member's hyperparameters (its weights are in the ensemble's state dict under `members.<i>.`).
-    tta: flip test-time augmentation of the ensemble's logits.
+    tta: test-time augmentation of the ensemble's logits (false, flip or true, dihedral), as LesionClassifier's.
     posthoc_adjustment: of the 7-class decision, as LesionClassifier's (a number, or "val": fitted at calibration on
     the ensemble's val output); None: the first member's setting.
     """
 
-    def __init__(self, members: list[dict], tta: bool = False, posthoc_adjustment: float | str | None = None):
+    def __init__(self, members: list[dict], tta: bool | str = False, posthoc_adjustment: float | str | None = None):
         L.LightningModule.__init__(self)  # not LesionClassifier's: the members build the networks
         self.save_hyperparameters({"members": members, "tta": tta, "posthoc_adjustment": posthoc_adjustment})
         if not members:
@@ -85,11 +85,12 @@ class LesionEnsemble(LesionClassifier):
 
     @classmethod
     def from_checkpoints(
-        cls, paths: list[str | Path], tta: bool | None = None, posthoc_adjustment: float | str | None = None
+        cls, paths: list[str | Path], tta: bool | str | None = None, posthoc_adjustment: float | str | None = None
     ) -> LesionEnsemble:
         """Assemble trained checkpoints (uncalibrated: fit its operating point on val, e.g. with eval.py).
 
-        tta: None keeps flip TTA when any member used it. Members must share classes and input pipeline."""
+        tta: None: the members' TTA (the one with more views when they differ). Members must share classes and input
+        pipeline."""
         from lesion.serving.inference import eval_transforms, load_model
 
         models = [load_model(p) for p in paths]
@@ -105,7 +106,8 @@ class LesionEnsemble(LesionClassifier):
                     "input size and preprocessing, so that one input pipeline feeds them all"
                 )
         if tta is None:
-            tta = any(bool(m.hparams.get("tta", False)) for m in models)
+            modes = {tta_mode(m.hparams.get("tta", False)) for m in models}
+            tta = next((mode for mode in ("dihedral", "flip") if mode in modes), False)
         ensemble = cls([dict(m.hparams) for m in models], tta=tta, posthoc_adjustment=posthoc_adjustment)
         for member, model in zip(ensemble.members, models):
             member.load_state_dict(model.state_dict())

@@ -23,9 +23,37 @@ FITTED_BUFFERS = ("temperature", "platt", "threshold", "calibrated", "log_prior"
 log = logging.getLogger(__name__)
 
 
+TTA_MODES = ("flip", "dihedral")
+
+
+def tta_mode(tta: bool | str | None) -> str | None:
+    """`model.tta` as a mode: false/None -> None (one view), true -> "flip" (checkpoints before dihedral existed)."""
+    if tta is None or tta is False:
+        return None
+    if tta is True:
+        return "flip"
+    if tta not in TTA_MODES:
+        raise ValueError(f"model.tta={tta!r} is not a test-time augmentation: use false, flip (or true) or dihedral")
+    return tta
+
+
 def flip_tta(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits averaged over the identity, horizontal, vertical and both flips."""
+    """Logits averaged over the identity, horizontal, vertical and both flips (the rotations by 0 and 180 degrees and
+    the two mirrors)."""
     return torch.stack([net(v) for v in (x, x.flip(-1), x.flip(-2), x.flip(-2, -1))]).mean(0)
+
+
+def dihedral_tta(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits averaged over the 8 symmetries of the square (flip TTA's 4 views and the same 4 of the transposed
+    image: rotations by 90 and 270 degrees and the two diagonal mirrors). A lesion has no up, and the network pools
+    globally, so a 4:3 input transposed to 3:4 is a valid view."""
+    return (flip_tta(net, x) + flip_tta(net, x.transpose(-2, -1))) / 2
+
+
+def tta_logits(net: torch.nn.Module, x: torch.Tensor, tta: bool | str | None) -> torch.Tensor:
+    """The network's logits under the test-time augmentation `tta` (false, flip/true, dihedral)."""
+    mode = tta_mode(tta)
+    return net(x) if mode is None else (flip_tta if mode == "flip" else dihedral_tta)(net, x)
 
 
 class LesionClassifier(L.LightningModule):
@@ -44,8 +72,9 @@ class LesionClassifier(L.LightningModule):
     posthoc_adjustment: tau of post-hoc logit adjustment (Menon et al., ICLR 2021) for the 7-class decision only:
     argmax of logits - tau * log(training prior) (balanced_accuracy, per-class tables); P(malignant) is unchanged.
     "val": tau is chosen at calibration, as the one maximising val balanced accuracy (grid 0 to 1.5), and stored.
-    tta: flip test-time augmentation: outside fit's validation, logits are averaged over the identity, horizontal,
-    vertical and both flips, so test, calibration, eval.py, predict.py and export all score the same function.
+    tta: test-time augmentation: outside fit's validation, logits are averaged over views, so test, calibration,
+    eval.py, predict.py and export all score the same function. "flip" (or true): identity, horizontal, vertical and
+    both flips; "dihedral": those and the same of the transposed image (8 views, twice the cost); false: one view.
     logit_adjustment: tau of the logit-adjusted loss (Menon et al., ICLR 2021): tau * log(class prior of the training
     split) is added to the logits inside the loss, so the network's own logits rank classes as if they were balanced.
     channels_last: NHWC memory format for the network and its inputs (a speed option).
@@ -66,7 +95,7 @@ class LesionClassifier(L.LightningModule):
         ema_decay: float | None = None,
         logit_adjustment: float = 0.0,
         posthoc_adjustment: float | str = 0.0,
-        tta: bool = False,
+        tta: bool | str = False,
         channels_last: bool = False,
         data: dict | None = None,
         compile: bool = False,
@@ -74,6 +103,7 @@ class LesionClassifier(L.LightningModule):
         super().__init__()
         # In the checkpoint, not sent to the loggers: train.py logs the whole resolved config once (W&B `config`).
         self.save_hyperparameters(logger=False)
+        tta_mode(tta)  # a wrong value fails here, not at the first test batch
         unknown = [m for m in malignant if m not in class_names]
         if unknown:
             raise ValueError(f"malignant classes {unknown} are not among the classes {list(class_names)}")
@@ -121,9 +151,7 @@ class LesionClassifier(L.LightningModule):
         if self.training:
             return self.net(x)
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"  # fast validation while fitting
-        if not self.hparams.tta or fitting:
-            return self.eval_net(x)
-        return flip_tta(self.eval_net, x)
+        return tta_logits(self.eval_net, x, None if fitting else self.hparams.tta)
 
     @property
     def eval_net(self) -> torch.nn.Module:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lesion.models.module import LesionClassifier, flip_tta
+from lesion.models.module import LesionClassifier, tta_logits, tta_mode
 from lesion.serving.inference import eval_transforms
 
 FORMATS = ("onnx", "torchscript")
@@ -26,7 +26,7 @@ class ScreeningNet(nn.Module):
     def __init__(self, model: LesionClassifier):
         super().__init__()
         self.net = model.eval_net  # the weight EMA when the run kept one
-        self.tta = bool(model.hparams.get("tta", False))
+        self.tta = tta_mode(model.hparams.get("tta", False))
         cfg = model.data_config
         self.register_buffer("mean", torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1))
@@ -48,7 +48,7 @@ class ScreeningNet(nn.Module):
             gains = illuminant.norm(dim=1, keepdim=True) / (3**0.5 * illuminant.clamp_min(1e-6))
             image = (image * gains).clamp(0.0, 1.0)
         x = (image - self.mean) / self.std
-        logits = (flip_tta(self.net, x) if self.tta else self.net(x)).float()
+        logits = tta_logits(self.net, x, self.tta).float()
         probs = (logits / self.temperature).softmax(-1)
         p = (probs @ self.malignant).clamp(1e-7, 1 - 1e-7)  # lesion.screening.calibration.platt_scale, in float32
         return probs, torch.sigmoid(self.platt[0] * (p.log() - (-p).log1p()) + self.platt[1])

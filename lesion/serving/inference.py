@@ -26,10 +26,11 @@ DEFAULT_BANDS = {
 }
 
 
-def load_model(ckpt_path: str | Path | list, tta: bool | None = None, posthoc: float | str | None = None):
+def load_model(ckpt_path: str | Path | list, tta: bool | str | None = None, posthoc: float | str | None = None):
     """A checkpoint (or an ensemble: a list of checkpoints, or the ensemble checkpoint eval.py wrote) in eval mode on
-    the CPU, with a clear error for a wrong path. tta, posthoc: flip TTA and post-hoc adjustment of an ensemble
-    assembled from a list (None: as its members); a checkpoint keeps those its operating point was fitted with."""
+    the CPU, with a clear error for a wrong path. tta, posthoc: the test-time augmentation (model.tta) and post-hoc
+    adjustment of an ensemble assembled from a list (None: as its members); a checkpoint keeps those its operating
+    point was fitted with."""
     from lesion.models.ensemble import ENSEMBLE_KEY, LesionEnsemble
 
     if isinstance(ckpt_path, list | tuple):

@@ -77,7 +77,8 @@ def classifier_layers(model: nn.Module) -> list[nn.Linear]:
 def captured_features(model: nn.Module) -> Iterator[Callable[[int], torch.Tensor]]:
     """Within the block, the returned function gives the pooled features (members' side by side) of the identity view
     of each batch that went through `model` since the block began: `features(batches=1)`. Every batch runs the same
-    views (one, or flip TTA's four, identity first), so a batch's identity view is the first of its passes."""
+    views (one, flip TTA's four or dihedral TTA's eight, identity first), so a batch's identity view is the first of its
+    passes."""
     layers = classifier_layers(model)
     seen: list[list[torch.Tensor]] = [[] for _ in layers]
     hooks = [
