@@ -147,3 +147,19 @@ def test_members_with_another_input_pipeline_are_refused(members, tmp_path):
     torch.save(ckpt, other)
     with pytest.raises(ValueError, match=r"other\.ckpt differs from .* in \['input_size'"):
         LesionEnsemble.from_checkpoints([members[0], other])
+
+
+def test_a_trained_checkpoint_under_another_tta_is_an_ensemble_of_one_calibrated_anew(members, tmp_path):
+    plain = load_model(members[0])
+    x = torch.randn(2, 3, 64, 64)
+    turned = load_model(members[0], tta="dihedral")
+    assert isinstance(turned, LesionEnsemble) and len(turned.members) == 1 and not bool(turned.calibrated)
+    flips = [x, x.flip(-1), x.flip(-2), x.flip(-2, -1)]
+    views = flips + [v.transpose(-2, -1) for v in flips]
+    with torch.no_grad():
+        torch.testing.assert_close(turned(x), torch.stack([plain.eval_net(v) for v in views]).mean(0))
+    report = evaluate(compose_config("eval", [f"ckpt_path={members[0]}", "tta=dihedral", *EVAL], tmp_path))
+    stored = load_model(json.loads((tmp_path / "metrics.json").read_text())["calibrated_checkpoint"])
+    assert stored.hparams.tta == "dihedral" and bool(stored.calibrated)
+    assert float(stored.threshold) == pytest.approx(report["threshold"])
+    assert bool(load_model(members[0]).calibrated)  # the trained checkpoint keeps its own operating point

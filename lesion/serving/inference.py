@@ -30,13 +30,16 @@ def load_model(ckpt_path: str | Path | list, tta: bool | str | None = None, post
     """A checkpoint (or an ensemble: a list of checkpoints, or the ensemble checkpoint eval.py wrote) in eval mode on
     the CPU, with a clear error for a wrong path. tta, posthoc: the test-time augmentation (model.tta) and post-hoc
     adjustment of an ensemble assembled from a list (None: as its members); a checkpoint keeps those its operating
-    point was fitted with."""
+    point was fitted with, unless tta or posthoc is given: then it is an ensemble of one (the trained network under
+    another TTA, say), whose operating point is fitted anew."""
     from lesion.models.ensemble import ENSEMBLE_KEY, LesionEnsemble
 
+    if not isinstance(ckpt_path, list | tuple) and (tta is not None or posthoc is not None):
+        ckpt_path = [ckpt_path]
     if isinstance(ckpt_path, list | tuple):
-        return (
-            LesionEnsemble.from_checkpoints(ckpt_path, tta, posthoc) if len(ckpt_path) > 1 else load_model(ckpt_path[0])
-        )
+        if len(ckpt_path) > 1 or tta is not None or posthoc is not None:
+            return LesionEnsemble.from_checkpoints(ckpt_path, tta, posthoc)
+        return load_model(ckpt_path[0])
     ckpt = Path(ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt} does not exist; pass a .ckpt from outputs/.../checkpoints/")
