@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from lesion.models.module import FITTED_BUFFERS, LesionClassifier, initial_posthoc_tau, tta_mode
+from lesion.models.module import FITTED_BUFFERS, TTA_VIEWS, LesionClassifier, initial_posthoc_tau, tta_mode
 from lesion.screening.calibration import PLATT_IDENTITY
 
 ENSEMBLE_KEY = "members"  # a checkpoint whose hyperparameters hold this key is an ensemble
@@ -41,6 +41,7 @@ class LesionEnsemble(LesionClassifier):
     def __init__(self, members: list[dict], tta: bool | str = False, posthoc_adjustment: float | str | None = None):
         L.LightningModule.__init__(self)  # not LesionClassifier's: the members build the networks
         self.save_hyperparameters({"members": members, "tta": tta, "posthoc_adjustment": posthoc_adjustment})
+        tta_mode(tta)  # a wrong value fails here, not at the first test batch
         if not members:
             raise ValueError("an ensemble needs at least one member checkpoint")
         self.members = nn.ModuleList(LesionClassifier(**hparams) for hparams in members)
@@ -107,7 +108,7 @@ class LesionEnsemble(LesionClassifier):
                 )
         if tta is None:
             modes = {tta_mode(m.hparams.get("tta", False)) for m in models}
-            tta = next((mode for mode in ("dihedral", "flip") if mode in modes), False)
+            tta = next((mode for mode in reversed(TTA_VIEWS) if mode in modes), False)
         ensemble = cls([dict(m.hparams) for m in models], tta=tta, posthoc_adjustment=posthoc_adjustment)
         for member, model in zip(ensemble.members, models):
             member.load_state_dict(model.state_dict())

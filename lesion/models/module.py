@@ -23,16 +23,13 @@ FITTED_BUFFERS = ("temperature", "platt", "threshold", "calibrated", "log_prior"
 log = logging.getLogger(__name__)
 
 
-TTA_MODES = ("flip", "dihedral")
-
-
 def tta_mode(tta: bool | str | None) -> str | None:
     """`model.tta` as a mode: false/None -> None (one view), true -> "flip" (checkpoints before dihedral existed)."""
     if tta is None or tta is False:
         return None
     if tta is True:
         return "flip"
-    if tta not in TTA_MODES:
+    if tta not in TTA_VIEWS:
         raise ValueError(f"model.tta={tta!r} is not a test-time augmentation: use false, flip (or true) or dihedral")
     return tta
 
@@ -50,10 +47,13 @@ def dihedral_tta(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (flip_tta(net, x) + flip_tta(net, x.transpose(-2, -1))) / 2
 
 
+TTA_VIEWS = {"flip": flip_tta, "dihedral": dihedral_tta}  # the modes of model.tta, fewest views first
+
+
 def tta_logits(net: torch.nn.Module, x: torch.Tensor, tta: bool | str | None) -> torch.Tensor:
     """The network's logits under the test-time augmentation `tta` (false, flip/true, dihedral)."""
     mode = tta_mode(tta)
-    return net(x) if mode is None else (flip_tta if mode == "flip" else dihedral_tta)(net, x)
+    return net(x) if mode is None else TTA_VIEWS[mode](net, x)
 
 
 class LesionClassifier(L.LightningModule):

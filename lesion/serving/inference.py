@@ -34,12 +34,12 @@ def load_model(ckpt_path: str | Path | list, tta: bool | str | None = None, post
     another TTA, say), whose operating point is fitted anew."""
     from lesion.models.ensemble import ENSEMBLE_KEY, LesionEnsemble
 
-    if not isinstance(ckpt_path, list | tuple) and (tta is not None or posthoc is not None):
-        ckpt_path = [ckpt_path]
-    if isinstance(ckpt_path, list | tuple):
-        if len(ckpt_path) > 1 or tta is not None or posthoc is not None:
-            return LesionEnsemble.from_checkpoints(ckpt_path, tta, posthoc)
-        return load_model(ckpt_path[0])
+    assembled = tta is not None or posthoc is not None  # an ensemble, even of one checkpoint
+    if isinstance(ckpt_path, list | tuple) or assembled:
+        paths = list(ckpt_path) if isinstance(ckpt_path, list | tuple) else [ckpt_path]
+        if len(paths) > 1 or assembled:
+            return LesionEnsemble.from_checkpoints(paths, tta, posthoc)
+        return load_model(paths[0])
     ckpt = Path(ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt} does not exist; pass a .ckpt from outputs/.../checkpoints/")
