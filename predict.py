@@ -1,4 +1,4 @@
-"""python predict.py ckpt_path=outputs/.../checkpoints/best.ckpt input=photo.jpg|folder [tta=true] [gradcam=false]"""
+"""python predict.py ckpt_path=outputs/.../checkpoints/best.ckpt input=photo.jpg|folder [gradcam=false] [crop=center]"""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def run_predict(config: dict) -> list[Result]:
         "threshold": screener.threshold,
         "temperature": float(model.temperature),
         "platt": [float(v) for v in model.platt],
-        "tta": config["tta"],
+        "tta": screener.tta or False,
         "predictions": rows,
     }
     (out / "predictions.json").write_text(json.dumps(summary, indent=2))

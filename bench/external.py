@@ -1,4 +1,4 @@
-"""python bench/external.py CKPT [--root ../shared/data/isic2017_test] [--tta] [--out external.json]
+"""python bench/external.py CKPT [--root ../shared/data/isic2017_test] [--model-tta dihedral] [--out external.json]
 
 External validation of a checkpoint on a benign/malignant folder from another clinic (ISIC 2017 test set): AUROC and
 pAUC80 of calibrated P(malignant), and sensitivity/specificity at the checkpoint's stored threshold, each with a
@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lesion.models.module import tta_mode
 from lesion.screening.metrics import screening_metrics
 from lesion.screening.operating_point import bootstrap_ci
 from lesion.serving.inference import Screener, load_model
@@ -34,15 +35,15 @@ def folder_cases(root: Path) -> tuple[list[Path], torch.Tensor]:
     return files, torch.tensor(labels)
 
 
-def external_report(
-    ckpt: Path, root: Path, tta: bool = False, resamples: int = 1000, model_tta: bool | None = None
-) -> dict:
-    """model_tta: override the checkpoint's own flip TTA (model.tta) to measure with or without it."""
+def external_report(ckpt: Path, root: Path, resamples: int = 1000, model_tta: str | None = None) -> dict:
+    """model_tta: measure under another TTA than the checkpoint's own (false, flip, dihedral). Its AUROC is then that
+    TTA's; the stored threshold was fitted under the checkpoint's own, so the sensitivity and specificity at it are
+    only indicative (eval.py ckpt_path=... tta=... calibrates one)."""
     model = load_model(ckpt)
     if model_tta is not None:
-        model.hparams.tta = model_tta
+        model.hparams.tta = tta_mode(model_tta, key="--model-tta") or False
     files, y = folder_cases(root)
-    screener = Screener(model, tta=tta)
+    screener = Screener(model)
     with tqdm(total=len(files), desc=f"external {root.name}", unit="img") as bar:
         results = screener.screen_files(files, batch_size=32, progress=bar)
     errors = [r for r in results if r.error]
@@ -55,8 +56,7 @@ def external_report(
     return {
         "checkpoint": str(ckpt),
         "root": str(root),
-        "tta": tta,
-        "model_tta": bool(model.hparams.get("tta", False)),
+        "model_tta": screener.tta or False,
         "images": len(files),
         "malignant": int(y.sum()),
         "threshold": threshold,
@@ -75,14 +75,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpt", type=Path)
     parser.add_argument("--root", type=Path, default=Path("../shared/data/isic2017_test"))
-    parser.add_argument("--tta", action="store_true", help="average the Screener's probabilities over flips")
-    parser.add_argument("--model-tta", choices=("on", "off"), default=None, help="override the checkpoint's model.tta")
+    parser.add_argument(
+        "--model-tta", choices=("false", "flip", "dihedral"), default=None, help="measure under another model.tta"
+    )
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    model_tta = None if args.model_tta is None else args.model_tta == "on"
-    report = external_report(args.ckpt, args.root, args.tta, args.resamples, model_tta)
+    model_tta = {"false": False}.get(args.model_tta, args.model_tta)
+    report = external_report(args.ckpt, args.root, args.resamples, model_tta)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
     r = report

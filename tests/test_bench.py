@@ -114,8 +114,9 @@ def test_external_report_scores_a_benign_malignant_folder_and_the_ablation_table
     run.mkdir(parents=True)
     train(compose_config("train", [*TINY, "trainer.max_epochs=1"], run))
     ckpt = json.loads((run / "metrics.json").read_text())["best_checkpoint"]
-    report = external_report(ckpt, make_folder(tmp_path / "external", per_class=6), tta=True, resamples=20)
+    report = external_report(ckpt, make_folder(tmp_path / "external", per_class=6), resamples=20, model_tta="flip")
     assert report["images"] == 12 and report["malignant"] == 6 and 0.0 <= report["auroc"] <= 1.0
+    assert report["model_tta"] == "flip"
     assert report["auroc_ci"][0] <= report["auroc"] <= report["auroc_ci"][1]
     (run / "external.json").write_text(json.dumps(report))
     (tmp_path / "ablation" / "A.log").write_text("row A: 61.5 s wall, 1 KB peak RSS\n")

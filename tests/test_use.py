@@ -108,16 +108,25 @@ def test_predict_writes_a_row_per_file_and_a_clear_error_per_bad_file(trained, t
     assert summary["disclaimer"] == DISCLAIMER and len(summary["predictions"]) == 12
 
 
-def test_tta_averages_the_calibrated_probability_over_four_flips(trained):
+def test_the_screener_runs_the_tta_its_threshold_was_fitted_under_and_refuses_another(trained):
     model = load_model(trained["ckpt"])
     model.temperature.fill_(1.7)
+    model.hparams.tta = "flip"  # as the recipe's checkpoints: the operating point was fitted on flip-averaged logits
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         views = [x, x.flip(-1), x.flip(-2), x.flip(-1, -2)]
-        expected = torch.stack([model.malignant_probability((model(v) / 1.7).softmax(-1)) for v in views]).mean(0)
-        plain = model.malignant_probability((model(x) / 1.7).softmax(-1))
-    torch.testing.assert_close(Screener(model, tta=True).probabilities(x), expected)
-    torch.testing.assert_close(Screener(model, tta=False).probabilities(x), plain)
+        mean_logits = torch.stack([model.eval_net(v) for v in views]).mean(0)
+        expected = model.malignant_probability((mean_logits / 1.7).softmax(-1))
+    for confirmed in (None, "flip", True):  # no second round of flips on top of the model's own
+        screener = Screener(model, tta=confirmed)
+        assert screener.tta == "flip"
+        torch.testing.assert_close(screener.probabilities(x), expected)
+    for other in (False, "dihedral"):
+        refused = f"tta={other}: .*fitted under model.tta=flip.*eval.py ckpt_path=.*tta={other}"
+        with pytest.raises(ValueError, match=refused):
+            Screener(model, tta=other)
+    with pytest.raises(ValueError, match="tta='rot' is not a test-time augmentation"):
+        Screener(model, tta="rot")
 
 
 def test_gradcam_targets_the_last_feature_map_and_overlays_the_photo(trained):
@@ -414,7 +423,7 @@ def test_the_gate_scores_the_pooled_features_the_screener_sees(trained):
     model = load_model(trained["ckpt"])
     fitted = model.quality["feature_residual"]  # train.py's default: quality.ood=residual
     assert model.quality["ood"] == "residual" and 0 < fitted["max_residual"] <= 1
-    screener = Screener(model, tta=True, quality={"enabled": True, "min_side": 16})
+    screener = Screener(model, quality={"enabled": True, "min_side": 16})
     rng = np.random.default_rng(0)
     photos = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(3)]
     batch = torch.stack([screener.tensor(im) for im in photos])

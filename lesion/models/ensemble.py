@@ -41,7 +41,7 @@ class LesionEnsemble(LesionClassifier):
     def __init__(self, members: list[dict], tta: bool | str = False, posthoc_adjustment: float | str | None = None):
         L.LightningModule.__init__(self)  # not LesionClassifier's: the members build the networks
         self.save_hyperparameters({"members": members, "tta": tta, "posthoc_adjustment": posthoc_adjustment})
-        tta_mode(tta)  # a wrong value fails here, not at the first test batch
+        tta_mode(tta, key="tta")  # a wrong value fails here, not at the first test batch
         if not members:
             raise ValueError("an ensemble needs at least one member checkpoint")
         self.members = nn.ModuleList(LesionClassifier(**hparams) for hparams in members)

@@ -23,14 +23,15 @@ FITTED_BUFFERS = ("temperature", "platt", "threshold", "calibrated", "log_prior"
 log = logging.getLogger(__name__)
 
 
-def tta_mode(tta: bool | str | None) -> str | None:
-    """`model.tta` as a mode: false/None -> None (one view), true -> "flip" (checkpoints before dihedral existed)."""
+def tta_mode(tta: bool | str | None, key: str = "model.tta") -> str | None:
+    """`model.tta` as a mode: false/None -> None (one view), true -> "flip" (checkpoints before dihedral existed).
+    key: the config key the value came from, for the error."""
     if tta is None or tta is False:
         return None
     if tta is True:
         return "flip"
     if tta not in TTA_VIEWS:
-        raise ValueError(f"model.tta={tta!r} is not a test-time augmentation: use false, flip (or true) or dihedral")
+        raise ValueError(f"{key}={tta!r} is not a test-time augmentation: use false, flip (or true) or dihedral")
     return tta
 
 

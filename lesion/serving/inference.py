@@ -1,5 +1,5 @@
 """A trained checkpoint applied to photos: the same preprocessing as evaluation, the stored temperature and threshold,
-a plain-language risk band, optional flip TTA and Grad-CAM. Shared by predict.py, app.py and export.py."""
+a plain-language risk band, the checkpoint's own TTA and Grad-CAM. Shared by predict.py, app.py and export.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from lesion.data.readers import BadImageError, decode
 from lesion.data.transforms import LesionTransforms
-from lesion.models.module import LesionClassifier
+from lesion.models.module import LesionClassifier, tta_mode
 
 log = logging.getLogger(__name__)
 DISCLAIMER = (
@@ -101,17 +101,33 @@ class Result:
         return values | {"note": DISCLAIMER}
 
 
+def calibrated_tta(model, tta: bool | str | None) -> str | None:
+    """The test-time augmentation a consumer of `model` runs: the model's own (`model.tta`), under which its
+    temperature, Platt map and threshold were fitted. `tta` (predict.py's and app.py's key) may only confirm it."""
+    own = tta_mode(model.hparams.get("tta", False))
+    if tta is not None and tta_mode(tta, key="tta") != own:
+        raise ValueError(
+            f"tta={tta}: this checkpoint's temperature and threshold were fitted under model.tta={own or 'false'}, "
+            "and its decisions hold for that score only. Leave tta unset (null) to use it as calibrated, or run "
+            f"`python eval.py ckpt_path=<this checkpoint> tta={tta}` first: it fits an operating point under that TTA "
+            "on the val split and writes ensemble.ckpt, which you pass here."
+        )
+    return own
+
+
 class Screener:
     """Calibrated P(malignant), decision and risk band for RGB photos (uint8 HxWx3), with the model loaded once.
 
-    tta: average the calibrated probabilities over the identity, horizontal, vertical and both flips.
+    tta: None (default) runs the model's own test-time augmentation (`model.tta`: the one its temperature and threshold
+    were fitted under). Another value must name that same mode: a threshold fitted on one score does not hold for
+    another, so a different TTA is refused with the way to calibrate one (`eval.py ckpt_path=... tta=...`).
     gradcam: also return a Grad-CAM overlay of what drove P(malignant) (see `lesion.serving.explain`).
     """
 
     def __init__(
         self,
         model: LesionClassifier,
-        tta: bool = False,
+        tta: bool | str | None = None,
         gradcam: bool = False,
         max_pixels: int | None = 100_000_000,
         bands: dict[str, str] | None = None,
@@ -131,7 +147,7 @@ class Screener:
         if quality and quality["enabled"]:
             thresholds = getattr(model, "quality", None)
             self.gate = QualityGate(thresholds, self.transforms.to_input_size, quality["min_side"])
-        self.tta = tta
+        self.tta = calibrated_tta(model, tta)
         self.max_pixels = max_pixels
         self.bands = dict(DEFAULT_BANDS, **(bands or {}))
         self.threshold = float(model.threshold)
@@ -152,7 +168,7 @@ class Screener:
 
     @torch.no_grad()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Calibrated P(malignant) for a normalised batch, averaged over flips when tta is on."""
+        """Calibrated P(malignant) for a normalised batch (under the model's own TTA)."""
         return self.scores(batch)[0]
 
     @torch.no_grad()
@@ -165,12 +181,8 @@ class Screener:
         with captured_features(self.model) if wanted else nullcontext(lambda: None) as captured:
             logits = self.model(batch).float()
             features = captured()
-        views = [logits]
-        if self.tta:
-            views += [self.model(v).float() for v in (batch.flip(-1), batch.flip(-2), batch.flip(-1, -2))]
-        temperature = self.model.temperature
-        probs = [self.model.malignant_probability((v / temperature).softmax(-1)) for v in views]
-        return torch.stack(probs).mean(0), logits, features
+        probs = self.model.malignant_probability((logits / self.model.temperature).softmax(-1))
+        return probs, logits, features
 
     def describe(self, name: str, p: float) -> Result:
         elevated = p > self.threshold
