@@ -90,15 +90,14 @@ def test_overhead_script_interleaves_rounds_and_prints_the_ratio_table(tmp_path)
 
 @pytest.mark.parametrize("backbone", ["resnet50_trunc", "efficientnet_lite0"])
 def test_channels_last_training_step_matches_nchw(backbone):
-    """The CPU default channels_last must not change the arithmetic beyond rounding: same logits, and gradients no
-    further from NCHW's than a 1e-6 change of the input moves them."""
+    """The CPU default channels_last must not change the arithmetic beyond rounding: same logits, and gradients whose
+    error against a float64 step is of the order of NCHW's (a layout bug would be off by O(1))."""
     from gpu import memory_format_parity
 
     gap = memory_format_parity(backbone, 64, "cpu")
     assert gap["logits"] < 1e-4, gap
-    # The floor is kernel-dependent: on an AVX2-only CPU, resnet50_trunc's NCHW and NHWC kernels sum in different
-    # orders (relative gradient gap 7e-5 against a floor of 2.5e-6), which is still float32 rounding.
-    assert gap["grads"] < max(5 * gap["floor"], 5e-4), gap
+    # CPU channels_last BatchNorm rounds more than NCHW's in train mode (Lite0: 4x with 2 threads, 11x with 1).
+    assert gap["nhwc_error"] < max(20 * gap["nchw_error"], 5e-4), gap
 
 
 def test_external_report_scores_a_benign_malignant_folder_and_the_ablation_table_reads_runs(tmp_path):
