@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import TINY, compose_config
 
 from lesion.models.backbones import build_backbone
-from lesion.models.module import LesionClassifier, flip_tta
+from lesion.models.module import LesionClassifier, tta_logits
 from lesion.models.optimizers import build_optimizer, build_scheduler
 from train import train
 
@@ -265,7 +265,7 @@ def test_the_test_pass_and_predict_keep_logits_and_features_so_no_split_is_score
     assert torch.equal(kept.labels, again.labels) and torch.equal(kept.y_malignant, again.y_malignant)
     assert torch.allclose(kept.logits, again.logits, atol=1e-6)  # with flip TTA in both
     with torch.no_grad():
-        by_hand = flip_tta(model.eval().eval_net, torch.stack([r["image"] for r in rows[:4]]))
+        by_hand = tta_logits(model.eval().eval_net, torch.stack([r["image"] for r in rows[:4]]), "flip")
         assert torch.allclose(kept.logits[:4], by_hand, atol=1e-6)
     # The quality gate's val features come from the same passes: each image's identity view, batch by batch.
     with_features = predict(model, loader, trainer, features=True)

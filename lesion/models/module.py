@@ -35,26 +35,28 @@ def tta_mode(tta: bool | str | None, key: str = "model.tta") -> str | None:
     return tta
 
 
-def flip_tta(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits averaged over the identity, horizontal, vertical and both flips (the rotations by 0 and 180 degrees and
-    the two mirrors)."""
-    return torch.stack([net(v) for v in (x, x.flip(-1), x.flip(-2), x.flip(-2, -1))]).mean(0)
+def flip_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The identity, horizontal, vertical and both flips of a batch (the rotations by 0 and 180 degrees and the two
+    mirrors)."""
+    return [x, x.flip(-1), x.flip(-2), x.flip(-2, -1)]
 
 
-def dihedral_tta(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits averaged over the 8 symmetries of the square (flip TTA's 4 views and the same 4 of the transposed
-    image: rotations by 90 and 270 degrees and the two diagonal mirrors). A lesion has no up, and the network pools
-    globally, so a 4:3 input transposed to 3:4 is a valid view."""
-    return (flip_tta(net, x) + flip_tta(net, x.transpose(-2, -1))) / 2
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 symmetries of the square: flip TTA's 4 views, then the same 4 of the transposed image (rotations by 90
+    and 270 degrees and the two diagonal mirrors). A lesion has no up, and the network pools globally, so a 4:3 input
+    transposed to 3:4 is a valid view."""
+    return flip_views(x) + flip_views(x.transpose(-2, -1))
 
 
-TTA_VIEWS = {"flip": flip_tta, "dihedral": dihedral_tta}  # the modes of model.tta, fewest views first
+# The modes of model.tta, fewest views first; each mode's views begin with those of the modes before it.
+TTA_VIEWS = {"flip": flip_views, "dihedral": dihedral_views}
 
 
 def tta_logits(net: torch.nn.Module, x: torch.Tensor, tta: bool | str | None) -> torch.Tensor:
-    """The network's logits under the test-time augmentation `tta` (false, flip/true, dihedral)."""
+    """The network's logits under the test-time augmentation `tta` (false, flip/true, dihedral): averaged over its
+    views."""
     mode = tta_mode(tta)
-    return net(x) if mode is None else TTA_VIEWS[mode](net, x)
+    return net(x) if mode is None else torch.stack([net(v) for v in TTA_VIEWS[mode](x)]).mean(0)
 
 
 class LesionClassifier(L.LightningModule):
