@@ -20,8 +20,8 @@ from lesion.serving.inference import load_model  # noqa: E402
 DEFAULT_ROOT = str(ROOT.parent / "shared" / "data" / "isic2018")
 
 
-def own_split_predictions(ckpt: str, root: str, splits: tuple[str, ...] = ("val", "test")):
-    """(model, datamodule, {split: Predictions}): the checkpoint's own preprocessing and, where its run stored one,
+def own_split_datamodule(ckpt: str, root: str):
+    """(model, datamodule) set up for fit and test: the checkpoint's own preprocessing and, where its run stored one,
     its own split (else the split its data config carves now), read from `root`."""
     model = load_model(ckpt)
     data = dict(model.hparams.data) | {"root": root, "num_workers": 0, "cache": False}
@@ -34,6 +34,12 @@ def own_split_predictions(ckpt: str, root: str, splits: tuple[str, ...] = ("val"
         datamodule = build_datamodule(data, model.data_config)
         datamodule.setup("fit")
         datamodule.setup("test")
+    return model, datamodule
+
+
+def own_split_predictions(ckpt: str, root: str, splits: tuple[str, ...] = ("val", "test")):
+    """(model, datamodule, {split: Predictions}) on the checkpoint's own split (`own_split_datamodule`)."""
+    model, datamodule = own_split_datamodule(ckpt, root)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     loaders = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}
     predictions: dict[str, Predictions] = {s: predict(model, loaders[s](), trainer) for s in splits}

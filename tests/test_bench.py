@@ -258,3 +258,30 @@ def test_quality_gate_calibrators_and_metadata_fusion_scripts_run_on_a_trained_c
     (report,) = json.loads((tmp_path / "f.json").read_text())
     assert report["test/prior_auroc"] == 1.0 and report["test/fused_auroc"] > 0.95
     assert report["test_images"] + report["val_images"] < 140 and report["fusion_weights"]["prior"] > 0
+    # bench/tta_views.py: each mode's score from the per-view logits is the one tta_logits gives that mode
+    import torch
+    from fakes import make_folder
+    from tta_views import mode_scores, view_logits
+
+    from lesion.models.module import tta_logits
+    from lesion.serving.inference import load_model
+
+    model = load_model(ckpt)
+    x = torch.rand(5, 3, 32, 32)
+    scores = mode_scores(model, view_logits(model.eval_net.eval(), [x[:3], x[3:]], 5, "views"))
+    assert list(scores) == ["one", "flip", "dihedral"]
+    with torch.no_grad():
+        for mode, p in scores.items():
+            logits = tta_logits(model.eval_net, x, None if mode == "one" else mode)
+            torch.testing.assert_close(p, model.malignant_probability(logits.softmax(-1), platt=False))
+    external = make_folder(tmp_path / "external", per_class=6)
+    args = ["bench/tta_views.py", ckpt, "--root", str(root), "--external", str(external), "--resamples", "20"]
+    out = _bench(args + ["--out", str(tmp_path / "t.json")], tmp_path)
+    rows = [line for line in out.splitlines() if line.startswith(("| val", "| test", "| external"))]
+    assert len(rows) == 3 and "| external (12 images) |" in out
+    views = json.loads((tmp_path / "t.json").read_text())
+    assert views["external"]["malignant"] == 6 and views["val"]["images"] == report["val_images"]
+    for split in ("val", "test", "external"):
+        r = views[split]
+        assert all(0 <= r[f"{m}_auroc_ci"][0] <= r[f"{m}_auroc_ci"][1] <= 1 for m in scores), r
+        assert r["views_per_second"] > 0 and -1 <= r["dihedral_minus_flip"] <= 1
