@@ -46,7 +46,7 @@ class SyntheticDataModule(LesionDataModule):
 
     def dataset(self, split: str, train: bool = False) -> TensorDataset:
         self.setup()
-        rows = torch.as_tensor(self.frames[split]["image_id"].astype(int).to_numpy())
+        rows = torch.tensor(self.frames[split]["image_id"].astype(int).to_numpy())  # a copy: pandas lends it read-only
         return TensorDataset(self.images[rows], self.labels[rows])
 
 
