@@ -39,14 +39,16 @@ MODES = {"one": 1} | {mode: len(views(torch.zeros(1, 1, 2, 3))) for mode, views 
 
 
 @torch.no_grad()
-def view_logits(net: torch.nn.Module, batches, total: int, desc: str) -> torch.Tensor:
-    """(N, 8, classes) logits of every image of `batches` (normalised image tensors) under each dihedral view."""
-    out = []
+def view_logits(net: torch.nn.Module, batches, total: int, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 8, classes) logits of every image of `batches` ((normalised images, malignant labels) pairs) under each
+    dihedral view, and the (N,) labels."""
+    logits, labels = [], []
     with tqdm(total=total, desc=desc, unit="img") as bar:
-        for images in batches:
-            out.append(torch.stack([net(v).float() for v in dihedral_views(images)], dim=1))
+        for images, y in batches:
+            logits.append(torch.stack([net(v).float() for v in dihedral_views(images)], dim=1))
+            labels.append(y)
             bar.update(len(images))
-    return torch.cat(out)
+    return torch.cat(logits), torch.cat(labels)
 
 
 def mode_scores(model, logits: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -57,15 +59,9 @@ def mode_scores(model, logits: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def split_batches(model, datamodule, split: str):
+    """(batches of (images, malignant labels), image count) of the run's own val or test split."""
     loader = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}[split]()
-    labels = []
-
-    def images():
-        for batch in loader:
-            labels.append(batch["label"])
-            yield batch["image"]
-
-    return images(), len(loader.dataset), lambda: model.is_malignant(torch.cat(labels))
+    return ((batch["image"], model.is_malignant(batch["label"])) for batch in loader), len(loader.dataset)
 
 
 def folder_batches(model, root: Path, batch_size: int = 32):
@@ -73,13 +69,13 @@ def folder_batches(model, root: Path, batch_size: int = 32):
     files, y = folder_cases(root)
     screener = Screener(model)
 
-    def images():
+    def batches():
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
             sized = [screener.transforms.to_input_size(screener.read(p.read_bytes(), str(p))) for p in chunk]
-            yield torch.stack([screener.tensor(image) for image in sized])
+            yield torch.stack([screener.tensor(image) for image in sized]), y[start : start + batch_size]
 
-    return images(), len(files), lambda: y
+    return batches(), len(files)
 
 
 def split_report(model, logits: torch.Tensor, y: torch.Tensor, resamples: int) -> dict:
@@ -110,11 +106,11 @@ def main() -> None:
     if args.external:
         sources["external"] = folder_batches(model, args.external)
     reports = {"checkpoint": args.ckpt}
-    for name, (batches, total, labels) in sources.items():
+    for name, (batches, total) in sources.items():
         start = time.perf_counter()
-        logits = view_logits(net, batches, total, name)
+        logits, y = view_logits(net, batches, total, name)
         seconds = time.perf_counter() - start
-        reports[name] = split_report(model, logits, labels(), args.resamples)
+        reports[name] = split_report(model, logits, y, args.resamples)
         reports[name]["views_per_second"] = round(8 * total / seconds, 1)
     modes = list(MODES)
     header = [f"{m} ({MODES[m]} view{'s' * (MODES[m] > 1)})" for m in modes]

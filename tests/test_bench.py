@@ -268,7 +268,10 @@ def test_quality_gate_calibrators_and_metadata_fusion_scripts_run_on_a_trained_c
 
     model = load_model(ckpt)
     x = torch.rand(5, 3, 32, 32)
-    scores = mode_scores(model, view_logits(model.eval_net.eval(), [x[:3], x[3:]], 5, "views"))
+    y = torch.tensor([0, 1, 0, 1, 1])
+    logits, labels = view_logits(model.eval_net.eval(), [(x[:3], y[:3]), (x[3:], y[3:])], 5, "views")
+    assert torch.equal(labels, y) and logits.shape[:2] == (5, 8)
+    scores = mode_scores(model, logits)
     assert list(scores) == ["one", "flip", "dihedral"]
     with torch.no_grad():
         for mode, p in scores.items():
