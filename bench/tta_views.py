@@ -53,9 +53,7 @@ def view_logits(net: torch.nn.Module, batches, total: int, desc: str) -> tuple[t
 
 def mode_scores(model, logits: torch.Tensor) -> dict[str, torch.Tensor]:
     """Uncalibrated P(malignant) of each mode from the per-view logits (`view_logits`)."""
-    return {
-        mode: model.malignant_probability(logits[:, :k].mean(1).softmax(-1), platt=False) for mode, k in MODES.items()
-    }
+    return {mode: model.scores(logits[:, :k].mean(1), temperature=False, platt=False)[1] for mode, k in MODES.items()}
 
 
 def split_batches(model, datamodule, split: str):

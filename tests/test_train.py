@@ -15,6 +15,7 @@ from eval import evaluate
 from lesion.data.datamodule import LesionDataModule
 from lesion.models.backbones import backbone_data_config
 from lesion.models.module import LesionClassifier
+from lesion.screening.predictions import Predictions
 from train import train
 
 SIZES = {"inception_v3": 96}
@@ -113,6 +114,27 @@ def test_multiclass_run_reports_balanced_accuracy_and_malignant_sum(tmp_path):
     probs = torch.tensor([[0.2, 0.3, 0.5], [0.7, 0.2, 0.1]])
     assert model.malignant_probability(probs).tolist() == pytest.approx([0.5, 0.1])
     assert model.is_malignant(torch.tensor([0, 1, 2])).tolist() == [0, 0, 1]
+
+
+def test_scores_apply_the_stored_temperature_then_the_platt_map(tmp_path):
+    backbone = compose_config("train", TINY, tmp_path)["backbone"]
+    model = LesionClassifier(backbone=backbone, class_names=["nv", "bkl", "mel"], malignant=["mel"])
+    model.temperature.fill_(2.0)
+    model.platt.copy_(torch.tensor([1.5, -0.5], dtype=torch.float64))
+    logits = torch.tensor([[1.0, 0.0, 2.0], [0.5, 3.0, -1.0]])
+    probs, p = model.scores(logits)
+    torch.testing.assert_close(probs, (logits / 2.0).softmax(-1))
+    z = torch.logit(probs[:, 2].double())
+    torch.testing.assert_close(p, torch.sigmoid(1.5 * z - 0.5).float())
+    assert torch.equal(model.scores(logits, platt=False)[1], probs[:, 2])  # what the Platt map is fitted on
+    raw_probs, raw = model.scores(logits, temperature=False, platt=False)
+    torch.testing.assert_close(raw_probs, logits.softmax(-1))
+    assert torch.equal(raw, raw_probs[:, 2])
+    # the screening report's predictions score through it, as predict_step and the Screener do
+    preds = Predictions(
+        image_ids=["a", "b"], labels=torch.tensor([2, 1]), logits=logits, y_malignant=torch.tensor([1, 0])
+    )
+    assert torch.equal(preds.p_malignant(model), p) and torch.equal(preds.p_malignant(model, calibrated=False), raw)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])

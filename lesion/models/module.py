@@ -179,8 +179,7 @@ class LesionClassifier(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Calibrated probabilities (softmax of logits / temperature) and the decision at the stored threshold."""
         logits = self._logits(batch).float()
-        probs = (logits / self.temperature).softmax(dim=-1)
-        p_malignant = self.malignant_probability(probs)
+        probs, p_malignant = self.scores(logits)
         return {
             "image_id": batch["image_id"],
             "label": batch["label"],
@@ -190,10 +189,22 @@ class LesionClassifier(L.LightningModule):
             "malignant": p_malignant > self.threshold,
         }
 
+    def scores(
+        self, logits: torch.Tensor, temperature: bool = True, platt: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities and P(malignant) of logits, as every consumer scores them: softmax at the stored
+        temperature, then the malignant classes' sum through the stored Platt map. `platt=False`: the sum before the
+        map (what the map is fitted on); `temperature=False` as well: as the network gives them."""
+        logits = logits.float()
+        if temperature:
+            logits = logits / self.temperature.to(logits.device)
+        probs = logits.softmax(dim=-1)
+        return probs, self.malignant_probability(probs, platt=platt)
+
     def malignant_probability(self, probs: torch.Tensor, platt: bool = True) -> torch.Tensor:
         """P(malignant) from (temperature-scaled) class probabilities: the malignant classes' sum, then the stored
         Platt map (identity until calibration fits it; `platt=False`: the sum alone)."""
-        p = probs[:, self.malignant_mask].sum(dim=-1)
+        p = probs[:, self.malignant_mask.to(probs.device)].sum(dim=-1)
         return platt_scale(p, self.platt) if platt else p
 
     def diagnosis_logits(self, logits: torch.Tensor) -> torch.Tensor:
@@ -278,8 +289,7 @@ class LesionClassifier(L.LightningModule):
         loss = self._loss(logits, labels if targets is None else targets)
         # Calibrated P(malignant) (train.py calibrates before testing; identity while fitting), as eval.py scores.
         logits = logits.detach().float()
-        probs = (logits / self.temperature).softmax(dim=-1)
-        p_malignant, y_malignant = self.malignant_probability(probs), self.is_malignant(labels)
+        p_malignant, y_malignant = self.scores(logits)[1], self.is_malignant(labels)
         metrics = getattr(self, f"{split}_metrics")
         metrics.update(p_malignant, y_malignant)
         size = len(labels)

@@ -42,7 +42,7 @@ def calibrate(
         raise ValueError(f"operating_point.calibrator must be one of {CALIBRATORS}, got {calibrator!r}")
     model.temperature.fill_(fit_temperature(val.logits, val.labels))
     temperature = float(model.temperature)  # as stored: the scores every later decision sees
-    raw = model.malignant_probability(val.probs(temperature), platt=False)
+    raw = model.scores(val.logits, platt=False)[1]
     platt = fit_platt(raw, val.y_malignant) if calibrator == "platt" else PLATT_IDENTITY
     model.platt.copy_(torch.tensor(platt, dtype=torch.float64))
     p = val.p_malignant(model)
@@ -101,11 +101,12 @@ def screening_report(
         for name, (low, high) in bootstrap_ci(p, test.y_malignant, threshold, resamples, level).items():
             report[f"{split}_op/{name}_ci"] = [low, high]
     num_classes = 2 if test.binary_labels else len(model.hparams.class_names)  # multiclass figures need its labels
-    for state, t in (("before", 1.0), ("after", temperature)):
-        scores = binary_calibration_scores(test.p_malignant(model, calibrated=state == "after"), test.y_malignant, bins)
+    for state in ("before", "after"):
+        probs, p_state = model.scores(test.logits, temperature=state == "after", platt=state == "after")
+        scores = binary_calibration_scores(p_state, test.y_malignant, bins)
         report |= {f"{split}_calibration/{name}_{state}": value for name, value in scores.items()}
         if num_classes > 2:  # the top-label figures of the 7-class probabilities, under their own names
-            scores = calibration_scores(test.probs(t), test.labels, bins)
+            scores = calibration_scores(probs, test.labels, bins)
             report |= {f"{split}_calibration_multiclass/{name}_{state}": value for name, value in scores.items()}
     if num_classes > 2:
         decision = model.diagnosis_logits(test.logits).softmax(-1)

@@ -23,15 +23,10 @@ class Predictions:
     binary_labels: bool = False  # labels are benign/malignant of an external set, not the model's classes
     features: torch.Tensor | None = None  # pooled features of the identity view, when predict() was asked for them
 
-    def probs(self, temperature: float = 1.0) -> torch.Tensor:
-        return (self.logits / temperature).softmax(dim=-1)
-
     def p_malignant(self, model: LesionClassifier, calibrated: bool = True) -> torch.Tensor:
         """P(malignant), calibrated with the model's stored temperature and Platt map; `calibrated=False`: as the
         network gives it (temperature 1, no Platt map)."""
-        if not calibrated:
-            return model.malignant_probability(self.probs(1.0), platt=False)
-        return model.malignant_probability(self.probs(float(model.temperature)))
+        return model.scores(self.logits, temperature=calibrated, platt=calibrated)[1]
 
 
 def predict(

@@ -76,7 +76,7 @@ def recalibrate(model, external: Predictions, settings: dict, resamples: int = 1
     site = copy.deepcopy(model)
     calibrator = (model.operating_point or {}).get("calibrator", "temperature")
     if calibrator == "platt":  # the model's own calibrator, refitted: a Platt map at the stored temperature
-        raw = model.malignant_probability(refit.probs(float(model.temperature)), platt=False)
+        raw = model.scores(refit.logits, platt=False)[1]
         site.platt.copy_(torch.tensor(fit_platt(raw, refit.y_malignant), dtype=torch.float64))
     else:  # a temperature on P(malignant) itself: the only labels a benign/malignant site has
         site.temperature.fill_(fit_binary_temperature(refit.logits, model.malignant_mask, refit.y_malignant))

@@ -181,7 +181,7 @@ class Screener:
         with captured_features(self.model) if wanted else nullcontext(lambda: None) as captured:
             logits = self.model(batch).float()
             features = captured()
-        probs = self.model.malignant_probability((logits / self.model.temperature).softmax(-1))
+        probs = self.model.scores(logits)[1]
         return probs, logits, features
 
     def describe(self, name: str, p: float) -> Result:
