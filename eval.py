@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from lesion.data import build_datamodule
 from lesion.runs import dashboard
 from lesion.runs.config import to_plain
-from lesion.screening.checkpoints import in_domain_metrics, save_calibrated, save_site, store_in_domain
+from lesion.screening.checkpoints import in_domain_figures, in_domain_metrics, save_calibrated, save_site
 from lesion.screening.evaluation import (
     calibrate,
     per_class_table,
@@ -56,14 +56,18 @@ def evaluate(config: dict) -> dict:
         raise ValueError("recalibrate.enabled=true refits on a site's own labelled set: add data.external=true")
     trainer = L.Trainer(**config["trainer"], logger=False, default_root_dir=str(out))
     test = predict(model, datamodule.test_dataloader(), trainer, binary_labels=binary)
-    written = {} if bool(model.calibrated) else _calibrate(model, datamodule, trainer, config, out)
+    fitted = not bool(model.calibrated)  # an operating point fitted here (never on external data: _calibrate refuses)
+    written = _calibrate(model, datamodule, trainer, config) if fitted else {}
     written |= {f"operating_point/{k}": v for k, v in (model.operating_point or {}).items() if k != "threshold"}
     boot = config["bootstrap"]
     report = screening_report(model, test, "test", boot["resamples"], boot["level"], config["calibration"]["bins"])
     p = test.p_malignant(model)
     _plots(model, test, p, report, out, _name(ckpt), binary)
-    if "calibrated_checkpoint" in written and not external:
-        store_in_domain(written["calibrated_checkpoint"], report, out / "metrics.json")
+    if fitted:  # written once, with the test figures a later external evaluation compares against
+        in_domain = in_domain_figures(report, out / "metrics.json")
+        path = save_calibrated(model, ckpt, out, config["save_operating_point"], in_domain)
+        written["calibrated_checkpoint"] = str(path)
+        log.info("operating point stored in %s: pass it to predict/app/export", path)
     if external:
         report |= _domain_shift(model, test, ckpt, report, config, out)
     if config["fairness"]["enabled"]:
@@ -101,9 +105,9 @@ def _datamodule(config: dict, model, out: Path):
     return datamodule, binary
 
 
-def _calibrate(model, datamodule, trainer: L.Trainer, config: dict, out: Path) -> dict:
-    """A checkpoint without an operating point gets one fitted on its val split (and the quality gate's thresholds),
-    written to a calibrated copy (or ensemble.ckpt) that predict/app/export then read."""
+def _calibrate(model, datamodule, trainer: L.Trainer, config: dict) -> dict:
+    """A checkpoint without an operating point gets one fitted on its val split (and the quality gate's thresholds);
+    `evaluate` writes it, with the test figures, to a calibrated copy (or ensemble.ckpt) for predict/app/export."""
     ckpt = config["ckpt_path"]
     if getattr(datamodule, "external", False):
         raise ValueError(
@@ -116,8 +120,6 @@ def _calibrate(model, datamodule, trainer: L.Trainer, config: dict, out: Path) -
     written = calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"])
     if config["quality"]["enabled"]:  # the gate's thresholds, stored with the operating point
         model.quality = fit_on_datamodule(model, datamodule, val, config["quality"])
-    written["calibrated_checkpoint"] = str(save_calibrated(model, ckpt, out, config["save_operating_point"]))
-    log.info("operating point stored in %s: pass it to predict/app/export", written["calibrated_checkpoint"])
     return written
 
 

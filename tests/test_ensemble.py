@@ -17,6 +17,7 @@ from eval import evaluate
 from export import run_export
 from lesion.data import build_datamodule
 from lesion.models.ensemble import LesionEnsemble, MeanLogits
+from lesion.screening.checkpoints import in_domain_metrics
 from lesion.screening.operating_point import choose_operating_point
 from lesion.serving.export import ScreeningNet
 from lesion.serving.inference import load_model
@@ -63,6 +64,8 @@ def test_eval_calibrates_the_ensemble_on_its_val_output_and_stores_it(members, t
     assert isinstance(stored, LesionEnsemble) and bool(stored.calibrated)
     assert stored.member_paths == members and metrics["checkpoint"] == members
     assert float(stored.threshold) == pytest.approx(report["threshold"])
+    # ... with the test figures a later external evaluation of ensemble.ckpt compares against
+    assert in_domain_metrics(metrics["calibrated_checkpoint"])["test/auroc"] == report["test/auroc"]
     # Independently: the members' mean logits on val give the same temperature-scaled threshold ...
     single = [load_model(p) for p in members]
     datamodule = build_datamodule(single[0].hparams.data, single[0].data_config)

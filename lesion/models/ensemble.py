@@ -117,8 +117,9 @@ class LesionEnsemble(LesionClassifier):
         ensemble.split_ids = [m.split_ids for m in models]
         return ensemble.eval()
 
-    def save(self, path: str | Path) -> Path:
-        """A checkpoint that `lesion.serving.inference.load_model` (every entry point) reads back as this ensemble."""
+    def save(self, path: str | Path, extra: dict | None = None) -> Path:
+        """A checkpoint that `lesion.serving.inference.load_model` (every entry point) reads back as this ensemble
+        (with `extra` top-level entries)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(
@@ -130,7 +131,8 @@ class LesionEnsemble(LesionClassifier):
                 "quality": self.quality,
                 "split_ids": self.split_ids,
                 "pytorch-lightning_version": L.__version__,
-            },
+            }
+            | (extra or {}),
             path,
         )
         return path

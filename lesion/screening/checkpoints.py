@@ -14,24 +14,27 @@ from lesion.models.module import LesionClassifier
 from lesion.screening.reports import DOMAIN_KEYS
 
 
-def store_operating_point(ckpt_path: str, model: LesionClassifier) -> None:
-    """Write the model's temperature, Platt map, threshold and calibrated flag into an existing checkpoint file."""
+def store_operating_point(ckpt_path: str, model: LesionClassifier, extra: dict | None = None) -> None:
+    """Write the model's temperature, Platt map, threshold and calibrated flag (and `extra` top-level entries) into an
+    existing checkpoint file."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own checkpoint, written by this run
     for name in ("temperature", "platt", "threshold", "calibrated", "posthoc_tau"):
         ckpt["state_dict"][name] = getattr(model, name).detach().cpu()
     ckpt["operating_point"] = dict(model.operating_point or {})
     ckpt["quality"] = model.quality
-    torch.save(ckpt, ckpt_path)
+    torch.save(ckpt | (extra or {}), ckpt_path)
 
 
-def save_calibrated(model, ckpt: str | list, out: Path, in_place: bool) -> Path:
+def save_calibrated(model, ckpt: str | list, out: Path, in_place: bool, in_domain: dict | None = None) -> Path:
     """Keep the operating point just fitted: an ensemble is written to the run dir as ensemble.ckpt; a checkpoint
-    gets a calibrated copy beside it (`<name>.calibrated.ckpt`), or is updated in place when `in_place`."""
+    gets a calibrated copy beside it (`<name>.calibrated.ckpt`), or is updated in place when `in_place`. `in_domain`
+    (`in_domain_figures`): the test figures kept with it, for a later external evaluation (`in_domain_metrics`)."""
 
     def beside(source: Path) -> Path:
         return source if in_place else source.with_name(f"{source.stem}.calibrated.ckpt")
 
-    return _save_operating_point(model, ckpt, out / "ensemble.ckpt", beside)
+    extra = {"in_domain_test": in_domain} if in_domain else None
+    return _save_operating_point(model, ckpt, out / "ensemble.ckpt", beside, extra)
 
 
 def save_site(site, ckpt: str | list, out: Path) -> Path:
@@ -41,25 +44,24 @@ def save_site(site, ckpt: str | list, out: Path) -> Path:
     )
 
 
-def _save_operating_point(model, ckpt: str | list, ensemble_path: Path, target_of) -> Path:
+def _save_operating_point(model, ckpt: str | list, ensemble_path: Path, target_of, extra: dict | None = None) -> Path:
     """An ensemble saved whole to `ensemble_path`; a checkpoint copied to `target_of(source)` (or kept, when that is
-    the source itself) with the model's operating point written into it."""
+    the source itself) with the model's operating point (and `extra`) written into it."""
     if isinstance(model, LesionEnsemble):
-        return model.save(ensemble_path)
+        return model.save(ensemble_path, extra)
     source = Path(ckpt[0] if isinstance(ckpt, list) else ckpt)
     target = target_of(source)
     if target != source:
         shutil.copyfile(source, target)
-    store_operating_point(str(target), model)
+    store_operating_point(str(target), model, extra)
     return target
 
 
-def store_in_domain(path: str, report: dict, source: Path) -> None:
-    """The in-domain test figures, kept in the calibrated checkpoint eval.py wrote (its run has no metrics.json of
-    them when train.py could not calibrate), for a later external evaluation's in-domain vs external table."""
-    stored = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoint, written by this run
-    stored["in_domain_test"] = {k: report[k] for k in DOMAIN_KEYS if k in report} | {"source": str(source)}
-    torch.save(stored, path)
+def in_domain_figures(report: dict, source: Path) -> dict:
+    """The in-domain test figures of an eval.py report, as `save_calibrated` keeps them in the calibrated checkpoint
+    (its run has no metrics.json of them when train.py could not calibrate) for a later external evaluation's
+    in-domain vs external table."""
+    return {k: report[k] for k in DOMAIN_KEYS if k in report} | {"source": str(source)}
 
 
 def in_domain_metrics(ckpt: str | list) -> dict:
