@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -121,8 +122,12 @@ def test_recipe_levers_train_through_train_py(tmp_path):
         "model.logit_adjustment=1.0",
         "model.mixup={mixup_alpha: 0.2, cutmix_alpha: 1.0, prob: 1.0}",
     ]
-    metrics = train(compose_config("train", overrides, tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = train(compose_config("train", overrides, tmp_path))
     assert 0.0 <= metrics["test/auroc"] <= 1.0
+    # the weight EMA's copy is in eval mode on purpose: Lightning's "modules in eval mode" warning is not shown for it
+    assert not [w for w in caught if "in eval mode at the start of training" in str(w.message)]
     written = json.loads((tmp_path / "metrics.json").read_text())
     best = LesionClassifier.load_from_checkpoint(written["best_checkpoint"], weights_only=True)
     assert best.ema is not None and bool(best.calibrated)

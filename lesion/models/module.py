@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.warnings import PossibleUserWarning
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 from torchmetrics.classification import BinaryStatScores
@@ -252,7 +254,8 @@ class LesionClassifier(L.LightningModule):
         checkpoint["split_ids"] = self.split_ids  # eval.py evaluates on these splits and refuses leaks
 
     def on_fit_start(self) -> None:
-        """Log the numbers training actually uses: class counts per split, sampling, loss class weights."""
+        """Log the numbers training actually uses: class counts per split, sampling, loss class weights (and quiet
+        Lightning's warning about the weight EMA's copy being in eval mode, which it is on purpose)."""
         used = {"loss_class_weights": dict(zip(self.hparams.class_names, self.loss_weights.tolist()))}
         describe = getattr(self.trainer.datamodule, "describe", None)
         if describe is not None:
@@ -260,6 +263,16 @@ class LesionClassifier(L.LightningModule):
         log.info("training with %s", used)
         for logger in self.loggers:
             logger.log_hyperparams({"data_used": used})
+        in_eval = [name for name, module in self.named_modules() if not module.training]
+        if self.ema is not None and all(name.startswith("ema.module") for name in in_eval):
+            # Lightning warns of every module in eval mode when training starts ("may lead to unexpected behavior").
+            # The weight EMA's copy is, on purpose (timm's ModelEmaV3: never trained, only updated): that warning, for
+            # exactly that many modules, would only alarm. Any other count is still warned of.
+            warnings.filterwarnings(
+                "ignore",
+                message=rf"Found {len(in_eval)} module\(s\) in eval mode at the start of training",
+                category=PossibleUserWarning,
+            )
 
     def on_validation_epoch_end(self) -> None:
         self._log_confusion("val")
