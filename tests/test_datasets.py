@@ -13,6 +13,7 @@ import torch
 from fakes import jpeg, make_folder, make_ham10000, make_isic2018, make_isic2024
 
 from lesion.data import build_datamodule
+from lesion.data.datamodule import LesionDataset
 from lesion.data.isic2024 import TRAIN_ONLY
 from lesion.data.readers import BadImageError, BadImagesError
 from lesion.data.splits import assign_splits, crossing_groups
@@ -187,7 +188,7 @@ def test_isic2024_undersamples_negatives_afresh_every_epoch(tmp_path):
     epochs = []
     for epoch in range(2):
         loader.sampler.set_epoch(epoch)
-        drawn = [index for index, _ in loader.sampler]
+        drawn = [index for index, *_ in loader.sampler]
         assert len(drawn) == 4 * positives and int(labels[drawn].sum()) == positives
         epochs.append(set(drawn))
     assert epochs[0] != epochs[1]
@@ -273,7 +274,7 @@ def test_balanced_sampler_draws_classes_equally(tmp_path):
     dm = datamodule("folder", root, sampler="balanced", test_fraction=0.2, val_fraction=0.2)
     labels = dm.dataset("train").labels
     sampler = dm.train_dataloader().sampler
-    drawn = torch.tensor([labels[i] for _ in range(20) for i, _ in sampler])
+    drawn = torch.tensor([labels[i] for _ in range(20) for i, *_ in sampler])
     assert abs(drawn.float().mean().item() - 0.5) < 0.05
     assert labels.mean() < 0.3
 
@@ -300,6 +301,29 @@ def test_epoch_order_and_augmentation_depend_only_on_seed_and_epoch(tmp_path):
     assert list(again) == epoch1 and epoch0 != epoch1
     dataset = dm.dataset("train", train=True)
     assert torch.equal(dataset[epoch1[0]]["image"], dataset[epoch1[0]]["image"])
+
+
+def test_train_sizes_schedule_the_training_resolution_by_epoch(tmp_path):
+    root = make_folder(tmp_path, per_class=8)
+    dm = datamodule(
+        "folder", root, val_fraction=0.25, test_fraction=0.25, train_sizes=[[16, 24]], num_workers=1, cache=True,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    loader = dm.train_dataloader()
+    sizes = []
+    for epoch in range(3):  # as Lightning runs it: one loader, persistent workers, set_epoch before each epoch
+        loader.sampler.set_epoch(epoch)
+        sizes.append({tuple(batch["image"].shape[-2:]) for batch in loader})
+    assert sizes == [{(16, 24)}, {(32, 32)}, {(32, 32)}]
+    assert {tuple(batch["image"].shape[-2:]) for batch in dm.val_dataloader()} == {(32, 32)}
+    # the schedule's resize is the input pipeline's own: the cached input-size image, area-averaged down
+    dataset = dm.dataset("train", train=True)
+    image = dm.transforms.preprocess(image=dataset.read(dataset.image_ids[0]))["image"]
+    small = cv2.resize(image, (24, 16), interpolation=cv2.INTER_AREA)
+    unaugmented = LesionDataset(dataset.image_ids, dataset.labels, dataset.read, dm.transforms, False, sizes=[[16, 24]])
+    assert torch.equal(unaugmented[(0, 0, 0)]["image"], dm.transforms.finish(small, train=False))
+    with pytest.raises(ValueError, match=r"data.train_sizes\[1\] is \[150\]"):
+        datamodule("folder", root, train_sizes=[[150, 200], [150]])
 
 
 def _encoded(image, kind: str, **save) -> bytes:

@@ -121,6 +121,7 @@ def test_recipe_levers_train_through_train_py(tmp_path):
         "model.label_smoothing=0.1",
         "model.logit_adjustment=1.0",
         "model.mixup={mixup_alpha: 0.2, cutmix_alpha: 1.0, prob: 1.0}",
+        "data.train_sizes=[[48,48]]",  # epoch 0 at 48x48, epoch 1 at the input size
     ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -23,19 +24,27 @@ log = logging.getLogger(__name__)
 
 
 class LesionDataset(Dataset):
-    """Image ids and labels (numpy arrays, cheap to share with workers) -> {"image", "label", "image_id"}."""
+    """Image ids and labels (numpy arrays, cheap to share with workers) -> {"image", "label", "image_id"}.
 
-    def __init__(self, image_ids, labels, read, transforms: LesionTransforms, train: bool, cache=None, skip_bad=False):
+    `sizes`: the training size (height, width) of each of the first epochs (`data.train_sizes`); later epochs, and
+    keys without an epoch, get the input size.
+    """
+
+    def __init__(
+        self, image_ids, labels, read, transforms: LesionTransforms, train: bool, cache=None, skip_bad=False, sizes=()
+    ):
         self.image_ids = np.asarray(image_ids, dtype=str)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.read, self.transforms, self.train, self.cache, self.skip_bad = read, transforms, train, cache, skip_bad
+        self.sizes = [tuple(size) for size in sizes]
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
-        """`key` is an index, or (index, augmentation seed) from an EpochSampler."""
-        index, seed = key if isinstance(key, tuple) else (key, None)
+    def __getitem__(self, key: int | tuple[int, int, int]) -> dict | None:
+        """`key` is an index, or (index, augmentation seed, epoch) from an EpochSampler."""
+        index, seed, epoch = key if isinstance(key, tuple) else (key, None, None)
+        size = self.sizes[epoch] if epoch is not None and epoch < len(self.sizes) else None
         image_id = str(self.image_ids[index])
         image = self.cache.get(image_id) if self.cache is not None else None
         if image is None:
@@ -48,7 +57,7 @@ class LesionDataset(Dataset):
                 return None
             if self.cache is not None:
                 self.cache.put(image_id, image)
-        tensor = self.transforms.finish(image, train=self.train, seed=seed)
+        tensor = self.transforms.finish(image, train=self.train, seed=seed, size=size)
         return {"image": tensor, "label": int(self.labels[index]), "image_id": image_id}
 
 
@@ -88,6 +97,7 @@ class LesionDataModule(L.LightningDataModule, ABC):
         on_bad_image: str = "error",
         verify_images: bool = False,
         external: bool = False,
+        train_sizes: list | None = None,
     ):
         super().__init__()
         if on_bad_image not in ("error", "skip"):
@@ -110,6 +120,7 @@ class LesionDataModule(L.LightningDataModule, ABC):
         self.cache, self.cache_dir = cache, cache_dir
         self.on_bad_image, self.verify_images = on_bad_image, verify_images
         self.external = external  # every image is a test image: external validation, no train/val carving
+        self.train_sizes = _train_sizes(train_sizes)
         self.frames: dict[str, pd.DataFrame] | None = None
         self._cache: ImageCache | None = None
 
@@ -146,7 +157,8 @@ class LesionDataModule(L.LightningDataModule, ABC):
     def describe(self) -> dict:
         """The numbers training actually uses: class counts per split and the sampling scheme."""
         counts = {s: dict(zip(self.classes, self.class_counts(s))) for s in SPLITS}
-        return {"class_counts": counts, "sampler": self.sampler, "neg_ratio": self.neg_ratio}
+        described = {"class_counts": counts, "sampler": self.sampler, "neg_ratio": self.neg_ratio}
+        return described | ({"train_sizes": [list(size) for size in self.train_sizes]} if self.train_sizes else {})
 
     def class_counts(self, split: str = "train") -> list[int]:
         self.setup()
@@ -161,8 +173,9 @@ class LesionDataModule(L.LightningDataModule, ABC):
         self.setup()
         frame = self.frames[split]
         skip = self.on_bad_image == "skip"
+        sizes = self.train_sizes if train else ()
         return LesionDataset(
-            frame["image_id"], frame["label"], self.reader(), self.transforms, train, self._cache, skip
+            frame["image_id"], frame["label"], self.reader(), self.transforms, train, self._cache, skip, sizes
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -240,6 +253,18 @@ class LesionDataModule(L.LightningDataModule, ABC):
                     f"the {split} split has no images of class {empty} (counts {dict(zip(self.classes, counts))}); "
                     "change data.seed, data.val_fraction/test_fraction or data.split_file so each split has every class"
                 )
+
+
+def _train_sizes(sizes) -> list[tuple[int, int]]:
+    """data.train_sizes: one [height, width] per early epoch (a resolution schedule), checked up front."""
+    sizes = [list(size) if isinstance(size, Sequence) else [size] for size in sizes or []]
+    for epoch, size in enumerate(sizes):
+        if len(size) != 2 or not all(isinstance(side, int) and side > 0 for side in size):
+            raise ValueError(
+                f"data.train_sizes[{epoch}] is {size!r}; each entry is [height, width] in pixels for one epoch, "
+                "e.g. 'data.train_sizes=[[150,200],[150,200]]' (later epochs train at backbone.input_size)"
+            )
+    return [tuple(size) for size in sizes]
 
 
 def _decode_all(read, image_ids, skip: set) -> list[tuple[str, str, str]]:

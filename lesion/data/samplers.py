@@ -1,7 +1,8 @@
 """Training samplers whose order and per-image augmentation seeds are a pure function of (seed, epoch).
 
-They yield (index, augmentation seed) pairs, so an epoch is the same whether it runs after the previous one, in a
-resumed process, in a persistent worker or a fresh one. Variants: shuffle, class-balanced, and negatives
+They yield (index, augmentation seed, epoch) keys, so an epoch is the same whether it runs after the previous one, in a
+resumed process, in a persistent worker or a fresh one (the epoch tells a dataset which training size it is at, under
+`data.train_sizes`). Variants: shuffle, class-balanced, and negatives
 undersampled afresh every epoch.
 """
 
@@ -13,7 +14,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
+class EpochSampler(Sampler[tuple[int, int, int]]):
     """Every image once per epoch, in an order drawn from (seed, epoch)."""
 
     def __init__(self, num_images: int, seed: int = 0, start_epoch: int = 0):
@@ -29,12 +30,13 @@ class EpochSampler(Sampler[tuple[int, int]]):
     def __len__(self) -> int:
         return self.num_images
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        epoch = self.epoch
+        rng = np.random.default_rng([self.seed, epoch])
         order = self.order(rng)
         seeds = rng.integers(0, 2**32, len(order))
         self.epoch += 1
-        return iter(zip(order.tolist(), seeds.tolist()))
+        return ((index, seed, epoch) for index, seed in zip(order.tolist(), seeds.tolist()))
 
 
 class BalancedSampler(EpochSampler):

@@ -17,7 +17,7 @@ class TensorDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+    def __getitem__(self, key: int | tuple[int, int, int]) -> dict:
         index = key[0] if isinstance(key, tuple) else key
         return {"image": self.images[index], "label": int(self.labels[index]), "image_id": f"synthetic_{index}"}
 

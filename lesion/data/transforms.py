@@ -51,7 +51,7 @@ class LesionTransforms:
         )
         # Downscaling averages areas (a camera pipeline's anti-aliasing: a 12-megapixel photo keeps no sensor noise at
         # 224 px, where cubic kept ~10x more); upscaling keeps the backbone's interpolation.
-        resize = A.Resize(height, width, interpolation=INTERPOLATION[self.interpolation], area_for_downscale="image")
+        resize = self._resize_to((height, width))
         self.color_constancy = color_constancy_power if color_constancy else None
         constancy = [A.Lambda(image=ShadesOfGray(color_constancy_power))] if color_constancy else []
         self.resize = A.Compose([resize])
@@ -81,9 +81,13 @@ class LesionTransforms:
             augment += phone_conditions(phone_p)
         self.augment = A.Compose(augment)
         self._augment_seed: int | None = None
+        self._resizers: dict[tuple[int, int], A.Resize] = {}
         self.normalize = A.Compose(
             [A.Normalize(mean=data_config["mean"], std=data_config["std"], max_pixel_value=255.0), ToTensorV2()]
         )
+
+    def _resize_to(self, size: tuple[int, int]) -> A.Resize:
+        return A.Resize(*size, interpolation=INTERPOLATION[self.interpolation], area_for_downscale="image")
 
     def to_input_size(self, image: np.ndarray) -> np.ndarray:
         """The photo at the model's input size, resized exactly as `preprocess` resizes it (then a no-op there)."""
@@ -99,9 +103,16 @@ class LesionTransforms:
         }
         return settings | ({"color_constancy": self.color_constancy} if self.color_constancy else {})
 
-    def finish(self, image: np.ndarray, train: bool, seed: int | None = None) -> torch.Tensor:
+    def finish(
+        self, image: np.ndarray, train: bool, seed: int | None = None, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """Augment (training) and normalise. albumentations keeps its own RNG, deaf to global seeds: `seed` (one
-        per image, from the sampler) or else torch's seed makes the augmentation reproducible."""
+        per image, from the sampler) or else torch's seed makes the augmentation reproducible. `size` (height, width):
+        a training size other than the input size (`data.train_sizes`), resized to before augmenting."""
+        if size is not None and tuple(size) != image.shape[:2]:
+            if size not in self._resizers:
+                self._resizers[size] = self._resize_to(size)
+            image = self._resizers[size](image=image)["image"]
         if train:
             seed = seed if seed is not None else torch.initial_seed() % 2**32
             if seed != self._augment_seed:

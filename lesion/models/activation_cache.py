@@ -47,8 +47,8 @@ def run_suffix(net: EfficientNet, features: torch.Tensor, depth: int) -> torch.T
 
 
 class CachedActivations(Dataset):
-    """Cached activations [views, N, C, H, W] -> {"features", "label", "image_id"}; an EpochSampler's (index, seed)
-    picks view seed % views, so each epoch draws one augmented view per image."""
+    """Cached activations [views, N, C, H, W] -> {"features", "label", "image_id"}; an EpochSampler's (index, seed,
+    epoch) picks view seed % views, so each epoch draws one augmented view per image."""
 
     def __init__(self, views: torch.Tensor, labels: np.ndarray, image_ids: np.ndarray):
         self.views, self.labels, self.image_ids = views, labels, image_ids
@@ -56,8 +56,8 @@ class CachedActivations(Dataset):
     def __len__(self) -> int:
         return self.views.shape[1]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, seed = key if isinstance(key, tuple) else (key, 0)
+    def __getitem__(self, key: int | tuple[int, int, int]) -> dict:
+        index, seed = key[:2] if isinstance(key, tuple) else (key, 0)
         features = self.views[seed % self.views.shape[0], index].float()
         return {"features": features, "label": int(self.labels[index]), "image_id": str(self.image_ids[index])}
 
@@ -72,6 +72,8 @@ class ActivationCache(L.LightningDataModule):
             raise ValueError(f"activation_cache.views must be at least 1, got {views}")
         if datamodule.sampler or datamodule.neg_ratio or datamodule.on_bad_image != "error":
             raise ValueError("activation_cache needs data.sampler=null, data.neg_ratio=null, data.on_bad_image=error")
+        if datamodule.train_sizes:
+            raise ValueError("activation_cache caches one input size: it cannot follow data.train_sizes; set one of them")
         if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
             raise ValueError(f"activation_cache.dtype must be a torch dtype name such as float16, got {dtype!r}")
         self.inner, self.model, self.views, self.dtype = datamodule, model, views, getattr(torch, dtype)
