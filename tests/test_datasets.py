@@ -306,7 +306,13 @@ def test_epoch_order_and_augmentation_depend_only_on_seed_and_epoch(tmp_path):
 def test_train_sizes_schedule_the_training_resolution_by_epoch(tmp_path):
     root = make_folder(tmp_path, per_class=8)
     dm = datamodule(
-        "folder", root, val_fraction=0.25, test_fraction=0.25, train_sizes=[[16, 24]], num_workers=1, cache=True,
+        "folder",
+        root,
+        val_fraction=0.25,
+        test_fraction=0.25,
+        train_sizes=[[16, 24]],
+        num_workers=1,
+        cache=True,
         cache_dir=str(tmp_path / "cache"),
     )
     loader = dm.train_dataloader()

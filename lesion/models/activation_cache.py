@@ -73,7 +73,7 @@ class ActivationCache(L.LightningDataModule):
         if datamodule.sampler or datamodule.neg_ratio or datamodule.on_bad_image != "error":
             raise ValueError("activation_cache needs data.sampler=null, data.neg_ratio=null, data.on_bad_image=error")
         if datamodule.train_sizes:
-            raise ValueError("activation_cache caches one input size: it cannot follow data.train_sizes; set one of them")
+            raise ValueError("activation_cache caches one input size and cannot follow data.train_sizes: use one")
         if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
             raise ValueError(f"activation_cache.dtype must be a torch dtype name such as float16, got {dtype!r}")
         self.inner, self.model, self.views, self.dtype = datamodule, model, views, getattr(torch, dtype)
