@@ -70,8 +70,8 @@ def folder_batches(model, root: Path, batch_size: int = 32):
     def batches():
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
-            sized = [screener.transforms.to_input_size(screener.read(p.read_bytes(), str(p))) for p in chunk]
-            yield torch.stack([screener.tensor(image) for image in sized]), y[start : start + batch_size]
+            images = [screener.tensor(screener.read(p.read_bytes(), str(p))) for p in chunk]  # resized as predict.py
+            yield torch.stack(images), y[start : start + batch_size]
 
     return batches(), len(files)
 
