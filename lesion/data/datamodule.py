@@ -41,10 +41,10 @@ class LesionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, key: int | tuple[int, int, int]) -> dict | None:
-        """`key` is an index, or (index, augmentation seed, epoch) from an EpochSampler."""
-        index, seed, epoch = key if isinstance(key, tuple) else (key, None, None)
-        size = self.sizes[epoch] if epoch is not None and epoch < len(self.sizes) else None
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict | None:
+        """`key` is an index, (index, augmentation seed, epoch) from an EpochSampler, or (index, augmentation seed)."""
+        index, seed, *epoch = key if isinstance(key, tuple) else (key, None)
+        size = self.sizes[epoch[0]] if epoch and epoch[0] < len(self.sizes) else None
         image_id = str(self.image_ids[index])
         image = self.cache.get(image_id) if self.cache is not None else None
         if image is None:
