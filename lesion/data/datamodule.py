@@ -257,14 +257,16 @@ class LesionDataModule(L.LightningDataModule, ABC):
 
 def _train_sizes(sizes) -> list[tuple[int, int]]:
     """data.train_sizes: one [height, width] per early epoch (a resolution schedule), checked up front."""
-    sizes = [list(size) if isinstance(size, Sequence) else [size] for size in sizes or []]
-    for epoch, size in enumerate(sizes):
+    checked = []
+    for epoch, entry in enumerate(sizes or []):
+        size = tuple(entry) if isinstance(entry, Sequence) and not isinstance(entry, str) else (entry,)
         if len(size) != 2 or not all(isinstance(side, int) and side > 0 for side in size):
             raise ValueError(
-                f"data.train_sizes[{epoch}] is {size!r}; each entry is [height, width] in pixels for one epoch, "
+                f"data.train_sizes[{epoch}] is {entry!r}; each entry is [height, width] in pixels for one epoch, "
                 "e.g. 'data.train_sizes=[[150,200],[150,200]]' (later epochs train at backbone.input_size)"
             )
-    return [tuple(size) for size in sizes]
+        checked.append(size)
+    return checked
 
 
 def _decode_all(read, image_ids, skip: set) -> list[tuple[str, str, str]]:

@@ -109,7 +109,8 @@ class LesionTransforms:
         """Augment (training) and normalise. albumentations keeps its own RNG, deaf to global seeds: `seed` (one
         per image, from the sampler) or else torch's seed makes the augmentation reproducible. `size` (height, width):
         a training size other than the input size (`data.train_sizes`), resized to before augmenting."""
-        if size is not None and tuple(size) != image.shape[:2]:
+        size = tuple(size) if size is not None else None
+        if size is not None and size != image.shape[:2]:
             if size not in self._resizers:
                 self._resizers[size] = self._resize_to(size)
             image = self._resizers[size](image=image)["image"]
