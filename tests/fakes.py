@@ -115,3 +115,48 @@ def make_folder(root: Path, classes: tuple[str, ...] = ("benign", "malignant"), 
             for i in range(per_class):
                 (base / name / f"img_{c}_{i}.jpg").write_bytes(jpeg(c * 1000 + i))
     return root
+
+
+def plant_signal(ckpt: str | Path, seed: int, gap: float = 3.0) -> dict[str, float]:
+    """Rewrite a tiny run's classifier so that, on every image of its data (eval transforms, no TTA), the malignant
+    minus benign logit is a planted score: `gap` * (y - 1/2) + N(0, 1) noise drawn from `seed`. A few training steps
+    on two CPU cores learn whatever they happen to learn; tests that need val/test scores with signal get it by
+    construction. The classifier's inputs (pooled features) outnumber no image, so the least-squares fit is exact;
+    returns the AUROC of the planted score per split, and fails when the rewritten model does not reproduce it."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from lesion.data import build_datamodule
+    from lesion.serving.inference import load_model
+    from lesion.serving.quality import classifier_layers, pooled_features
+
+    model = load_model(ckpt)
+    datamodule = build_datamodule(model.hparams.data, model.data_config)
+    datamodule.setup()
+    splits = ("train", "val", "test")
+    images = {s: torch.stack([d["image"] for d in datamodule.dataset(s)]) for s in splits}
+    labels = {s: torch.tensor(datamodule.dataset(s).labels, dtype=torch.float64) for s in splits}
+    features = torch.cat([pooled_features(model, images[s]) for s in splits]).double()
+    y = torch.cat([labels[s] for s in splits])
+    target = gap * (y - 0.5) + torch.randn(len(y), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    design = torch.cat([features, torch.ones(len(y), 1, dtype=torch.float64)], dim=1)
+    solution = torch.linalg.lstsq(design, target[:, None], driver="gelsd").solution.flatten()
+    layer = classifier_layers(model)[0]
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.zero_()
+        layer.weight[1] = solution[:-1].float()
+        layer.bias[1] = float(solution[-1])
+    raw = torch.load(ckpt, map_location="cpu", weights_only=False)
+    raw["state_dict"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save(raw, ckpt)
+    reloaded, start, aurocs = load_model(ckpt), 0, {}
+    for s in splits:
+        with torch.no_grad():
+            logits = reloaded(images[s]).double()
+        planted = target[start : start + len(logits)]
+        start += len(logits)
+        error = float((logits[:, 1] - logits[:, 0] - planted).abs().max())
+        assert error < 1e-3, f"the planted signal did not take in {ckpt} ({s}: off by {error:.2g})"
+        aurocs[s] = float(roc_auc_score(labels[s].numpy(), planted.numpy()))
+    return aurocs

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TINY, compose_config
-from fakes import jpeg
+from fakes import jpeg, plant_signal
 from sklearn.metrics import roc_auc_score
 
 from eval import evaluate
@@ -29,12 +29,15 @@ EVAL = ["bootstrap.resamples=20", "robustness.enabled=false", "fairness.enabled=
 
 @pytest.fixture(scope="module")
 def members(tmp_path_factory) -> list[str]:
-    """Two tiny runs that differ only in their seed."""
+    """Two tiny runs that differ only in their seed, whose val and test logits carry a planted signal (a few training
+    steps learn nothing reliably): calibrating the ensemble then has something to fit."""
     paths = []
     for seed in (0, 1):
         run = tmp_path_factory.mktemp(f"seed{seed}")
         train(compose_config("train", [*TINY, "data.num_val=16", "data.num_test=16", f"seed={seed}"], run))
         paths.append(json.loads((run / "metrics.json").read_text())["best_checkpoint"])
+        aurocs = plant_signal(paths[-1], seed=seed)
+        assert aurocs["val"] > 0.8, f"premise: the planted val scores separate the classes ({aurocs})"
     return paths
 
 
