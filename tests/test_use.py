@@ -394,6 +394,36 @@ def test_quality_gate_refuses_what_cannot_be_judged_with_the_right_reason():
     assert unfitted.check_image(cases["blurred"]) is None and unfitted.check_image(cases["too_small"])[0] == "too_small"
 
 
+def test_the_gate_judges_exposure_where_the_lesion_is_not_over_a_dark_border():
+    """A well-lit lesion on a scanned slide's black border (or a dark background) is judged in the centred square;
+    the same border around a darkened lesion is still too dark, and region 1 keeps the whole-frame rule."""
+    from lesion.data.transforms import LesionTransforms
+    from lesion.serving.quality import QualityGate, fit_quality
+
+    rng = np.random.default_rng(1)
+    to_input = LesionTransforms({"input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.5] * 3}).to_input_size
+    settings = {"min_side": 48, "sharpness_percentile": 1.0, "exposure_percentile": 99.5, "exposure_floor": 0.05}
+    settings |= {"ood_percentile": 99.0, "ood": "energy"}
+    training = [skin_like(rng, size=160) for _ in range(100)]
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.4]] * 10)
+    centre = QualityGate(fit_quality(training, to_input, logits, settings | {"region": 0.5}), to_input, 48)
+    frame = QualityGate(fit_quality(training, to_input, logits, settings), to_input, 48)
+    assert centre.thresholds["region"] == 0.5 and frame.thresholds["region"] == 1.0
+
+    def bordered(image: np.ndarray) -> np.ndarray:  # a black border a fifth of the side wide, all round
+        out = np.zeros_like(image)
+        out[32:128, 32:128] = image[32:128, 32:128]
+        return out
+
+    clean = [skin_like(rng, size=160) for _ in range(20)]
+    assert all(centre.check_image(bordered(im)) is None for im in clean)
+    assert all(frame.check_image(bordered(im))[0] == "underexposed" for im in clean)  # the old rule condemns them
+    dark = [bordered((im * 0.05).astype(np.uint8)) for im in clean]
+    assert all(centre.check_image(im)[0] == "underexposed" for im in dark)
+    with pytest.raises(ValueError, match="quality.region"):
+        QualityGate(fit_quality(training[:5], to_input, logits, settings | {"region": 0}), to_input, 48)
+
+
 def test_feature_residual_is_the_share_of_a_feature_outside_the_training_subspace():
     from lesion.serving.quality import feature_residual, fit_feature_residual
 

@@ -14,8 +14,13 @@ probability. It runs before any prediction in predict.py and app.py, in this ord
   residual 88% (at 1% of clean lesions): what is unlike skin shows in the directions skin never varies in.
 
 Measures are taken at the model's input size (the photo resized as preprocessing resizes it), so they mean the same
-for a 200x150 dermoscopy image and a 12-megapixel photo. The thresholds come from the training run's own data
-(`fit_quality`, at the end of train.py), are stored in the checkpoint (`quality`) and shown in the model card.
+for a 200x150 dermoscopy image and a 12-megapixel photo, and where the lesion is: exposure, contrast and sharpness in
+the centred square whose side is `region` of the short side (the web page sends the square the user framed; a photo
+nobody framed has the spot in the middle), so a dark background or a scanned slide's black border does not condemn an
+evenly lit lesion. A checkpoint fitted before `region` existed keeps judging the whole frame (region 1). The
+thresholds come from the training run's own data (`fit_quality`, at the end of train.py, on a sample drawn equally from
+each source of a multi-source run), or a site's own photos after adaptation (adapt.py); they are stored in the
+checkpoint (`quality`) and shown in the model card.
 """
 
 from __future__ import annotations
@@ -46,9 +51,22 @@ RETAKE = {
 }
 
 
-def image_measures(image: np.ndarray) -> dict[str, float]:
-    """Sharpness, contrast and the clipped / crushed shares of an RGB photo already at the model's input size."""
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+def lesion_region(image: np.ndarray, region: float = 1.0) -> np.ndarray:
+    """The centred square whose side is `region` of the image's short side (1.0: the whole image, not only a square)."""
+    if not 0 < region <= 1:
+        raise ValueError(f"quality.region={region} must be in (0, 1]: the share of the short side judged, 1 = all")
+    if region == 1:
+        return image
+    height, width = image.shape[:2]
+    side = max(1, round(region * min(height, width)))
+    top, left = (height - side) // 2, (width - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+def image_measures(image: np.ndarray, region: float = 1.0) -> dict[str, float]:
+    """Sharpness, contrast and the clipped / crushed shares of an RGB photo already at the model's input size, in its
+    `lesion_region`."""
+    grey = cv2.cvtColor(np.ascontiguousarray(lesion_region(image, region)), cv2.COLOR_RGB2GRAY)
     return {
         "sharpness": float(cv2.Laplacian(grey, cv2.CV_64F).var()),
         "contrast": float(grey.std()),
@@ -141,13 +159,15 @@ def fit_quality(
 
     features: for `ood: residual`, the pooled features {"train", "val"} (`pooled_features`)."""
     images = tqdm(images, total=total, desc="quality gate", unit="img")
-    rows = [image_measures(to_input_size(im)) for im in images]
+    region = float(settings.get("region", 1.0))
+    rows = [image_measures(to_input_size(im), region) for im in images]
     if not rows:
         raise ValueError("the quality gate needs training images to fit its thresholds")
     measures = {k: np.array([r[k] for r in rows]) for k in rows[0]}
     high, ood = settings["exposure_percentile"], settings.get("ood", "energy")
     thresholds = {
         "min_side": int(settings["min_side"]),
+        "region": region,
         "min_contrast": FLAT_STD,
         "min_sharpness": float(np.percentile(measures["sharpness"], settings["sharpness_percentile"])),
         "max_highlights": float(max(np.percentile(measures["highlights"], high), settings["exposure_floor"])),
@@ -234,7 +254,8 @@ class QualityGate:
         height, width = image.shape[:2]
         if min(height, width) < t["min_side"]:
             return "too_small", RETAKE["too_small"].format(width=width, height=height, min_side=t["min_side"])
-        m = image_measures(self.to_input_size(image) if at_input_size is None else at_input_size)
+        sized = self.to_input_size(image) if at_input_size is None else at_input_size
+        m = image_measures(sized, t.get("region", 1.0))
         failed = [  # a black frame is too dark before it is featureless
             ("overexposed", m["highlights"] > t.get("max_highlights", 1.0)),
             ("underexposed", m["shadows"] > t.get("max_shadows", 1.0)),
