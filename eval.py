@@ -37,6 +37,7 @@ from lesion.screening.reports import (
     plot_roc,
 )
 from lesion.screening.robustness import robustness_table
+from lesion.screening.subgroups import aligned, subgroup_report, subgroup_table
 from lesion.serving.inference import load_model
 from lesion.serving.quality import fit_on_datamodule, fits_features
 
@@ -62,6 +63,10 @@ def evaluate(config: dict) -> dict:
     boot = config["bootstrap"]
     report = screening_report(model, test, "test", boot["resamples"], boot["level"], config["calibration"]["bins"])
     p = test.p_malignant(model)
+    frame = aligned(datamodule.frames["test"], test.image_ids)
+    report |= subgroup_report(p, test.y_malignant, report["threshold"], frame, "test", boot["resamples"], boot["level"])
+    if subgroup_table(report):
+        (out / "subgroups.md").write_text("# Test figures per source and modality\n\n" + subgroup_table(report))
     _plots(model, test, p, report, out, _name(ckpt), binary)
     if fitted:  # written once, with the test figures a later external evaluation compares against
         in_domain = in_domain_figures(report, out / "metrics.json")

@@ -81,7 +81,7 @@ def train(config: dict) -> dict:
     history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
     metrics |= history.at_best() if history else {}
     if calibrating:
-        report, test = test_at_operating_point(model, config["operating_point"])
+        report, test = test_at_operating_point(model, config["operating_point"], datamodule.frames["test"])
         metrics |= val_report | report
         dashboard.log_test_predictions(trainer.loggers, model, test, datamodule.reader(), best)
     if trainer.is_global_zero:

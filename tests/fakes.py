@@ -160,3 +160,26 @@ def plant_signal(ckpt: str | Path, seed: int, gap: float = 3.0) -> dict[str, flo
         assert error < 1e-3, f"the planted signal did not take in {ckpt} ({s}: off by {error:.2g})"
         aurocs[s] = float(roc_auc_score(labels[s].numpy(), planted.numpy()))
     return aurocs
+
+
+PAD_DIAGNOSES = ("ACK", "BCC", "MEL", "NEV", "SCC", "SEK")
+
+
+def make_pad(root: Path, patients: int = 30, per_patient: int = 2, size: int = 40, shift=None) -> Path:
+    """PAD-UFES-20's layout (images/PAT_<patient>_<lesion>_<image>.jpg, metadata.csv with `image`, `diagnostic`,
+    `patient_id`, `fitzpatrick`), every diagnosis several times; `shift(image, rng) -> image` restyles the photos (a
+    second camera)."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in range(patients):
+        for j in range(per_patient):
+            k = p * per_patient + j
+            name = f"images/PAT_{p}_{k}_{k}.jpg"
+            image = cv2.imdecode(np.frombuffer(jpeg(5000 + k, size), np.uint8), cv2.IMREAD_COLOR)
+            if shift is not None:
+                image = shift(image, np.random.default_rng(k))
+            cv2.imwrite(str(root / name), image)
+            rows.append((name, f"PAT_{p}", k, PAD_DIAGNOSES[(p + j) % len(PAD_DIAGNOSES)], 1 + p % 6, size, size))
+    columns = ["image", "patient_id", "lesion_id", "diagnostic", "fitzpatrick", "width", "height"]
+    pd.DataFrame(rows, columns=columns).to_csv(root / "metadata.csv", index=False)
+    return root

@@ -2,8 +2,8 @@
 
 They yield (index, augmentation seed, epoch) keys, so an epoch is the same whether it runs after the previous one, in a
 resumed process, in a persistent worker or a fresh one (the epoch tells a dataset which training size it is at, under
-`data.train_sizes`). Variants: shuffle, class-balanced, and negatives
-undersampled afresh every epoch.
+`data.train_sizes`). Variants: shuffle, drawn with given
+probabilities (class-balanced, or per-source shares), and negatives undersampled afresh every epoch.
 """
 
 from __future__ import annotations
@@ -39,16 +39,22 @@ class EpochSampler(Sampler[tuple[int, int, int]]):
         return ((index, seed, epoch) for index, seed in zip(order.tolist(), seeds.tolist()))
 
 
-class BalancedSampler(EpochSampler):
-    """Draws every class equally often (with replacement); an epoch is as many draws as images."""
+class DrawSampler(EpochSampler):
+    """Draws image i with probability p[i] (with replacement); an epoch is as many draws as images."""
 
-    def __init__(self, labels: np.ndarray, seed: int = 0, start_epoch: int = 0):
-        super().__init__(len(labels), seed, start_epoch)
-        weights = 1.0 / np.bincount(labels)[labels]
-        self.p = weights / weights.sum()
+    def __init__(self, p: np.ndarray, seed: int = 0, start_epoch: int = 0):
+        super().__init__(len(p), seed, start_epoch)
+        self.p = np.asarray(p, float) / np.sum(p)
 
     def order(self, rng: np.random.Generator) -> np.ndarray:
         return rng.choice(self.num_images, self.num_images, replace=True, p=self.p)
+
+
+class BalancedSampler(DrawSampler):
+    """Draws every class equally often (with replacement); an epoch is as many draws as images."""
+
+    def __init__(self, labels: np.ndarray, seed: int = 0, start_epoch: int = 0):
+        super().__init__(1.0 / np.bincount(labels)[labels], seed, start_epoch)
 
 
 class UndersampleSampler(EpochSampler):

@@ -20,6 +20,7 @@ from lesion.screening.checkpoints import store_operating_point
 from lesion.screening.metrics import diagnosis_collection, screening_metrics
 from lesion.screening.operating_point import balanced_accuracy_ci, bootstrap_ci, choose_operating_point
 from lesion.screening.predictions import Predictions, predict, predictions_of
+from lesion.screening.subgroups import aligned, subgroup_report
 
 
 def calibrate(
@@ -152,20 +153,33 @@ def operating_point_after_fit(
         model.quality = fit_on_datamodule(model, datamodule, val, quality)
     report = screening_report(model, val, "val", op["bootstrap_resamples"])
     info |= {k: v for k, v in report.items() if "calibration" not in k}
+    frame = aligned(datamodule.frames["val"], val.image_ids)
+    info |= subgroup_report(
+        val.p_malignant(model), val.y_malignant, info["threshold"], frame, "val", op["bootstrap_resamples"]
+    )
     if best:
         store_operating_point(best, model)
     return info
 
 
-def test_at_operating_point(model: LesionClassifier, operating_point: dict) -> tuple[dict, Predictions]:
+def test_at_operating_point(
+    model: LesionClassifier, operating_point: dict, frame: pd.DataFrame | None = None
+) -> tuple[dict, Predictions]:
     """The test report at the stored operating point from the outputs of the `trainer.test` just run (no second pass
     over the test split), without the `test/` keys (trainer.test gave those, on the same calibrated scores), and the
-    test predictions."""
+    test predictions. frame: the test split's metadata, for figures per source / modality where it names them."""
     if not model.test_outputs:
         raise RuntimeError("test_at_operating_point reads the outputs of trainer.test: run it first")
     test = predictions_of(model.test_outputs, model)
-    report = screening_report(model, test, resamples=operating_point["bootstrap_resamples"])
-    return {k: v for k, v in report.items() if not k.startswith("test/")}, test
+    resamples = operating_point["bootstrap_resamples"]
+    report = screening_report(model, test, resamples=resamples)
+    report = {k: v for k, v in report.items() if not k.startswith("test/")}
+    if frame is not None:
+        rows = aligned(frame, test.image_ids)
+        report |= subgroup_report(
+            test.p_malignant(model), test.y_malignant, report["threshold"], rows, "test", resamples
+        )
+    return report, test
 
 
 def training_splits(model: LesionClassifier, ckpt_path: str | list) -> list[pd.DataFrame]:

@@ -54,24 +54,39 @@ DOMAIN_KEYS = (
 
 def domain_shift_table(in_domain: dict, external: dict) -> str:
     """Markdown: the checkpoint's own test figures next to an external set's, at the same stored threshold (what a
-    second clinic inherits from the first)."""
+    second clinic inherits from the first), and next to each source / modality of the external set where its data
+    names them (`lesion.screening.subgroups`)."""
     rows = [
         ("AUROC", "test/auroc"),
         ("sensitivity at the stored threshold", "test_op/recall"),
         ("specificity at the stored threshold", "test_op/specificity"),
         ("ECE of P(malignant)", "test_calibration/ece_after"),
     ]
-
+    columns = {"in-domain test": in_domain, "external": external} | _parts(external)
     lines = [
         f"# In-domain vs external (threshold {external.get('threshold', float('nan')):.4f})",
         "",
         f"In-domain: the checkpoint's own test split ({in_domain.get('source', 'no metrics.json found')}).",
         "",
-        "| metric | in-domain test | external |",
-        "|---|---|---|",
+        "| metric | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
     ]
-    lines += [f"| {label} | {metric_cell(in_domain, key)} | {metric_cell(external, key)} |" for label, key in rows]
+    lines += [f"| {label} | " + " | ".join(metric_cell(c, key) for c in columns.values()) + " |" for label, key in rows]
     return "\n".join(lines) + "\n"
+
+
+def _parts(report: dict) -> dict[str, dict]:
+    """Each `test_by_<column>/<part>/...` of a report as a flat report of its own, under the pooled keys' names."""
+    names = {"auroc": "test/auroc", "recall": "test_op/recall", "specificity": "test_op/specificity"}
+    names |= {"ece": "test_calibration/ece_after", "images": "images"}
+    names |= {f"{k}_ci": f"test_op/{k}_ci" for k in ("auroc", "recall", "specificity")}
+    parts: dict[str, dict] = {}
+    for key, value in report.items():
+        if key.startswith("test_by_") and key.count("/") == 2:
+            column, part, figure = key.removeprefix("test_by_").split("/")
+            if figure in names:
+                parts.setdefault(f"external: {part} ({column})", {})[names[figure]] = value
+    return parts
 
 
 def metric_cell(values: dict, key: str) -> str:
