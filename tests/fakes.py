@@ -165,21 +165,28 @@ def plant_signal(ckpt: str | Path, seed: int, gap: float = 3.0) -> dict[str, flo
 PAD_DIAGNOSES = ("ACK", "BCC", "MEL", "NEV", "SCC", "SEK")
 
 
-def make_pad(root: Path, patients: int = 30, per_patient: int = 2, size: int = 40, shift=None) -> Path:
+def make_pad(
+    root: Path, patients: int = 30, per_patient: int = 2, size: int = 40, shift=None, draw=None, first: int = 0
+) -> Path:
     """PAD-UFES-20's layout (images/PAT_<patient>_<lesion>_<image>.jpg, metadata.csv with `image`, `diagnostic`,
-    `patient_id`, `fitzpatrick`), every diagnosis several times; `shift(image, rng) -> image` restyles the photos (a
-    second camera)."""
+    `patient_id`, `fitzpatrick`), every diagnosis several times, patients numbered from `first`. `draw(diagnosis,
+    rng) -> BGR image` paints a photo (default: random patches); `shift(image, rng) -> image` restyles it (a second
+    camera)."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for p in range(patients):
         for j in range(per_patient):
-            k = p * per_patient + j
-            name = f"images/PAT_{p}_{k}_{k}.jpg"
-            image = cv2.imdecode(np.frombuffer(jpeg(5000 + k, size), np.uint8), cv2.IMREAD_COLOR)
+            k, patient = p * per_patient + j, first + p
+            name = f"images/PAT_{patient}_{k}_{k}.jpg"
+            diagnosis = PAD_DIAGNOSES[(p + j) % len(PAD_DIAGNOSES)]
+            if draw is None:
+                image = cv2.imdecode(np.frombuffer(jpeg(5000 + k, size), np.uint8), cv2.IMREAD_COLOR)
+            else:
+                image = draw(diagnosis, np.random.default_rng([first, k]))
             if shift is not None:
                 image = shift(image, np.random.default_rng(k))
             cv2.imwrite(str(root / name), image)
-            rows.append((name, f"PAT_{p}", k, PAD_DIAGNOSES[(p + j) % len(PAD_DIAGNOSES)], 1 + p % 6, size, size))
+            rows.append((name, f"PAT_{patient}", k, diagnosis, 1 + p % 6, size, size))
     columns = ["image", "patient_id", "lesion_id", "diagnostic", "fitzpatrick", "width", "height"]
     pd.DataFrame(rows, columns=columns).to_csv(root / "metadata.csv", index=False)
     return root

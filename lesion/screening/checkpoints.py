@@ -81,3 +81,19 @@ def in_domain_metrics(ckpt: str | list) -> dict:
             if "test/auroc" in values:
                 return {k: values[k] for k in DOMAIN_KEYS if k in values} | {"source": str(path)}
     return {}
+
+
+TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops", "callbacks")  # a site model resumes no training
+
+
+def save_adapted(model: LesionClassifier, source: str | Path, path: Path, extra: dict) -> Path:
+    """A site model (weights changed by adaptation) as a checkpoint that `load_model` reads: the source checkpoint's
+    hyperparameters, the site model's state dict, operating point and quality gate, and `extra` entries (what the
+    adaptation did, its local figures, the splits it used)."""
+    ckpt = torch.load(source, map_location="cpu", weights_only=True)
+    ckpt = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
+    ckpt["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    ckpt["operating_point"] = dict(model.operating_point or {})
+    ckpt["quality"] = model.quality
+    torch.save(ckpt | extra, path)
+    return path

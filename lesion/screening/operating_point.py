@@ -95,6 +95,9 @@ def _threshold_detecting(p_malignant: torch.Tensor, positives: torch.Tensor, k: 
     threshold, kth = torch.tensor(float((kth + lower) / 2), dtype=dtype), torch.tensor(float(kth), dtype=dtype)
     if threshold >= kth:  # adjacent scores: the midpoint rounds onto the k-th one
         threshold = torch.nextafter(kth, torch.tensor(-math.inf, dtype=dtype))
+    if threshold < 0:  # the k-th score is 0 (a collapsed model): no probability threshold detects it
+        log.warning("the malignant score to detect is 0: the threshold is 0, which detects only scores above it")
+        return 0.0
     return float(threshold)
 
 

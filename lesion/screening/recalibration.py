@@ -66,31 +66,39 @@ def subset(preds: Predictions, rows: torch.Tensor) -> Predictions:
     )
 
 
+def refit_operating_point(
+    model, local: Predictions, target_sensitivity: float, confidence: float
+) -> tuple[object, dict]:
+    """A copy of `model` whose calibration (the Platt map at the stored temperature when the model has one, else the
+    temperature of P(malignant) itself: the only labels a benign/malignant site has) and lower-bound threshold are
+    refitted on `local` predictions, and the rule that chose the threshold."""
+    if int(local.y_malignant.sum()) == 0 or int((local.y_malignant == 0).sum()) == 0:
+        raise ValueError("refitting the operating point needs malignant and benign local images")
+    site = copy.deepcopy(model)
+    calibrator = (model.operating_point or {}).get("calibrator", "temperature")
+    if calibrator == "platt":
+        raw = model.scores(local.logits, platt=False)[1]
+        site.platt.copy_(torch.tensor(fit_platt(raw, local.y_malignant), dtype=torch.float64))
+    else:
+        site.temperature.fill_(fit_binary_temperature(local.logits, model.malignant_mask, local.y_malignant))
+    p = local.p_malignant(site)
+    chosen = choose_operating_point(p, local.y_malignant, target_sensitivity, "lower_bound", confidence)
+    site.threshold.fill_(chosen["threshold"])
+    site.calibrated.fill_(True)
+    site.operating_point = chosen | {"site_refit_images": len(local.labels), "calibrator": calibrator}
+    site.operating_point |= {"platt_a": float(site.platt[0]), "platt_b": float(site.platt[1])}
+    return site, chosen | {"calibrator": calibrator}
+
+
 def recalibrate(model, external: Predictions, settings: dict, resamples: int = 1000) -> tuple[object, dict]:
-    """The site-specific model (temperature and lower-bound threshold refitted on the refit part) and the report:
+    """The site-specific model (calibration and lower-bound threshold refitted on the refit part) and the report:
     `external_before/...` and `external_after/...` on the held part, `recalibration/...` about the refit."""
     refit_rows, held_rows = stratified_halves(external.y_malignant, settings["fraction"], settings["seed"])
     refit, held = subset(external, refit_rows), subset(external, held_rows)
     if int(refit.y_malignant.sum()) == 0 or int(held.y_malignant.sum()) == 0:
         raise ValueError("recalibration needs malignant images in both parts: the external set has too few")
-    site = copy.deepcopy(model)
-    calibrator = (model.operating_point or {}).get("calibrator", "temperature")
-    if calibrator == "platt":  # the model's own calibrator, refitted: a Platt map at the stored temperature
-        raw = model.scores(refit.logits, platt=False)[1]
-        site.platt.copy_(torch.tensor(fit_platt(raw, refit.y_malignant), dtype=torch.float64))
-    else:  # a temperature on P(malignant) itself: the only labels a benign/malignant site has
-        site.temperature.fill_(fit_binary_temperature(refit.logits, model.malignant_mask, refit.y_malignant))
-    chosen = choose_operating_point(
-        refit.p_malignant(site),
-        refit.y_malignant,
-        settings["target_sensitivity"],
-        "lower_bound",
-        settings["confidence"],
-    )
-    site.threshold.fill_(chosen["threshold"])
-    site.operating_point = chosen | {"site_refit_images": len(refit_rows), "calibrator": calibrator}
-    site.operating_point |= {"platt_a": float(site.platt[0]), "platt_b": float(site.platt[1])}
-    report = {f"recalibration/{k}": v for k, v in chosen.items()} | {"recalibration/calibrator": calibrator}
+    site, chosen = refit_operating_point(model, refit, settings["target_sensitivity"], settings["confidence"])
+    report = {f"recalibration/{k}": v for k, v in chosen.items()}
     report |= {"recalibration/refit_images": len(refit_rows), "recalibration/held_images": len(held_rows)}
     for state, m in (("before", model), ("after", site)):
         values = screening_report(m, held, "test", resamples)

@@ -1,0 +1,103 @@
+"""python adapt.py ckpt_path=<trained .ckpt> data=pad_ufes_20 data.root=<site photos> [strategy=last_blocks|head|...]"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from lesion.data import build_datamodule
+from lesion.models.adaptation import Strategy
+from lesion.runs.config import to_plain
+from lesion.screening.checkpoints import in_domain_figures, in_domain_metrics, save_adapted
+from lesion.screening.evaluation import refuse_leaks, training_splits
+from lesion.serving.adaptation import Adapter, adaptation_table, local_splits, read_local
+from lesion.serving.inference import load_model
+
+log = logging.getLogger("lesion")
+
+
+def adapt(config: dict) -> dict:
+    """Adapt a checkpoint to a site's labelled photos; writes site.ckpt, adaptation.md, metrics.json and splits.csv
+    (the local parts) to the run dir and returns the figures."""
+    L.seed_everything(config["seed"], workers=True)
+    ckpt = config["ckpt_path"]
+    if isinstance(ckpt, list):
+        raise ValueError("adapt.py takes one checkpoint (ckpt_path=...), not a list")
+    model = load_model(ckpt)
+    out = Path(config["paths"]["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    data = dict(config["data"]) | {"transforms": dict((model.hparams.data or {}).get("transforms") or {})}
+    if data.get("external"):
+        raise ValueError("data.external=true makes every photo a test photo: adapt.py carves its own parts, drop it")
+    datamodule = build_datamodule(data, model.data_config)
+    datamodule.setup()
+    every = [i for f in datamodule.frames.values() for i in f["image_id"]]
+    refuse_leaks(every, training_splits(model, ckpt), ckpt)  # a site's photos must be new to the source model
+    parts = {name: read_local(datamodule, split, model) for name, split in PARTS.items()}
+    counts = {name: photos.counts() for name, photos in parts.items()}
+    log.info("local photos: %s", counts)
+    op, boot = config["operating_point"], config["bootstrap"]
+    adapter = Adapter(model, Strategy(**config["strategy"]), config["folds"], config["seed"])
+    site, info = adapter.fit_site(
+        parts["fine_tune"], parts["calibration"], op["target_sensitivity"], op["confidence"], config["quality"]
+    )
+    before = adapter.report(model, parts["test"], boot["resamples"], boot["level"])
+    after = adapter.report(site, parts["test"], boot["resamples"], boot["level"])
+    (out / "adaptation.md").write_text(adaptation_table(before, after, info, counts))
+    local_splits(parts).to_csv(out / "splits.csv", index=False)
+    adaptation = info | {
+        "source_checkpoint": str(ckpt),
+        "data": data,
+        "counts": counts,
+        "date": date.today().isoformat(),
+    }
+    adaptation["source_on_local_test"] = {k: v for k, v in before.items() if not k.endswith("_multiclass")}
+    path = save_adapted(site, ckpt, out / "site.ckpt", _extra(model, ckpt, parts, adaptation, after, out))
+    metrics = {f"source/{k}": v for k, v in before.items()} | after
+    metrics |= {"site_checkpoint": str(path), "checkpoint": str(ckpt), "strategy": info["strategy"]["name"]}
+    metrics |= {"epochs": info["epochs"], "counts": counts}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    log.info(
+        "site checkpoint %s: local test AUROC %.3f -> %.3f, sensitivity %.3f -> %.3f, specificity %.3f -> %.3f",
+        path,
+        before["test/auroc"],
+        after["test/auroc"],
+        before["test_op/recall"],
+        after["test_op/recall"],
+        before["test_op/specificity"],
+        after["test_op/specificity"],
+    )
+    return metrics
+
+
+PARTS = {"fine_tune": "train", "calibration": "val", "test": "test"}  # local part -> the datamodule's split
+
+
+def _extra(model, ckpt: str, parts: dict, adaptation: dict, after: dict, out: Path) -> dict:
+    """What the site checkpoint keeps beside its weights: the adaptation, its local test figures (what a later
+    external evaluation compares against), the source's own, and every split either saw (for the leak guard)."""
+    source_splits = dict(model.split_ids or {})
+    split_ids = {s: list(source_splits.get(s, [])) for s in ("train", "val", "test")}
+    for name, split in PARTS.items():
+        split_ids[split] += parts[name].image_ids
+    return {
+        "adaptation": adaptation,
+        "in_domain_test": in_domain_figures(after, out / "metrics.json") | {"source": f"local test part ({out})"},
+        "source_in_domain_test": in_domain_metrics(ckpt),
+        "split_ids": split_ids,
+    }
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="adapt")
+def main(cfg: DictConfig) -> None:
+    adapt(to_plain(cfg))
+
+
+if __name__ == "__main__":
+    main()
