@@ -53,7 +53,8 @@ def trained_parameters(net: nn.Module, prefixes: list[str]) -> dict[str, nn.Para
 @torch.no_grad()
 def reestimate_batchnorm(net: nn.Module, batches: list[torch.Tensor]) -> int:
     """BatchNorm running means and variances recomputed as plain averages over `batches` (the site's photos, through
-    the evaluation transforms; AdaBN, Li et al. 2016); every other layer stays in eval mode. Returns the layers reset."""
+    the evaluation transforms; AdaBN, Li et al. 2016); every other layer stays in eval mode. Returns the layers
+    reset."""
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms:

@@ -94,8 +94,7 @@ class Adapter:
     def logits(self, model, photos: LocalPhotos) -> torch.Tensor:
         """The model's logits under its own test-time augmentation (the score its threshold is certified on)."""
         model.eval()
-        chunks = [range(i, min(i + self.batch_size, len(photos))) for i in range(0, len(photos), self.batch_size)]
-        return torch.cat([model(self.batch(photos, rows)).float() for rows in chunks])
+        return torch.cat([model(self.batch(photos, rows)).float() for rows in self.chunks(photos)])
 
     def predictions(self, model, photos: LocalPhotos) -> Predictions:
         y = torch.as_tensor(photos.y)
