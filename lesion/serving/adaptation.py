@@ -169,8 +169,8 @@ class Adapter:
         permissive of them and the source's), the out-of-distribution reference from the adapted network's features
         of those photos, its threshold from the calibration photos'."""
         features = {
-            "train": pooled_features(site, self.batch(train, range(len(train)))),
-            "val": pooled_features(site, self.batch(calibration, range(len(calibration)))),
+            name: torch.cat([pooled_features(site, self.batch(photos, rows)) for rows in self.chunks(photos)])
+            for name, photos in (("train", train), ("val", calibration))
         }
         cal_logits = self.logits(site, calibration)
         gate = fit_quality(train.sized, lambda image: image, cal_logits, settings, len(train), features)
