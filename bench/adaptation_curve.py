@@ -1,0 +1,204 @@
+"""python bench/adaptation_curve.py CKPT --data pad_ufes_20 --root ../shared/data/pad_ufes_20_sample [--sizes 0 25 50
+100 all] [--draws 3] [--strategies recalibrate bn_stats head last_blocks l2sp] [--out bench/results/adaptation_pad]
+
+How many labelled local photos does a site need? A fixed local test part (data.test_fraction of the site's photos,
+grouped by patient or lesion, stratified: the same part `adapt.py data=<data>` tests on) is held out; from the rest,
+N photos are drawn (whole groups, several draws each), split in two grouped halves, fine-tuning and calibration, and
+each adaptation strategy (conf/strategy/) is run as adapt.py runs it: grouped folds of the fine-tuning half choose the
+epochs, the calibration half refits the Platt map and certifies the threshold (lower bound). Each run's AUROC (CI) and
+sensitivity / specificity at its certified threshold on the fixed test part go to <out>.csv, the summary to <out>.md
+and a plot to <out>.png. N = 0 is the source model at its stored threshold. The quality gate is not refitted here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lesion.data import build_datamodule  # noqa: E402
+from lesion.data.splits import assign_splits  # noqa: E402
+from lesion.models.adaptation import Strategy  # noqa: E402
+from lesion.screening.operating_point import sensitivity_lower_bound  # noqa: E402
+from lesion.serving.adaptation import Adapter, LocalPhotos, read_local  # noqa: E402
+from lesion.serving.inference import load_model  # noqa: E402
+
+STRATEGIES = ("recalibrate", "bn_stats", "head", "last_blocks", "l2sp")
+
+
+def config(group: str, name: str) -> dict:
+    """conf/<group>/<name>.yaml as adapt.py composes it (a data config with its own defaults, csv.yaml's say)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    overrides = [f"{group}={name}", "ckpt_path=x"] + (["data=folder", "data.root=x"] if group != "data" else [])
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="adapt", overrides=overrides)
+    return OmegaConf.to_container(cfg[group])
+
+
+def certificate_table(target: float, confidence: float) -> str:
+    """Malignant calibration photos needed to certify `target` sensitivity, by how many of them the threshold misses."""
+    rows = ["| misses allowed | malignant photos needed |", "|---:|---:|"]
+    for misses in range(4):
+        n = next(n for n in range(misses + 1, 2000) if sensitivity_lower_bound(n - misses, n, confidence) >= target)
+        rows.append(f"| {misses} | {n} |")
+    return "\n".join(rows) + "\n"
+
+
+def draw(pool: np.ndarray, groups: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """About n rows of `pool`, whole groups in a random order (the last group may overshoot by its size - 1)."""
+    order = rng.permutation(np.unique(groups[pool]))
+    taken, count = [], 0
+    for g in order:
+        if count >= n:
+            break
+        rows = pool[groups[pool] == g]
+        taken.append(rows)
+        count += len(rows)
+    return np.concatenate(taken)
+
+
+def halves(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grouped, stratified halves of `rows`: fine-tuning and calibration."""
+    frame = pd.DataFrame({"image_id": rows.astype(str), "label": y[rows], "group": groups[rows]})
+    split = assign_splits(frame, ("val",), "group", val_fraction=0.5, seed=seed).to_numpy()
+    return rows[split == "train"], rows[split == "val"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ckpt")
+    parser.add_argument("--data", default="pad_ufes_20", help="a conf/data config for the site's photos")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--sizes", nargs="+", default=["0", "25", "50", "100", "200", "all"])
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--target", type=float, default=0.85)
+    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--resamples", type=int, default=500)
+    parser.add_argument("--out", default="bench/results/adaptation")
+    args = parser.parse_args()
+    model = load_model(args.ckpt)
+    data = config("data", args.data) | {"root": args.root, "num_workers": 0}
+    data["transforms"] = dict((model.hparams.data or {}).get("transforms") or {})
+    datamodule = build_datamodule(data, model.data_config)
+    datamodule.setup()  # its test split is the local test part adapt.py data=<data> reports on
+    test = read_local(datamodule, "test", model)
+    photos = LocalPhotos.concat([read_local(datamodule, split, model) for split in ("train", "val")])
+    pool = np.arange(len(photos))
+    print(f"test part {test.counts()}, pool {photos.counts()}")
+    rows, out = [], Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    source = Adapter(model, Strategy("recalibrate"))
+    rows.append(result("source", 0, 0, source.report(model, test, args.resamples), {}, 0.0))
+    sizes = sorted({len(pool) if s == "all" else min(int(s), len(pool)) for s in args.sizes} - {0})
+    for n in sizes:
+        for d in range(args.draws if n < len(pool) else 1):
+            rng = np.random.default_rng([n, d])
+            chosen = draw(pool, photos.groups, n, rng)
+            tune, calibrate = halves(chosen, photos.y, photos.groups, seed=d)
+            if photos.y[calibrate].sum() == 0 or photos.y[tune].sum() in (0, len(tune)):
+                print(f"N={n} draw {d}: a half without both classes, skipped")
+                continue
+            for name in args.strategies:
+                start = time.perf_counter()
+                adapter = Adapter(model, Strategy(**config("strategy", name)), args.folds, seed=d)
+                site, info = adapter.fit_site(
+                    photos.subset(tune), photos.subset(calibrate), args.target, args.confidence, {"enabled": False}
+                )
+                report = adapter.report(site, test, args.resamples)
+                rows.append(result(name, len(chosen), d, report, info, time.perf_counter() - start))
+                print(rows[-1])
+                pd.DataFrame(rows).to_csv(out.with_suffix(".csv"), index=False)
+    table = pd.DataFrame(rows)
+    table.to_csv(out.with_suffix(".csv"), index=False)
+    summary = summarise(table, args.target)
+    text = f"# Adaptation learning curve: {args.data} ({args.root}), checkpoint {args.ckpt}\n\n"
+    text += f"Fixed local test part: {test.counts()}; pool {len(pool)} photos. Target sensitivity {args.target} "
+    text += f"certified at {args.confidence:.0%} on the calibration half.\n\n" + summary + "\n"
+    text += "Malignant calibration photos the certificate needs:\n\n" + certificate_table(args.target, args.confidence)
+    out.with_suffix(".md").write_text(text)
+    plot(table, out.with_suffix(".png"), args.target, f"{args.data}: local test part {test.counts()['images']} photos")
+    print(text)
+
+
+def result(strategy: str, n: int, d: int, report: dict, info: dict, seconds: float) -> dict:
+    op = info.get("operating_point", {})
+    ci = report.get("test_op/auroc_ci", [math.nan, math.nan])
+    return {
+        "strategy": strategy,
+        "n": n,
+        "draw": d,
+        "epochs": info.get("epochs", 0),
+        "auroc": report["test/auroc"],
+        "auroc_low": ci[0],
+        "auroc_high": ci[1],
+        "sensitivity": report["test_op/recall"],
+        "specificity": report["test_op/specificity"],
+        "threshold": report["threshold"],
+        "calibration_malignant": op.get("val_positives"),
+        "certified_lower_bound": op.get("sensitivity_lower_bound"),
+        "ece": report["test_calibration/ece_after"],
+        "seconds": round(seconds, 1),
+    }
+
+
+def summarise(table: pd.DataFrame, target: float) -> str:
+    grouped = table.groupby(["strategy", "n"], sort=False)
+    lines = [
+        "| strategy | N photos | draws | AUROC mean (min-max) | sensitivity mean (min-max) | specificity mean | "
+        f"draws with sensitivity >= {target} | certified bound mean | epochs | s / run |",
+        "|---|---:|---:|---|---|---:|---:|---:|---|---:|",
+    ]
+    for (strategy, n), g in grouped:
+        bound = g["certified_lower_bound"].dropna()
+        lines.append(
+            f"| {strategy} | {n} | {len(g)} | {g.auroc.mean():.3f} ({g.auroc.min():.3f}-{g.auroc.max():.3f}) | "
+            f"{g.sensitivity.mean():.3f} ({g.sensitivity.min():.3f}-{g.sensitivity.max():.3f}) | "
+            f"{g.specificity.mean():.3f} | {int((g.sensitivity >= target).sum())}/{len(g)} | "
+            f"{bound.mean():.3f} | {','.join(map(str, g.epochs))} | {g.seconds.mean():.0f} |"
+            if len(bound)
+            else f"| {strategy} | {n} | {len(g)} | {g.auroc.mean():.3f} | {g.sensitivity.mean():.3f} | "
+            f"{g.specificity.mean():.3f} | {int((g.sensitivity >= target).sum())}/{len(g)} | - | - | - |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: pd.DataFrame, path: Path, target: float, title: str) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    source = table[table.strategy == "source"]
+    for name, g in table[table.strategy != "source"].groupby("strategy", sort=False):
+        stats = g.groupby("n")[["auroc", "sensitivity", "specificity"]].agg(["mean", "std"]).fillna(0)
+        for ax, metric in zip(axes, ("auroc", "sensitivity", "specificity")):
+            ax.errorbar(
+                stats.index, stats[(metric, "mean")], yerr=stats[(metric, "std")], marker="o", capsize=3, label=name
+            )
+    for ax, metric in zip(axes, ("auroc", "sensitivity", "specificity")):
+        ax.axhline(float(source[metric].iloc[0]), color="grey", ls=":", label="source model, stored threshold")
+        ax.set_xlabel("labelled local photos (N)")
+        ax.set_ylabel(metric if metric != "auroc" else "AUROC")
+        ax.grid(alpha=0.3)
+    axes[1].axhline(target, color="red", ls="--", lw=1, label=f"target {target}")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
