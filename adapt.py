@@ -57,7 +57,8 @@ def adapt(config: dict) -> dict:
         "counts": counts,
         "date": date.today().isoformat(),
     }
-    adaptation["source_on_local_test"] = {k: v for k, v in before.items() if not k.endswith("_multiclass")}
+    adaptation["source_on_local_test"] = {k: v for k, v in before.items() if "multiclass" not in k}
+    adaptation["site_on_local_test"] = {k: v for k, v in after.items() if "multiclass" not in k}
     path = save_adapted(site, ckpt, out / "site.ckpt", _extra(model, ckpt, parts, adaptation, after, out))
     metrics = {f"source/{k}": v for k, v in before.items()} | after
     metrics |= {"site_checkpoint": str(path), "checkpoint": str(ckpt), "strategy": info["strategy"]["name"]}

@@ -83,6 +83,8 @@ def evaluate(config: dict) -> dict:
         table.to_csv(out / "robustness.csv", index=False)
         (out / "robustness.md").write_text("# Robustness to phone-camera conditions\n\n" + markdown_table(table) + "\n")
         plot_robustness(table, out / "robustness.png")
+    data = dict(config.get("data") or model.hparams.data or {})  # what was evaluated, named for the model card
+    written["data"] = {"name": data.get("name"), "root": data.get("root"), "external": bool(external)}
     (out / "metrics.json").write_text(json.dumps(report | {"checkpoint": ckpt} | written, indent=2, sort_keys=True))
     loggers = [instantiate(block) for block in (config.get("logger") or {}).values()]
     dashboard.log_eval_artifacts(loggers, out, report)

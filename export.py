@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from lesion.runs.config import to_plain
 from lesion.serving.export import FORMATS, export
 from lesion.serving.inference import load_calibrated
-from lesion.serving.model_card import find_eval_dir, model_card
+from lesion.serving.model_card import external_evals, find_eval_dir, model_card
 
 log = logging.getLogger("lesion")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -42,7 +42,8 @@ def run_export(config: dict) -> dict:
                 "no eval.py run found for %s under %s: the card has no fairness/robustness", ckpt, config["eval_search"]
             )
         card = out / "MODEL_CARD.md"
-        card.write_text(model_card(model, ckpt, eval_dir, [path]))
+        external = external_evals(ckpt, Path(config["eval_search"]))
+        card.write_text(model_card(model, ckpt, eval_dir, [path], external))
         log.info("model card written to %s (eval artifacts from %s)", card, eval_dir)
         written["card"] = str(card)
     return written

@@ -1,11 +1,14 @@
 """python bench/quality_gate.py CKPT [--root ../shared/data/isic2018] [--max-images 400] [--ood residual|energy]
+[--region 0.5] [--photos ../shared/data/pad_ufes_20_sample/images [--only SPLITS_CSV:test]]
 
 The quality gate of a checkpoint on real lesions: its thresholds (the checkpoint's, or fitted here as train.py fits
 them, from the run's own training images, val logits and pooled features, when it has none or when --ood asks for an
 out-of-distribution score), then the share of the run's clean test
 split it refuses, and what it answers for degraded copies of test images (blurred, darkened, shrunk, a flat colour)
 and for pictures that are not skin close-ups (apples and oranges from the sanity set, crops of scikit-learn's
-sample photographs), with the reasons.
+sample photographs), with the reasons. --photos: also the share of ordinary photos it refuses (every image under a
+folder, e.g. the PAD-UFES-20 smartphone photos; --only keeps the ids a splits.csv puts in one split, e.g. an adapt.py
+run's local test part). --region refits the gate judging exposure and sharpness in that centred share of the photo.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from lesion.serving.inference import Screener, load_model  # noqa: E402
 from lesion.serving.quality import fit_on_datamodule, fits_features  # noqa: E402
 
 SETTINGS = {"min_side": 100, "sharpness_percentile": 1.0, "exposure_percentile": 99.5, "exposure_floor": 0.05,
-            "ood_percentile": 99.0, "ood": "residual", "ood_components": 128, "max_images": 2000}  # fmt: skip
+            "ood_percentile": 99.0, "ood": "residual", "ood_components": 128, "max_images": 2000,
+            "region": 1.0}  # fmt: skip
 DEGRADED = {
     "clean": lambda im, rng: im,
     "gaussian blur, sigma 3": lambda im, rng: cv2.GaussianBlur(im, (0, 0), 3),
@@ -62,6 +66,9 @@ def main() -> None:
     parser.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "isic2018"))
     parser.add_argument("--max-images", type=int, default=400, help="test images per condition (class-stratified)")
     parser.add_argument("--ood", choices=["residual", "energy"], help="refit the gate with this score")
+    parser.add_argument("--region", type=float, help="refit the gate judging this centred share of the photo")
+    parser.add_argument("--photos", help="a folder of ordinary photos: the share the gate refuses, with reasons")
+    parser.add_argument("--only", help="SPLITS_CSV:SPLIT, the ids of --photos (relative paths, no suffix) to keep")
     args = parser.parse_args()
     model = load_model(args.ckpt)
     data = dict(model.hparams.data) | {"root": args.root, "num_workers": 0, "cache": False}
@@ -73,12 +80,12 @@ def main() -> None:
         data["split_file"] = str(path)
     datamodule = build_datamodule(data, model.data_config)
     datamodule.setup()
-    if not getattr(model, "quality", None) or args.ood:
+    if not getattr(model, "quality", None) or args.ood or args.region:
         trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-        settings = SETTINGS | {"ood": args.ood or SETTINGS["ood"]}
+        settings = SETTINGS | {"ood": args.ood or SETTINGS["ood"], "region": args.region or SETTINGS["region"]}
         val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(settings))
         model.quality = fit_on_datamodule(model, datamodule, val, settings)
-        print("fitted here" + (f" with ood={args.ood}:" if args.ood else " (the checkpoint has none):"), end=" ")
+        print(f"fitted here with ood={settings['ood']}, region={settings['region']}:", end=" ")
     shown = {k: v for k, v in model.quality.items() if k not in ("percentiles", "feature_residual")}
     if "feature_residual" in model.quality:
         d = model.quality["feature_residual"]
@@ -102,6 +109,27 @@ def main() -> None:
         print(
             f"| {name} | {len(ids)} | {passed} | {len(ids) - passed} ({(len(ids) - passed) / len(ids):.1%}) | {text} |"
         )
+    if args.photos:
+        print(photo_row(screener, Path(args.photos), args.only))
+
+
+def photo_row(screener: Screener, root: Path, only: str | None) -> str:
+    """The table row of ordinary photos under `root` (optionally only those a splits.csv puts in one split)."""
+    import pandas as pd
+
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    if only:
+        path, split = only.rsplit(":", 1)
+        table = pd.read_csv(path, dtype=str)
+        keep = {Path(i).name for i in table.loc[table["split"] == split, "image_id"]}
+        files = [f for f in files if f.with_suffix("").name in keep]
+    results = screener.screen_files(files, batch_size=32)
+    reasons = collections.Counter(r.quality or ("error" if r.error else "passed") for r in results)
+    passed = reasons.pop("passed", 0)
+    text = ", ".join(f"{k} {v}" for k, v in reasons.most_common())
+    name = f"photos under {root}" + (f" ({only})" if only else "")
+    refused = len(files) - passed
+    return f"| {name} | {len(files)} | {passed} | {refused} ({refused / max(len(files), 1):.1%}) | {text} |"
 
 
 if __name__ == "__main__":

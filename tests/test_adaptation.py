@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,6 +18,7 @@ from torch import nn
 
 from adapt import adapt
 from eval import evaluate
+from export import run_export
 from lesion.models.adaptation import Strategy, fine_tune, reestimate_batchnorm, trained_parameters
 from lesion.screening.operating_point import choose_operating_point
 from lesion.serving.inference import eval_transforms, load_model
@@ -62,10 +64,16 @@ def site(tmp_path_factory):
     return {"source": best, "root": camera_b, "tmp": tmp}
 
 
-def test_fine_tuning_moves_a_planted_camera_shift_back_and_recalibration_cannot(site):
+@pytest.fixture(scope="module")
+def head(site) -> dict:
+    """The site's photos adapted with the head strategy (adapt.py's figures)."""
+    overrides = [f"ckpt_path={site['source']}", f"data.root={site['root']}", *SITE, *HEAD]
+    return adapt(compose_config("adapt", overrides, site["tmp"] / "head"))
+
+
+def test_fine_tuning_moves_a_planted_camera_shift_back_and_recalibration_cannot(site, head):
     tmp = site["tmp"]
     common = [f"ckpt_path={site['source']}", f"data.root={site['root']}", *SITE]
-    head = adapt(compose_config("adapt", [*common, *HEAD], tmp / "head"))
     recal = adapt(compose_config("adapt", [*common, "strategy=recalibrate"], tmp / "recalibrate"))
     assert head["source/test/auroc"] < 0.2, "premise: camera B's photos read backwards by the source model"
     assert recal["test/auroc"] == pytest.approx(recal["source/test/auroc"])  # a monotone refit keeps the ranking
@@ -83,11 +91,8 @@ def test_fine_tuning_moves_a_planted_camera_shift_back_and_recalibration_cannot(
     assert "| AUROC |" in (tmp / "head" / "adaptation.md").read_text()
 
 
-def test_the_site_threshold_is_certified_on_the_calibration_part_alone(site):
-    tmp = site["tmp"] / "certify"
-    metrics = adapt(
-        compose_config("adapt", [f"ckpt_path={site['source']}", f"data.root={site['root']}", *SITE, *HEAD], tmp)
-    )
+def test_the_site_threshold_is_certified_on_the_calibration_part_alone(site, head):
+    tmp, metrics = site["tmp"] / "head", head
     splits = pd.read_csv(tmp / "splits.csv")
     table = pd.read_csv(site["root"] / "metadata.csv")
     table["image_id"] = table["image"].str.replace(".jpg", "", regex=False)
@@ -106,7 +111,23 @@ def test_the_site_threshold_is_certified_on_the_calibration_part_alone(site):
     # Its leak guard knows the local parts: evaluating it on all of the site's photos is refused.
     with pytest.raises(ValueError, match="were used to train or tune"):
         external = [f"ckpt_path={metrics['site_checkpoint']}", "data=pad_ufes_20", f"data.root={site['root']}"]
-        evaluate(compose_config("eval", [*external, "data.external=true", "data.num_workers=0"], tmp / "eval"))
+        evaluate(compose_config("eval", [*external, "data.external=true", "data.num_workers=0"], site["tmp"] / "e"))
+
+
+def test_the_site_model_card_shows_the_source_and_the_local_figures_and_names_external_sets(site, head, tmp_path):
+    evals = tmp_path / "evals"
+    other = make_pad(tmp_path / "other_clinic", patients=12, draw=spot, shift=second_camera, first=5000)
+    external = [f"ckpt_path={head['site_checkpoint']}", "data=pad_ufes_20", f"data.root={other}", "data.external=true"]
+    external += ["data.num_workers=0", "bootstrap.resamples=20", "robustness.enabled=false", "fairness.enabled=false"]
+    outside = evaluate(compose_config("eval", external, evals / "external"))
+    export = [f"ckpt_path={head['site_checkpoint']}", f"eval_search={evals}"]
+    card = Path(run_export(compose_config("export", export, tmp_path / "x"))["card"]).read_text()
+    assert "The site's local test part" in card and f"| AUROC | {head['test/auroc']:.3f} |" in card
+    assert "### Adaptation to a site" in card and f"`{site['source']}`; strategy `head`" in card
+    assert f"images (`{Path(site['source']).parents[1] / 'splits.csv'}`)" in card  # training data: the source's
+    assert f"| AUROC | {head['source/test/auroc']:.3f} (" in card  # the source model on the same local photos
+    row = next(line for line in card.splitlines() if f"`{other}`" in line)
+    assert row.startswith("| `csv` at") and f"| 24 | {outside['test/auroc']:.3f} (" in row
 
 
 def test_strategies_move_only_their_weights_and_l2sp_holds_them_near_the_source():

@@ -226,3 +226,38 @@ def local_splits(parts: dict[str, LocalPhotos]) -> pd.DataFrame:
     """image_id/split of the local parts (fine-tuning: train, calibration: val, test), as splits.csv files are."""
     names = {"fine_tune": "train", "calibration": "val", "test": "test"}
     return pd.concat([pd.DataFrame({"image_id": p.image_ids, "split": names[k]}) for k, p in parts.items()])
+
+
+def site_adaptation(ckpt_path) -> dict | None:
+    """What adapt.py stored in a site checkpoint (None for any other checkpoint)."""
+    return torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("adaptation")
+
+
+def site_section(adaptation: dict) -> str:
+    """The model card's account of a site adaptation: where the model came from, what it learnt from, and the source
+    and site models on the same local test photos."""
+    from lesion.screening.reports import metric_cell
+
+    counts = adaptation["counts"]
+    data = adaptation.get("data") or {}
+    source = adaptation.get("source_on_local_test") or {}
+    lines = [
+        "### Adaptation to a site",
+        "",
+        f"- Source checkpoint: `{adaptation['source_checkpoint']}`; strategy `{adaptation['strategy']['name']}` "
+        f"({adaptation['epochs']} epochs of fine-tuning, chosen by grouped folds), {adaptation.get('date', '')}.",
+        f"- Local data: `{data.get('name')}` at `{data.get('root')}`; "
+        + ", ".join(f"{k} {c['images']} photos ({c['malignant']} malignant)" for k, c in counts.items())
+        + ". Calibration, threshold and quality gate were fitted on the calibration part, which fine-tuning never saw.",
+        "",
+        "| on the local test part | source model, its stored threshold | this site model |",
+        "|---|---|---|",
+    ]
+    after = adaptation.get("site_on_local_test") or {}
+    for label, key in (
+        ("AUROC", "test/auroc"),
+        ("sensitivity", "test_op/recall"),
+        ("specificity", "test_op/specificity"),
+    ):
+        lines.append(f"| {label} | {metric_cell(source, key)} | {metric_cell(after, key)} |")
+    return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from lesion.models.module import LesionClassifier
+from lesion.serving.adaptation import site_adaptation, site_section
 from lesion.serving.inference import DISCLAIMER
 
 OP_METRICS = [("auroc", "AUROC"), ("pauc80", "pAUC80 (TPR >= 0.8)"), ("recall", "sensitivity"),
@@ -16,7 +17,19 @@ OP_METRICS = [("auroc", "AUROC"), ("pauc80", "pAUC80 (TPR >= 0.8)"), ("recall", 
 
 
 def find_eval_dir(ckpt_path: Path, search: Path) -> Path | None:
-    """The newest eval.py run dir under `search` whose metrics.json names this checkpoint."""
+    """The newest in-domain eval.py run dir under `search` whose metrics.json names this checkpoint (an external
+    evaluation, `data.external=true`, is listed by `external_evals` instead)."""
+    found = [d for d, values in _evals(ckpt_path, search) if "in_domain/test/auroc" not in values]
+    return max(found, key=lambda d: d.stat().st_mtime) if found else None
+
+
+def external_evals(ckpt_path: Path, search: Path) -> list[tuple[Path, dict]]:
+    """Every external evaluation (eval.py data.external=true) under `search` naming this checkpoint, oldest first."""
+    found = [(d, values) for d, values in _evals(ckpt_path, search) if "in_domain/test/auroc" in values]
+    return sorted(found, key=lambda item: item[0].stat().st_mtime)
+
+
+def _evals(ckpt_path: Path, search: Path) -> list[tuple[Path, dict]]:
     matches = []
     for metrics in search.glob("**/metrics.json"):
         try:
@@ -26,8 +39,32 @@ def find_eval_dir(ckpt_path: Path, search: Path) -> Path | None:
         # eval.py names the checkpoint it read, and the calibrated one it wrote (e.g. an ensemble's ensemble.ckpt)
         named = [values.get("checkpoint"), values.get("calibrated_checkpoint")]
         if any(isinstance(n, str) and Path(n).resolve() == ckpt_path.resolve() for n in named):
-            matches.append(metrics.parent)
-    return max(matches, key=lambda d: d.stat().st_mtime) if matches else None
+            matches.append((metrics.parent, values))
+    return matches
+
+
+def external_table(evals: list[tuple[Path, dict]]) -> str:
+    """One row per external evaluation: its data config and root, images, AUROC and sensitivity / specificity at the
+    stored threshold, with CIs."""
+    if not evals:
+        return "_No external evaluation found (`python eval.py ckpt_path=... data=... data.external=true`)._\n"
+    rows = [
+        "| data | images | AUROC (95% CI) | sensitivity (CI) | specificity (CI) | run |",
+        "|---|---:|---|---|---|---|",
+    ]
+    for path, m in evals:
+        data = m.get("data") or {}
+        images = sum(int(m.get(f"test/{k}", 0)) for k in ("tp", "fn", "fp", "tn"))
+        cells = [_with_ci(m, "test/auroc", "test_op/auroc_ci"), _with_ci(m, "test_op/recall", "test_op/recall_ci")]
+        cells.append(_with_ci(m, "test_op/specificity", "test_op/specificity_ci"))
+        name = f"`{data.get('name', '?')}` at `{data.get('root', '?')}`"
+        rows.append(f"| {name} | {images} | {' | '.join(cells)} | `{path}` |")
+    return "\n".join(rows) + "\n"
+
+
+def _with_ci(metrics: dict, key: str, ci_key: str) -> str:
+    value, ci = metrics.get(key), metrics.get(ci_key)
+    return "n/a" if value is None else f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
 
 
 def _section(path: Path | None, name: str, how: str) -> str:
@@ -75,22 +112,40 @@ def _training_data(model: LesionClassifier, run_dir: Path) -> str:
 
 
 def model_card(
-    model: LesionClassifier, ckpt_path: Path, eval_dir: Path | None, exported: list[Path] | None = None
+    model: LesionClassifier,
+    ckpt_path: Path,
+    eval_dir: Path | None,
+    exported: list[Path] | None = None,
+    external: list[tuple[Path, dict]] | None = None,
 ) -> str:
-    """The card's Markdown. Metrics come from eval.py's metrics.json when there is one, else from train.py's."""
-    run_dir = ckpt_path.resolve().parent.parent
+    """The card's Markdown. Metrics come from eval.py's in-domain metrics.json when there is one, else from train.py's
+    (adapt.py's, for a site checkpoint: its local test part); `external`: the external evaluations
+    (`external_evals`), each named by its data."""
+    adaptation = site_adaptation(ckpt_path)
+    run_dir = ckpt_path.resolve().parent if adaptation else ckpt_path.resolve().parent.parent
+    # A site model's training data is its source's (its local parts are in the adaptation section)
+    train_dir = Path(adaptation["source_checkpoint"]).resolve().parent.parent if adaptation else run_dir
     source = eval_dir / "metrics.json" if eval_dir else run_dir / "metrics.json"
     metrics = json.loads(source.read_text()) if source.is_file() else {}
     threshold = float(model.threshold)
     backbone = dict(model.hparams.backbone)
     how_eval = f"run `python eval.py ckpt_path={ckpt_path}` and export again."
+    where = (
+        "The site's local test part (adapt.py: never used to fine-tune or calibrate)"
+        if adaptation and not eval_dir
+        else "The in-domain test split of the training data"
+    )
     metrics_text = (
-        f"Test split, from `{source}`. Operating threshold {threshold:.4f} on calibrated P(malignant), chosen on the"
-        f" validation split for sensitivity >= its target; bootstrap 95% confidence intervals.\n\n"
-        f"{_metrics_table(metrics)}\n"
+        f"{where}, from `{source}`. Operating threshold {threshold:.4f} on calibrated P(malignant), chosen on the"
+        f" {'local calibration part' if adaptation else 'validation split'} for sensitivity >= its target; bootstrap"
+        f" 95% confidence intervals.\n\n{_metrics_table(metrics)}\n"
         if metrics
         else f"_No metrics found: {how_eval}_\n"
     )
+    metrics_text += "\n### External sets (another clinic or camera, at the stored threshold)\n\n"
+    metrics_text += external_table(external or [])
+    if adaptation:
+        metrics_text += "\n" + site_section(adaptation)
     calibration = ""
     if "test_calibration/ece_before" in metrics:
         calibration = (
@@ -123,7 +178,7 @@ def model_card(
 - Any image that is not a single skin lesion.
 
 ## Training data
-{_training_data(model, run_dir)}
+{_training_data(model, train_dir)}
 
 ## Metrics at the operating point
 {metrics_text}{calibration}
