@@ -1,5 +1,6 @@
 """python bench/adaptation_curve.py CKPT --data pad_ufes_20 --root ../shared/data/pad_ufes_20_sample [--sizes 0 25 50
-100 all] [--draws 3] [--strategies recalibrate bn_stats head last_blocks l2sp] [--out bench/results/adaptation_pad]
+100 all] [--draws 3] [--strategies recalibrate bn_stats head last_blocks l2sp] [--set test_fraction=0.3]
+[--out docs/results/adaptation_pad]
 
 How many labelled local photos does a site need? A fixed local test part (data.test_fraction of the site's photos,
 grouped by patient or lesion, stratified: the same part `adapt.py data=<data>` tests on) is held out; from the rest,
@@ -21,6 +22,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -83,6 +85,7 @@ def main() -> None:
     parser.add_argument("ckpt")
     parser.add_argument("--data", default="pad_ufes_20", help="a conf/data config for the site's photos")
     parser.add_argument("--root", required=True)
+    parser.add_argument("--set", nargs="*", default=[], help="data config overrides, e.g. test_fraction=0.3")
     parser.add_argument("--sizes", nargs="+", default=["0", "25", "50", "100", "200", "all"])
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
@@ -94,6 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     model = load_model(args.ckpt)
     data = config("data", args.data) | {"root": args.root, "num_workers": 0}
+    data |= {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     data["transforms"] = dict((model.hparams.data or {}).get("transforms") or {})
     datamodule = build_datamodule(data, model.data_config)
     datamodule.setup()  # its test split is the local test part adapt.py data=<data> reports on
