@@ -145,3 +145,13 @@ def test_train_reports_val_and_test_figures_per_source(roots, tmp_path):
     assert sum(written[f"test_by_source/{k}/tp"] for k in ("isic2018", "pad_ufes_20")) == metrics["test_op/tp"]
     splits = pd.read_csv(tmp_path / "splits.csv")
     assert splits["image_id"].str.startswith("images/PAT_").any()  # reusable as data.split_file
+
+
+def test_the_quality_gate_samples_every_source_equally():
+    from lesion.serving.quality import gate_sample
+
+    frame = pd.DataFrame({"image_id": [f"d{i}" for i in range(900)] + [f"p{i}" for i in range(30)]})
+    frame["source"] = ["dermoscopy"] * 900 + ["phone"] * 30
+    ids = gate_sample(frame, 100)
+    assert sum(i.startswith("p") for i in ids) == 30 and sum(i.startswith("d") for i in ids) == 50
+    assert len(gate_sample(frame.drop(columns="source"), 100)) == 100

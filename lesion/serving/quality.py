@@ -205,8 +205,7 @@ def fit_on_datamodule(model, datamodule, val, settings: dict, seed: int = 0) -> 
     if not datamodule.photos:
         log.info("the data are tensors, not photos: the quality gate is not fitted")
         return None
-    ids = datamodule.frames["train"]["image_id"]
-    ids = ids.sample(min(int(settings["max_images"]), len(ids)), random_state=seed).tolist()
+    ids = gate_sample(datamodule.frames["train"], int(settings["max_images"]), seed)
     read = datamodule.reader()
     features = None
     if fits_features(settings):
@@ -217,6 +216,16 @@ def fit_on_datamodule(model, datamodule, val, settings: dict, seed: int = 0) -> 
     return fit_quality(
         (read(i) for i in ids), datamodule.transforms.to_input_size, val.logits, settings, len(ids), features
     )
+
+
+def gate_sample(frame, max_images: int, seed: int = 0) -> list[str]:
+    """Up to `max_images` training image ids (a seeded sample) drawn equally from each source where the frame names
+    sources (a multi-source run: 200 phone photos are not drowned by 7,000 dermoscopy images), else from all."""
+    if "source" not in frame:
+        return frame["image_id"].sample(min(max_images, len(frame)), random_state=seed).tolist()
+    groups = [g for _, g in frame.groupby("source", sort=True)]
+    share = max_images // len(groups)
+    return [i for g in groups for i in g["image_id"].sample(min(share, len(g)), random_state=seed).tolist()]
 
 
 def _features(model, images: Iterable[np.ndarray], transforms, total: int, batch_size: int = 64) -> torch.Tensor:
