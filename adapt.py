@@ -82,16 +82,15 @@ PARTS = {"fine_tune": "train", "calibration": "val", "test": "test"}  # local pa
 
 def _extra(model, ckpt: str, parts: dict, adaptation: dict, after: dict, out: Path) -> dict:
     """What the site checkpoint keeps beside its weights: the adaptation, its local test figures (what a later
-    external evaluation compares against), the source's own, and every split either saw (for the leak guard)."""
-    source_splits = dict(model.split_ids or {})
-    split_ids = {s: list(source_splits.get(s, [])) for s in ("train", "val", "test")}
-    for name, split in PARTS.items():
-        split_ids[split] += parts[name].image_ids
+    external evaluation compares against), the source's own, and the splits of the source run and of the local parts
+    (the leak guard refuses an image either trained or calibrated on)."""
+    stored = model.split_ids if isinstance(model.split_ids, list) else [model.split_ids or {}]
+    local = {split: parts[name].image_ids for name, split in PARTS.items()}
     return {
         "adaptation": adaptation,
         "in_domain_test": in_domain_figures(after, out / "metrics.json") | {"source": f"local test part ({out})"},
         "source_in_domain_test": in_domain_metrics(ckpt),
-        "split_ids": split_ids,
+        "split_ids": [*stored, local],  # the source's splits first (eval.py without data= evaluates on them)
     }
 
 

@@ -26,6 +26,7 @@ from train import train
 
 MALIGNANT = {"ACK", "BCC", "MEL", "SCC"}
 SITE = ["data=pad_ufes_20", "data.num_workers=0", "bootstrap.resamples=50", "quality.min_side=32"]
+QUICK_EVAL = ["bootstrap.resamples=20", "robustness.enabled=false", "fairness.enabled=false"]
 HEAD = ["strategy=head", "strategy.lr=0.05", "strategy.max_epochs=15"]  # a linear probe: convex, it converges
 
 
@@ -108,7 +109,12 @@ def test_the_site_threshold_is_certified_on_the_calibration_part_alone(site, hea
     chosen = choose_operating_point(p, y, 0.85, "lower_bound", 0.95)
     assert float(model.threshold) == pytest.approx(chosen["threshold"], abs=1e-6)
     assert model.operating_point["val_positives"] == int(y.sum())
-    # Its leak guard knows the local parts: evaluating it on all of the site's photos is refused.
+    # eval.py without data= evaluates it on its source run's own test split (the source's splits are kept first) ...
+    own = evaluate(
+        compose_config("eval", [f"ckpt_path={metrics['site_checkpoint']}", *QUICK_EVAL], site["tmp"] / "own")
+    )
+    assert own["test/tp"] + own["test/fn"] + own["test/fp"] + own["test/tn"] == 24
+    # ... and its leak guard knows the local parts: evaluating it on all of the site's photos is refused.
     with pytest.raises(ValueError, match="were used to train or tune"):
         external = [f"ckpt_path={metrics['site_checkpoint']}", "data=pad_ufes_20", f"data.root={site['root']}"]
         evaluate(compose_config("eval", [*external, "data.external=true", "data.num_workers=0"], site["tmp"] / "e"))
