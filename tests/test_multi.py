@@ -155,3 +155,18 @@ def test_the_quality_gate_samples_every_source_equally():
     ids = gate_sample(frame, 100)
     assert sum(i.startswith("p") for i in ids) == 30 and sum(i.startswith("d") for i in ids) == 50
     assert len(gate_sample(frame.drop(columns="source"), 100)) == 100
+
+
+def test_a_source_is_added_or_left_out_from_the_command_line(roots, tmp_path):
+    from fakes import make_folder
+
+    clinic = make_folder(tmp_path / "clinic", per_class=6)
+    added = multi_config(roots, tmp_path, "+data@data.sources.clinic=folder", f"data.sources.clinic.root={clinic}")
+    added["data"]["sources"]["clinic"] |= {"task": "binary", "class_map": {"benign": "NV", "malignant": "MEL"}}
+    added["data"]["sources"]["clinic"] |= {"val_fraction": 0.25, "test_fraction": 0.25}
+    dm = build_datamodule(added["data"], DATA_CONFIG)
+    dm.setup()
+    assert set(pd.concat(dm.frames.values())["source"]) == {"isic2018", "pad_ufes_20", "clinic"}
+    alone = build_datamodule(multi_config(roots, tmp_path, "data.sources.pad_ufes_20=null")["data"], DATA_CONFIG)
+    alone.setup()
+    assert set(pd.concat(alone.frames.values())["source"]) == {"isic2018"}

@@ -32,7 +32,9 @@ def build_datamodule(data: dict, data_config: dict) -> LesionDataModule:
     if name not in DATAMODULES:
         raise ValueError(f"data.name={name!r} is not a known dataset; choose from {sorted(DATAMODULES)}")
     if name == "multi":
-        data["sources"] = {key: _source(key, block, data_config) for key, block in (data.get("sources") or {}).items()}
+        # A source set to null (data.sources.pad_ufes_20=null) is left out.
+        sources = {key: block for key, block in (data.get("sources") or {}).items() if block is not None}
+        data["sources"] = {key: _source(key, block, data_config) for key, block in sources.items()}
     return DATAMODULES[name](data_config=data_config, **data)
 
 
