@@ -170,3 +170,17 @@ def test_a_source_is_added_or_left_out_from_the_command_line(roots, tmp_path):
     alone = build_datamodule(multi_config(roots, tmp_path, "data.sources.pad_ufes_20=null")["data"], DATA_CONFIG)
     alone.setup()
     assert set(pd.concat(alone.frames.values())["source"]) == {"isic2018"}
+
+
+def test_the_in_domain_vs_external_table_has_a_column_per_source():
+    from lesion.screening.reports import domain_shift_table
+
+    external = {"threshold": 0.3, "test/auroc": 0.8, "test_op/recall": 0.7, "test_op/specificity": 0.6}
+    external |= {"test_by_modality/clinical/auroc": 0.71, "test_by_modality/clinical/auroc_ci": [0.6, 0.8]}
+    external |= {"test_by_modality/dermoscopy/auroc": 0.85, "test_by_modality/dermoscopy/recall": 0.9}
+    table = domain_shift_table({"test/auroc": 0.9, "source": "x"}, external)
+    header = next(line for line in table.splitlines() if line.startswith("| metric"))
+    parts = "external: clinical (modality) | external: dermoscopy (modality)"
+    assert header == f"| metric | in-domain test | external | {parts} |"
+    auroc = next(line for line in table.splitlines() if line.startswith("| AUROC"))
+    assert auroc == "| AUROC | 0.900 | 0.800 | 0.710 (0.600-0.800) | 0.850 |"
