@@ -63,6 +63,7 @@ def adapt(config: dict) -> dict:
     metrics = {f"source/{k}": v for k, v in before.items()} | after
     metrics |= {"site_checkpoint": str(path), "checkpoint": str(ckpt), "strategy": info["strategy"]["name"]}
     metrics |= {"epochs": info["epochs"], "counts": counts}
+    metrics["data"] = {"name": data.get("name"), "root": data.get("root"), "part": "local test part"}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     log.info(
         "site checkpoint %s: local test AUROC %.3f -> %.3f, sensitivity %.3f -> %.3f, specificity %.3f -> %.3f",

@@ -1,0 +1,90 @@
+"""python bench/record_run.py NAME METRICS_JSON --command "python train.py ..." [--out docs/results/runs]
+python bench/record_run.py --table docs/results/runs/<a>.json docs/results/runs/<b>.json ... [--out-md FILE]
+
+Results as data: a measured run becomes a small recorded file (its name, command, commit, date, machine and the
+figures from its metrics.json: pooled, per source / modality, in-domain and external), and tables are rendered from
+those files, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+from datetime import date
+from pathlib import Path
+
+KEEP = ("test/auroc", "test_op/auroc_ci", "test_op/recall", "test_op/recall_ci", "test_op/specificity")
+KEEP += ("test_op/specificity_ci", "threshold", "best_val_score", "fit_seconds", "in_domain/test/auroc", "data")
+
+
+def record(name: str, metrics: Path, command: str) -> dict:
+    values = json.loads(metrics.read_text())
+    figures = {k: v for k, v in values.items() if k in KEEP or "_by_" in k or k.startswith("source/")}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    return {"name": name, "command": command, "date": date.today().isoformat(), "commit": commit, "machine": machine,
+            "metrics": str(metrics), "figures": figures}  # fmt: skip
+
+
+def cell(figures: dict, key: str) -> str:
+    value, ci = figures.get(key), figures.get(key.replace("/auroc", "/auroc_ci").replace("test/", "test_op/"))
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+
+
+def table(records: list[dict]) -> str:
+    """One row per record: its pooled figures as they apply to each set, found by the keys each run kind writes."""
+    lines = ["| run (command, date) | set | images | AUROC (95% CI) | sensitivity (CI) | specificity (CI) |",
+             "|---|---|---:|---|---|---|"]  # fmt: skip
+    for r in records:
+        for label, f in parts(r["figures"]):
+            images = f.get("images", "-")
+            row = [cell(f, "test/auroc"), cell(f, "test_op/recall"), cell(f, "test_op/specificity")]
+            lines.append(f"| {r['name']}: `{r['command']}` ({r['date']}) | {label} | {images} | {' | '.join(row)} |")
+    return "\n".join(lines) + "\n"
+
+
+def parts(figures: dict) -> list[tuple[str, dict]]:
+    """(label, figures under pooled names) for each set a record covers: per source where it has them."""
+    found: dict[str, dict] = {}
+    for key, value in figures.items():
+        if key.startswith("test_by_source/"):
+            _, source, name = key.split("/", 2)
+            pooled = {"auroc": "test/auroc", "images": "images"}.get(name, f"test_op/{name}")
+            found.setdefault(f"test split: {source}", {})[pooled] = value
+    if found:
+        return list(found.items())
+    data = figures.get("data") or {}
+    label = f"{data.get('name')} at {data.get('root')}" if data else "test split"
+    label += f" ({data['part']})" if data.get("part") else ""
+    return [(label, figures)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("args", nargs="+")
+    parser.add_argument("--command")
+    parser.add_argument("--out", default="docs/results/runs")
+    parser.add_argument("--table", action="store_true", help="render the given record files as one table")
+    parser.add_argument("--out-md")
+    args = parser.parse_args()
+    if args.table:
+        text = table([json.loads(Path(p).read_text()) for p in args.args])
+        if args.out_md:
+            Path(args.out_md).write_text(text)
+        print(text)
+        return
+    name, metrics = args.args
+    rec = record(name, Path(metrics), args.command or "")
+    path = Path(args.out) / f"{name.replace(' ', '_').replace('/', '-')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rec, indent=2, sort_keys=True))
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
