@@ -93,8 +93,12 @@ def main() -> None:
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--resamples", type=int, default=500)
-    parser.add_argument("--out", default="bench/results/adaptation")
+    parser.add_argument("--out", default="docs/results/adaptation")
+    parser.add_argument("--render", action="store_true", help="only re-render <out>.md and <out>.png from <out>.csv")
+    parser.add_argument("--parts", default="", help="with --render: the sentence describing the local parts")
     args = parser.parse_args()
+    if args.render:
+        return render(pd.read_csv(Path(args.out).with_suffix(".csv")), args, Path(args.out), args.parts)
     model = load_model(args.ckpt)
     data = config("data", args.data) | {"root": args.root, "num_workers": 0}
     data |= {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
@@ -125,18 +129,31 @@ def main() -> None:
                     photos.subset(tune), photos.subset(calibrate), args.target, args.confidence, {"enabled": False}
                 )
                 report = adapter.report(site, test, args.resamples)
-                rows.append(result(name, len(chosen), d, report, info, time.perf_counter() - start))
+                rows.append(result(name, len(chosen), d, report, info, time.perf_counter() - start) | {"n_asked": n})
                 print(rows[-1])
                 pd.DataFrame(rows).to_csv(out.with_suffix(".csv"), index=False)
-    table = pd.DataFrame(rows)
+    render(pd.DataFrame(rows), args, out, f"Fixed local test part: {test.counts()}; pool {photos.counts()}.")
+
+
+def render(table: pd.DataFrame, args, out: Path, parts: str = "") -> None:
+    """<out>.csv, the summary <out>.md and the plot <out>.png from the table of runs."""
+    if "n_asked" not in table:  # rows recorded before the asked size was kept: the nearest asked size
+        asked = sorted({int(s) for s in args.sizes if s != "all"} | {int(table["n"].max())})
+        table["n_asked"] = [min(asked, key=lambda a: abs(a - n)) for n in table["n"]]
     table.to_csv(out.with_suffix(".csv"), index=False)
-    summary = summarise(table, args.target)
-    text = f"# Adaptation learning curve: {args.data} ({args.root}), checkpoint {args.ckpt}\n\n"
-    text += f"Fixed local test part: {test.counts()}; pool {len(pool)} photos. Target sensitivity {args.target} "
-    text += f"certified at {args.confidence:.0%} on the calibration half.\n\n" + summary + "\n"
+    test = table[table.strategy == "source"].iloc[0]
+    text = f"# Adaptation learning curve: {args.data} ({args.root}), checkpoint {args.ckpt}\n\n{parts}"
+    text += f" Target sensitivity {args.target} certified at {args.confidence:.0%} on the calibration half; "
+    text += "N: photos asked for (whole groups are drawn, so a draw may hold a few more).\n\n"
+    text += summarise(table, args.target) + "\n"
     text += "Malignant calibration photos the certificate needs:\n\n" + certificate_table(args.target, args.confidence)
     out.with_suffix(".md").write_text(text)
-    plot(table, out.with_suffix(".png"), args.target, f"{args.data}: local test part {test.counts()['images']} photos")
+    plot(
+        table,
+        out.with_suffix(".png"),
+        args.target,
+        f"{args.data}: source model AUROC {test.auroc:.3f} on the test part",
+    )
     print(text)
 
 
@@ -162,22 +179,24 @@ def result(strategy: str, n: int, d: int, report: dict, info: dict, seconds: flo
 
 
 def summarise(table: pd.DataFrame, target: float) -> str:
-    grouped = table.groupby(["strategy", "n"], sort=False)
+    grouped = table.groupby(["strategy", "n_asked"], sort=False)
     lines = [
-        "| strategy | N photos | draws | AUROC mean (min-max) | sensitivity mean (min-max) | specificity mean | "
-        f"draws with sensitivity >= {target} | certified bound mean | epochs | s / run |",
-        "|---|---:|---:|---|---|---:|---:|---:|---|---:|",
+        "| strategy | N | photos drawn | AUROC mean (min-max) | sensitivity mean (min-max) | specificity mean | "
+        f"draws with sensitivity >= {target} | certified bound mean | epochs chosen | s / run |",
+        "|---|---:|---|---|---|---:|---:|---:|---|---:|",
     ]
     for (strategy, n), g in grouped:
         bound = g["certified_lower_bound"].dropna()
+        drawn = f"{g.n.min()}-{g.n.max()}" if g.n.min() != g.n.max() else f"{g.n.min()}"
         lines.append(
-            f"| {strategy} | {n} | {len(g)} | {g.auroc.mean():.3f} ({g.auroc.min():.3f}-{g.auroc.max():.3f}) | "
+            f"| {strategy} | {n} | {drawn} | {g.auroc.mean():.3f} ({g.auroc.min():.3f}-{g.auroc.max():.3f}) | "
             f"{g.sensitivity.mean():.3f} ({g.sensitivity.min():.3f}-{g.sensitivity.max():.3f}) | "
             f"{g.specificity.mean():.3f} | {int((g.sensitivity >= target).sum())}/{len(g)} | "
-            f"{bound.mean():.3f} | {','.join(map(str, g.epochs))} | {g.seconds.mean():.0f} |"
-            if len(bound)
-            else f"| {strategy} | {n} | {len(g)} | {g.auroc.mean():.3f} | {g.sensitivity.mean():.3f} | "
-            f"{g.specificity.mean():.3f} | {int((g.sensitivity >= target).sum())}/{len(g)} | - | - | - |"
+            + (
+                f"{bound.mean():.3f} | {','.join(map(str, g.epochs))} | {g.seconds.mean():.0f} |"
+                if len(bound)
+                else "- | - | - |"
+            )
         )
     return "\n".join(lines) + "\n"
 
@@ -186,7 +205,7 @@ def plot(table: pd.DataFrame, path: Path, target: float, title: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     source = table[table.strategy == "source"]
     for name, g in table[table.strategy != "source"].groupby("strategy", sort=False):
-        stats = g.groupby("n")[["auroc", "sensitivity", "specificity"]].agg(["mean", "std"]).fillna(0)
+        stats = g.groupby("n_asked")[["auroc", "sensitivity", "specificity"]].agg(["mean", "std"]).fillna(0)
         for ax, metric in zip(axes, ("auroc", "sensitivity", "specificity")):
             ax.errorbar(
                 stats.index, stats[(metric, "mean")], yerr=stats[(metric, "std")], marker="o", capsize=3, label=name
