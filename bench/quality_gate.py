@@ -71,7 +71,9 @@ def main() -> None:
     parser.add_argument("--only", help="SPLITS_CSV:SPLIT, the ids of --photos (relative paths, no suffix) to keep")
     args = parser.parse_args()
     model = load_model(args.ckpt)
-    data = dict(model.hparams.data) | {"root": args.root, "num_workers": 0, "cache": False}
+    data = dict(model.hparams.data) | {"num_workers": 0, "cache": False}
+    if data.get("name") != "multi":  # a multi-source run keeps its sources' roots
+        data["root"] = args.root
     data["transforms"] = dict((model.hparams.data or {}).get("transforms") or {})
     splits = training_splits(model, args.ckpt)
     if splits:  # the run's own split: the gate is fitted on its training and val images, judged on its test images

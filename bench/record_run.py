@@ -12,12 +12,14 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 from datetime import date
 from pathlib import Path
 
 KEEP = ("test/auroc", "test_op/auroc_ci", "test_op/recall", "test_op/recall_ci", "test_op/specificity")
 KEEP += ("test_op/specificity_ci", "threshold", "best_val_score", "fit_seconds", "in_domain/test/auroc", "data")
+KEEP += ("test_op/tp", "test_op/fn", "test_op/fp", "test_op/tn", "strategy", "epochs", "counts")
 
 
 def record(name: str, metrics: Path, command: str) -> dict:
@@ -30,7 +32,7 @@ def record(name: str, metrics: Path, command: str) -> dict:
 
 
 def cell(figures: dict, key: str) -> str:
-    value, ci = figures.get(key), figures.get(key.replace("/auroc", "/auroc_ci").replace("test/", "test_op/"))
+    value, ci = figures.get(key), figures.get("test_op/auroc_ci" if key == "test/auroc" else f"{key}_ci")
     if value is None:
         return "-"
     return f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
@@ -42,7 +44,8 @@ def table(records: list[dict]) -> str:
              "|---|---|---:|---|---|---|"]  # fmt: skip
     for r in records:
         for label, f in parts(r["figures"]):
-            images = f.get("images", "-")
+            counts = [f.get(f"test_op/{k}") for k in ("tp", "fn", "fp", "tn")]
+            images = f.get("images", int(sum(counts)) if None not in counts else "-")
             row = [cell(f, "test/auroc"), cell(f, "test_op/recall"), cell(f, "test_op/specificity")]
             lines.append(f"| {r['name']}: `{r['command']}` ({r['date']}) | {label} | {images} | {' | '.join(row)} |")
     return "\n".join(lines) + "\n"
@@ -60,8 +63,12 @@ def parts(figures: dict) -> list[tuple[str, dict]]:
         return list(found.items())
     data = figures.get("data") or {}
     label = f"{data.get('name')} at {data.get('root')}" if data else "test split"
-    label += f" ({data['part']})" if data.get("part") else ""
-    return [(label, figures)]
+    if not data.get("part"):
+        return [(label, figures)]
+    # an adapt.py run: the site model and its source model on the same local test part
+    source = {k.removeprefix("source/"): v for k, v in figures.items() if k.startswith("source/")}
+    site = f"{label} ({data['part']}), site model ({figures.get('strategy')}, {figures.get('epochs')} epochs)"
+    return [(f"{label} ({data['part']}), source model", source), (site, figures)]
 
 
 def main() -> None:
@@ -80,7 +87,7 @@ def main() -> None:
         return
     name, metrics = args.args
     rec = record(name, Path(metrics), args.command or "")
-    path = Path(args.out) / f"{name.replace(' ', '_').replace('/', '-')}.json"
+    path = Path(args.out) / f"{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rec, indent=2, sort_keys=True))
     print(path)
