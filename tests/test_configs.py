@@ -13,15 +13,20 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import lesion.runs.config  # noqa: F401  (registers run_id)
-from lesion.data import DATAMODULES
+from lesion.data import DATAMODULES, SOURCE_KEYS, Source
 from lesion.models.backbones import build_backbone
 from lesion.models.module import LesionClassifier
 
 
 def root_for(group: str, option: str) -> list[str]:
     """Real datasets need data.root (a mandatory ??? value); any path composes."""
+    if (group, option) == ("data", "multi"):  # each source has its own root
+        return ["data.sources.isic2018.root=/data/isic2018", "data.sources.pad_ufes_20.root=/data/pad"]
     text = (CONF / group / f"{option}.yaml").read_text()
-    needs_root = (group == "data" and "root:" in text) or (group == "experiment" and "override /data" in text)
+    inherits = "defaults:" in text  # a data config built on another (pad_ufes_20 on csv) inherits its root: ???
+    needs_root = (group == "data" and ("root:" in text or inherits)) or (
+        group == "experiment" and "override /data" in text
+    )
     extra = ["data.csv=labels.csv"] if (group, option) == ("data", "csv") else []  # csv: the file too
     return ["data.root=/data/somewhere", *extra] if needs_root else []
 
@@ -44,6 +49,10 @@ def test_backbone_data_pairs_compose_onto_typed_signatures(backbone, data, tmp_p
     inspect.signature(build_backbone).bind(**cfg["backbone"], num_classes=2)
     data_cfg = dict(cfg["data"])
     inspect.signature(DATAMODULES[data_cfg.pop("name")]).bind(data_config={}, **data_cfg)
+    for key, block in (data_cfg.get("sources") or {}).items():  # a multi-source run: each source's own block
+        block = {k: v for k, v in block.items() if k not in SOURCE_KEYS}
+        inspect.signature(DATAMODULES[block.pop("name")]).bind(data_config={}, **block)
+        inspect.signature(Source).bind(datamodule=None, **{k: cfg["data"]["sources"][key].get(k) for k in SOURCE_KEYS})
     inspect.signature(LesionClassifier).bind(backbone=cfg["backbone"], **cfg["model"])
     inspect.signature(L.Trainer).bind(**cfg["trainer"])
 
@@ -137,3 +146,18 @@ def test_study_comparison_sweeps_every_study_row_on_one_protocol(tmp_path):
     hub = compose_config("train", ["experiment=study_comparison", "study_init=imagenet"], tmp_path)["backbone"]
     assert hub["pretrained"] and hub["freeze"] == ["conv1", "bn1", "layer1", "layer2"]
     assert cfg["data"]["name"] == "isic2018" and cfg["data"]["task"] == "binary" and cfg["monitor"] == "val/auroc"
+
+
+@pytest.mark.parametrize("strategy", group_options("strategy"))
+def test_adapt_composes_with_every_strategy_onto_its_dataclass(strategy, tmp_path):
+    from lesion.models.adaptation import Strategy, trained_parameters
+    from lesion.models.backbones import build_backbone
+
+    cfg = compose_config(
+        "adapt", ["ckpt_path=x.ckpt", "data=pad_ufes_20", "data.root=/x", f"strategy={strategy}"], tmp_path
+    )
+    chosen = Strategy(**cfg["strategy"])
+    assert chosen.name == strategy and cfg["quality"]["region"] == 0.5
+    # the parameter names it trains exist in the recipe's network (EfficientNet-Lite0)
+    net = build_backbone(**compose_config("train", ["backbone.pretrained=false"], tmp_path)["backbone"], num_classes=7)
+    assert bool(trained_parameters(net, chosen.train)) == bool(chosen.train)
