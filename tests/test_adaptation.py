@@ -86,6 +86,8 @@ def test_fine_tuning_moves_a_planted_camera_shift_back_and_recalibration_cannot(
     assert adaptation["counts"]["calibration"]["images"] == 16 and adaptation["data"]["root"] == str(site["root"])
     assert stored["in_domain_test"]["test/auroc"] == head["test/auroc"]
     assert stored["quality"]["fitted_on"]["site"] and stored["quality"]["region"] == 0.5
+    # the classifier alone moved, so the source's out-of-distribution reference is kept, widened by the site's photos
+    assert stored["quality"]["fitted_on"]["ood_reference"] == "source reference widened by site photos"
     # The site model loads like any checkpoint; the source checkpoint is untouched.
     assert bool(load_model(head["site_checkpoint"]).calibrated)
     assert float(load_model(site["source"]).threshold) != float(load_model(head["site_checkpoint"]).threshold)

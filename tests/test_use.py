@@ -424,6 +424,23 @@ def test_the_gate_judges_exposure_where_the_lesion_is_not_over_a_dark_border():
         QualityGate(fit_quality(training[:5], to_input, logits, settings | {"region": 0}), to_input, 48)
 
 
+def test_a_widened_reference_accepts_the_sites_photos_and_still_refuses_what_neither_has():
+    from lesion.serving.quality import feature_residual, fit_feature_residual, widen_feature_residual
+
+    generator = torch.Generator().manual_seed(0)
+    source = torch.zeros(200, 10)
+    source[:, :3] = torch.randn(200, 3, generator=generator)  # the source's images vary along e1-e3
+    site = torch.zeros(60, 10)
+    site[:, 3] = 2 + torch.randn(60, generator=generator)  # the site's along e4
+    fitted = fit_feature_residual(source, components=3)
+    widened = widen_feature_residual(fitted, site, components=2)
+    assert feature_residual(site, fitted).min() > 0.9 and feature_residual(site, widened).max() < 1e-3
+    assert feature_residual(source, widened).max() < 1e-3  # the source's images stay inside
+    unlike = torch.zeros(5, 10)
+    unlike[:, 8] = 3.0
+    assert feature_residual(unlike, widened).min() > 0.99 and widened["components"] == 5
+
+
 def test_feature_residual_is_the_share_of_a_feature_outside_the_training_subspace():
     from lesion.serving.quality import feature_residual, fit_feature_residual
 

@@ -20,12 +20,13 @@ from lesion.screening.evaluation import screening_report
 from lesion.screening.predictions import Predictions
 from lesion.screening.recalibration import refit_operating_point
 from lesion.serving.inference import eval_transforms
-from lesion.serving.quality import fit_quality, pooled_features
+from lesion.serving.quality import feature_residual, fit_quality, pooled_features, widen_feature_residual
 
 log = logging.getLogger(__name__)
 # The image measures of a site's gate: the more permissive of the source's threshold and the site's own, so neither
 # the photos the network was trained on nor the site's ordinary photos are refused for these reasons.
 LENIENT = {"min_sharpness": min, "max_highlights": max, "max_shadows": max}
+SITE_COMPONENTS = 32  # directions of the site's photos added to the source's out-of-distribution reference
 
 
 @dataclass
@@ -183,8 +184,22 @@ class Adapter:
         source = self.model.quality or {}
         if source.get("region", 1.0) == gate["region"]:
             gate |= {k: pick(gate[k], source[k]) for k, pick in LENIENT.items() if k in source}
-        gate["fitted_on"] |= {"site": True, "source_thresholds_kept": bool(source)}
+        reference = "site photos"
+        if "feature_residual" in source and "feature_residual" in gate and self.keeps_features(site, train):
+            # The network's features are the source's: its reference, widened by the site's photos, keeps refusing
+            # what was unlike the source's images (a site reference alone would accept much of it)
+            widened = widen_feature_residual(source["feature_residual"], features["train"], SITE_COMPONENTS)
+            limit = float(np.percentile(feature_residual(features["val"], widened).numpy(), settings["ood_percentile"]))
+            widened["max_residual"] = max(limit, source["feature_residual"]["max_residual"])
+            gate["feature_residual"], reference = widened, "source reference widened by site photos"
+        gate["fitted_on"] |= {"site": True, "source_thresholds_kept": bool(source), "ood_reference": reference}
         return gate
+
+    @torch.no_grad()
+    def keeps_features(self, site, photos: LocalPhotos) -> bool:
+        """Whether the adapted network's pooled features are the source's (recalibration, the classifier alone)."""
+        batch = self.batch(photos, range(min(len(photos), self.batch_size)))
+        return torch.allclose(pooled_features(site, batch), pooled_features(self.model, batch), atol=1e-5)
 
     def report(self, model, photos: LocalPhotos, resamples: int = 1000, level: float = 0.95) -> dict:
         """The screening report of `model` on local photos (test figures at its stored threshold, with CIs)."""

@@ -147,6 +147,19 @@ def feature_residual(features: torch.Tensor, fitted: dict) -> torch.Tensor:
     return (1 - (inside.norm(dim=1) / length) ** 2).clamp_min(0).sqrt().float()
 
 
+def widen_feature_residual(fitted: dict, features: torch.Tensor, components: int) -> dict:
+    """A fitted residual reference (`fit_feature_residual`) widened by a site's photos: its principal directions plus
+    the top `components` directions of what they leave unexplained in `features` (the site's photos, about the same
+    mean), so the site's ordinary photos are not "unlike skin" while what was unlike both still is."""
+    mean, directions = fitted["mean"].double(), fitted["directions"].double()
+    centred = features.double() - mean
+    rest = centred - (centred @ directions.T) @ directions
+    k = max(1, min(components, len(features) - 1))
+    _, _, extra = torch.linalg.svd(rest, full_matrices=False)
+    basis, _ = torch.linalg.qr(torch.cat([directions, extra[:k]]).T)
+    return {"mean": mean.float(), "directions": basis.T.float().contiguous(), "components": int(basis.shape[1])}
+
+
 def fit_quality(
     images: Iterable[np.ndarray],
     to_input_size: Callable[[np.ndarray], np.ndarray],
