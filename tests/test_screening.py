@@ -446,7 +446,11 @@ def test_platt_recovers_the_map_that_generated_the_labels_and_keeps_the_ranking(
     assert a == pytest.approx(0.6, abs=0.03) and b == pytest.approx(-0.8, abs=0.05)
     mapped = platt_scale(p, (a, b))
     # Increasing: in the order of p the mapped scores never decrease (float32 may tie neighbours, nothing more).
-    assert (mapped[p.argsort()].diff() >= 0).all() and mapped.dtype == p.dtype
+    assert (mapped[p.argsort()].diff() >= 0).all() and mapped.dtype == torch.float64
+    # A steep map of confident float32 scores keeps them apart (rounded back to float32 they would tie at 1.0).
+    confident = torch.linspace(0.95, 0.9999, 50, dtype=torch.float32)
+    steep = platt_scale(confident, (3.0, 1.0))
+    assert len(set(steep.tolist())) == 50 and len(set(steep.float().tolist())) < 50
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(y, mapped) == pytest.approx(roc_auc_score(y, p), abs=1e-5)

@@ -76,12 +76,14 @@ def fit_platt(p: torch.Tensor, y: torch.Tensor, max_iter: int = 200) -> tuple[fl
 
 
 def platt_scale(p: torch.Tensor, platt: torch.Tensor | tuple[float, float]) -> torch.Tensor:
-    """sigmoid(a logit(p) + b) in float64, returned in p's dtype; the identity map (1, 0) returns p itself."""
+    """sigmoid(a logit(p) + b), in float64: a steep map pushes confident scores within float32's rounding of 0 and 1,
+    and rounding them back would tie them and change the ranking (AUROC) the map promises to keep. The identity map
+    (1, 0) returns p itself."""
     a, b = (float(v) for v in platt)
     if (a, b) == PLATT_IDENTITY:
         return p
     z = torch.logit(p.double().clamp(_EPS, 1 - _EPS))
-    return torch.sigmoid(a * z + b).to(p.dtype)
+    return torch.sigmoid(a * z + b)
 
 
 def binary_calibration_scores(p_malignant: torch.Tensor, y_malignant: torch.Tensor, bins: int = 15) -> dict[str, float]:
