@@ -15,9 +15,14 @@ FIGURES = ("images", "malignant", "auroc", "pauc80", "recall", "specificity", "t
 
 
 def aligned(frames: dict[str, pd.DataFrame] | pd.DataFrame, image_ids: list[str]) -> pd.DataFrame:
-    """The metadata rows of `image_ids` (a split's frame, or a datamodule's frames), in that order."""
+    """The GROUP_COLUMNS of `image_ids` (from a split's frame, or a datamodule's frames), in that order; no columns
+    when the data names no source or modality."""
     frame = pd.concat(frames.values()) if isinstance(frames, dict) else frames
-    return frame.drop_duplicates("image_id").set_index("image_id").loc[list(map(str, image_ids))].reset_index()
+    columns = [c for c in GROUP_COLUMNS if c in frame]
+    if not columns:
+        return pd.DataFrame(index=range(len(image_ids)))
+    rows = frame.drop_duplicates("image_id").set_index("image_id")
+    return rows.loc[list(map(str, image_ids)), columns].reset_index(drop=True)
 
 
 def subgroup_report(
