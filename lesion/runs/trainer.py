@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
@@ -20,10 +21,19 @@ class SeedEachEpoch(Callback):
     dropout of an epoch do not depend on what ran before it: a resumed run repeats an uninterrupted one."""
 
     def __init__(self, seed: int):
+        epoch_seed(seed, 0)  # a bad seed is an error before training starts
         self.seed = seed
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        L.seed_everything(self.seed + trainer.current_epoch, workers=True, verbose=False)
+        L.seed_everything(epoch_seed(self.seed, trainer.current_epoch), workers=True, verbose=False)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of (seed, epoch), drawn by numpy's SeedSequence: with `seed + epoch`, seed s at epoch e would replay
+    seed s+1 at epoch e-1, and two seeds of a run would not be independent."""
+    if seed < 0:
+        raise ValueError(f"seed={seed}: a run's seed must be a non-negative integer (e.g. seed=0)")
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 class EpochHistory(Callback):
@@ -120,7 +130,7 @@ def build_trainer(config: dict, ckpt_path: str | None = None) -> L.Trainer:
 
 def _resumed_epoch(ckpt_path: str) -> int:
     """The epoch training restarts at from this checkpoint (rows of it and later ones are logged again)."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # a checkpoint this run dir wrote
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # plain values: a resumed file runs no code
     # A checkpoint saved at the end of an epoch's validation counts that epoch as processed, not completed;
     # Lightning restarts at the next one either way.
     progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
