@@ -53,13 +53,13 @@ def train(config: dict) -> dict:
     for logger in trainer.loggers:
         logger.log_hyperparams({"config": config})
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     seconds = time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     # Test and calibration read images: cached activations allow no test-time augmentation (identical otherwise).
     datamodule = getattr(datamodule, "inner", datamodule)
     if best:  # fast_dev_run saves no checkpoint: the weights in memory then
-        model.load_state_dict(torch.load(best, map_location=model.device, weights_only=False)["state_dict"])
+        model.load_state_dict(torch.load(best, map_location=model.device, weights_only=True)["state_dict"])
     # Calibrated before the test, so that `test/…` describe calibrated P(malignant), the score eval.py reports and
     # every decision uses. One batch says nothing about a threshold; under DDP, predict() sees one rank's share, so
     # eval.py calibrates such checkpoints.

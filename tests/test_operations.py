@@ -6,19 +6,23 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import torch
 from conftest import CONF, ROOT, TINY, compose_config
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from lesion.runs.loggers import wandb_run_id
+from lesion.runs.trainer import SeedEachEpoch
 from train import train
 
 pytestmark = pytest.mark.slow
@@ -214,7 +218,6 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     )
     assert killed.returncode == -9 and (broken / "checkpoints" / "last.ckpt").is_file()
     assert not (broken / "metrics.json").exists()
-    import torch
 
     state = torch.load(broken / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["callbacks"]
     assert [row["epoch"] for row in state["EpochHistory"]["rows"]] == [0]  # the history the resumed run continues
@@ -242,6 +245,18 @@ def test_same_seed_deterministic_runs_give_identical_metrics(tmp_path):
     b = train(compose_config("train", overrides, tmp_path / "b"))
     for key in ("test/loss", "test/auroc", "best_val_score", "threshold", "temperature"):
         assert a[key] == b[key], key
+
+
+def test_each_epoch_is_reseeded_from_seed_and_epoch_so_neighbouring_seeds_do_not_share_streams():
+    def draws(seed: int, epoch: int) -> torch.Tensor:
+        SeedEachEpoch(seed).on_train_epoch_start(SimpleNamespace(current_epoch=epoch), None)
+        return torch.rand(8)
+
+    assert torch.equal(draws(3, 2), draws(3, 2))  # a resumed epoch repeats the uninterrupted one
+    assert not torch.equal(draws(3, 2), draws(4, 1))  # `seed + epoch` would make these one stream
+    assert not torch.equal(draws(3, 2), draws(3, 1))
+    with pytest.raises(ValueError, match="seed=-1"):
+        SeedEachEpoch(-1)
 
 
 def test_ddp_on_two_cpu_processes_syncs_val_metrics_and_losses(tmp_path):
@@ -288,6 +303,31 @@ def test_checkpoint_loads_without_hydra_and_with_weights_only(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     kind, calibrated, _ = done.stdout.split()
     assert kind == "dict" and calibrated == "True"
+
+
+class PickledCode:
+    """Unpickling it runs code: it touches a marker file. A checkpoint holding it must be refused, not run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_checkpoint_holding_pickled_code_is_refused_on_resume_and_when_calibrating(tmp_path):
+    from lesion.models.module import LesionClassifier
+    from lesion.screening.checkpoints import store_operating_point
+
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "last.ckpt"
+    torch.save({"epoch": 0, "state_dict": {}, "loops": {}, "payload": PickledCode(marker)}, evil)
+    with pytest.raises(pickle.UnpicklingError):
+        train(compose_config("train", [*SMALL, f"ckpt_path={evil}"], tmp_path / "run"))
+    backbone = compose_config("train", TINY, tmp_path / "model")["backbone"]
+    with pytest.raises(pickle.UnpicklingError):
+        store_operating_point(str(evil), LesionClassifier(backbone=backbone, class_names=["a", "b"], malignant=["b"]))
+    assert not marker.exists()
 
 
 def test_eval_with_wandb_logs_tables_and_images(tmp_path, monkeypatch):

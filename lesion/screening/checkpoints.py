@@ -17,7 +17,7 @@ from lesion.screening.reports import DOMAIN_KEYS
 def store_operating_point(ckpt_path: str, model: LesionClassifier, extra: dict | None = None) -> None:
     """Write the model's temperature, Platt map, threshold and calibrated flag (and `extra` top-level entries) into an
     existing checkpoint file."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own checkpoint, written by this run
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     for name in ("temperature", "platt", "threshold", "calibrated", "posthoc_tau"):
         ckpt["state_dict"][name] = getattr(model, name).detach().cpu()
     ckpt["operating_point"] = dict(model.operating_point or {})
