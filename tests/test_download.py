@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import threading
+import urllib.request
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -109,6 +110,23 @@ def test_partial_file_resumes_with_a_range_request(server, tmp_path):
     fetch(server.url + name, dest)
     assert dest.read_bytes() == body
     assert ("GET", f"/{name}", "bytes=1000-") in server.requests
+
+
+def test_every_http_response_is_closed(server, tmp_path, monkeypatch):
+    opened = []
+    urlopen = urllib.request.urlopen
+
+    def recording(*args, **kwargs):
+        opened.append(urlopen(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(urllib.request, "urlopen", recording)
+    name = "ISIC2018_Task3_Training_Input.zip"
+    dest = tmp_path / name
+    dest.with_name(name + ".part").write_bytes(server.files[name][:1000])
+    fetch(server.url + name, dest)  # HEAD, then a ranged GET
+    fetch(server.url + name, dest)  # HEAD only: the file is there and verifies
+    assert len(opened) == 3 and all(response.closed for response in opened)
 
 
 def test_a_complete_partial_file_is_verified_without_a_range_request(server, tmp_path):

@@ -36,9 +36,9 @@ class DownloadError(RuntimeError):
 
 def fetch(url: str, dest: Path, md5: str | None = None, timeout: float = 60) -> Path:
     """Fetch `url` to `dest`, resuming `dest.part`; check the size, and the MD5 (given, or S3's plain ETag)."""
-    head = _open(urllib.request.Request(url, method="HEAD"), timeout)
-    size = int(head.headers.get("Content-Length", -1))
-    etag = head.headers.get("ETag", "").strip('"')
+    with _open(urllib.request.Request(url, method="HEAD"), timeout) as head:
+        size = int(head.headers.get("Content-Length", -1))
+        etag = head.headers.get("ETag", "").strip('"')
     md5 = md5 or (etag if re.fullmatch(r"[0-9a-f]{32}", etag) else None)  # multipart ETags are not MD5s
     if dest.is_file() and dest.stat().st_size == size and (md5 is None or _md5(dest) == md5):
         return dest
@@ -71,6 +71,7 @@ def _get(url: str, part: Path, start: int, size: int, timeout: float) -> None:
     if start and response.status != 206:  # the server ignored the range: start again
         start = 0
     with (
+        response,
         open(part, "ab" if start else "wb") as out,
         tqdm(total=size if size >= 0 else None, initial=start, unit="B", unit_scale=True, desc=part.name) as bar,
     ):
