@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import cv2
 import h5py
@@ -10,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT
 from fakes import jpeg, make_folder, make_ham10000, make_isic2018, make_isic2024
 
 from lesion.data import build_datamodule
@@ -342,6 +345,26 @@ def _encoded(image, kind: str, **save) -> bytes:
     buffer = io.BytesIO()
     (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, format=kind, **save)
     return buffer.getvalue()
+
+
+def test_the_first_heic_a_process_reads_is_held_to_max_pixels(tmp_path):
+    # The HEIF opener is registered when the reader is imported: a process whose first image is a HEIC must not read
+    # its declared size as 0x0 and pass the limit.
+    photo = tmp_path / "big.heic"
+    photo.write_bytes(_encoded(np.zeros((64, 80, 3), np.uint8), "HEIF"))
+    code = (
+        "import sys\n"
+        "from lesion.data.readers import BadImageError, decode\n"
+        "try:\n"
+        f"    decode(open({str(photo)!r}, 'rb').read(), 'big.heic', 'upload', max_pixels=1000)\n"
+        "except BadImageError as err:\n"
+        "    print(err)\n"
+        "    sys.exit(0)\n"
+        "sys.exit('decoded: the limit was not applied')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "80x64 = 5,120 pixels is over the limit of 1,000" in done.stdout
 
 
 def test_reader_takes_what_phones_write_and_still_refuses_a_cut_file():

@@ -9,6 +9,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from pillow_heif import register_heif_opener
+
+# Pillow reads HEIC/HEIF (the iPhone's default) once pillow-heif registers its opener: at import, so that the first
+# HEIC a process sees has its declared size checked against max_pixels like every other image.
+register_heif_opener()
 
 MAGIC = {b"\xff\xd8": "jpeg", b"\x89P": "png", b"BM": "bmp"}
 HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif")
@@ -115,7 +120,6 @@ def _decode_pil(buffer: np.ndarray, image_id: str, source: str) -> np.ndarray:
     """HEIC/HEIF (pillow-heif) and WebP through Pillow, with EXIF orientation applied, as RGB uint8."""
     from PIL import Image, ImageOps
 
-    _register_heif()
     try:
         with Image.open(io.BytesIO(buffer.tobytes())) as image:
             image = ImageOps.exif_transpose(image)
@@ -124,13 +128,6 @@ def _decode_pil(buffer: np.ndarray, image_id: str, source: str) -> np.ndarray:
             return np.asarray(image.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as err:
         raise BadImageError(image_id, source, f"undecodable ({err})") from err
-
-
-def _register_heif() -> None:
-    """Pillow reads HEIC/HEIF (the iPhone's default) once pillow-heif registers its opener."""
-    from pillow_heif import register_heif_opener
-
-    register_heif_opener()
 
 
 def declared_size(buffer: np.ndarray, image_id: str = "", source: str = "") -> tuple[int, int]:
