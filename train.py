@@ -19,7 +19,7 @@ from lesion.models.module import LesionClassifier
 from lesion.runs import dashboard
 from lesion.runs.config import in_multirun, to_plain
 from lesion.runs.sweeps import run_job
-from lesion.runs.trainer import EpochHistory, build_trainer, resume_checkpoint
+from lesion.runs.trainer import EpochHistory, ImagesSeen, build_trainer, resume_checkpoint
 from lesion.screening.evaluation import operating_point_after_fit, test_at_operating_point
 
 log = logging.getLogger("lesion")
@@ -71,12 +71,14 @@ def train(config: dict) -> dict:
     )
     metrics = trainer.test(model, datamodule=datamodule)[0]
     score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    seen = next(c for c in trainer.callbacks if isinstance(c, ImagesSeen))
     metrics |= {
         "monitor": config["monitor"],
         "best_val_score": float(score) if score is not None else None,
         "epochs": trainer.current_epoch,
         "fit_seconds": round(seconds, 1),
-        "train_img_per_s": round(trainer.global_step * datamodule.batch_size / seconds, 1),
+        "train_images": seen.total,
+        "train_img_per_s": round(seen.total / seconds, 1),
     }
     history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
     metrics |= history.at_best() if history else {}

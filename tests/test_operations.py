@@ -275,6 +275,9 @@ def test_ddp_on_two_cpu_processes_syncs_val_metrics_and_losses(tmp_path):
         ]
     )
     (row,) = epoch_rows(out)
+    trained = json.loads((out / "metrics.json").read_text())
+    splits = pd.read_csv(out / "splits.csv")
+    assert trained["train_images"] == (splits["split"] == "train").sum()  # both ranks' images, counted once
     import lightning as L
 
     from lesion.data import build_datamodule

@@ -52,6 +52,17 @@ def test_checkpoint_round_trips_through_eval(tmp_path):
     assert "| **total** |" in table and "apple" in table and "orange" in table
 
 
+def test_throughput_counts_the_images_trained_on_under_gradient_accumulation(tmp_path):
+    # 10 training images in batches of 4 (4, 4, 2), two batches a step: optimizer steps x batch size would say 16.
+    overrides = [*TINY, "data.num_train=10", "trainer.max_epochs=2", "+trainer.accumulate_grad_batches=2"]
+    metrics = train(compose_config("train", overrides, tmp_path))
+    splits = pd.read_csv(tmp_path / "splits.csv")
+    assert (splits["split"] == "train").sum() == 10
+    assert metrics["train_images"] == 2 * 10
+    seconds = metrics["fit_seconds"]  # rounded to 0.1 s, the throughput to 0.1 img/s
+    assert 20 / (seconds + 0.05) - 0.05 <= metrics["train_img_per_s"] <= 20 / max(seconds - 0.05, 1e-3) + 0.05
+
+
 def test_eval_rejects_a_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         evaluate(compose_config("eval", [f"ckpt_path={tmp_path / 'nope.ckpt'}"], tmp_path))

@@ -36,6 +36,22 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
+class ImagesSeen(Callback):
+    """Training images this fit ran through on every rank: what a throughput is made of (optimizer steps times the
+    batch size miss gradient accumulation, other ranks and a short last batch)."""
+
+    def __init__(self):
+        self.images, self.total = 0, 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self.images += len(batch["label"])
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.total = int(
+            trainer.strategy.reduce(torch.tensor(float(self.images), device=pl_module.device), reduce_op="sum")
+        )
+
+
 class EpochHistory(Callback):
     """Per-epoch train and val loss and the monitored metric, to report the generalisation gap at the best epoch."""
 
@@ -76,7 +92,7 @@ class EpochHistory(Callback):
 def build_callbacks(callbacks: dict, monitor: str, mode: str, output_dir: Path, seed: int) -> list[Callback]:
     """`callbacks` blocks map onto ModelCheckpoint, EarlyStopping and TQDMProgressBar; a null block turns one off.
     `extra` is a list of `_target_` blocks for any other callback."""
-    built: list[Callback] = [SeedEachEpoch(seed), EpochHistory(monitor, mode)]
+    built: list[Callback] = [SeedEachEpoch(seed), EpochHistory(monitor, mode), ImagesSeen()]
     if callbacks.get("checkpoint") is not None:
         built.append(
             ModelCheckpoint(
