@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import pandas as pd
 from omegaconf import DictConfig
 
 from lesion.data import build_datamodule
@@ -37,7 +38,7 @@ def adapt(config: dict) -> dict:
         raise ValueError("data.external=true makes every photo a test photo: adapt.py carves its own parts, drop it")
     datamodule = build_datamodule(data, model.data_config)
     datamodule.setup()
-    every = [i for f in datamodule.frames.values() for i in f["image_id"]]
+    every = pd.concat(datamodule.frames.values(), ignore_index=True)
     refuse_leaks(every, training_splits(model, ckpt), ckpt)  # a site's photos must be new to the source model
     parts = {name: read_local(datamodule, split, model) for name, split in PARTS.items()}
     counts = {name: photos.counts() for name, photos in parts.items()}
@@ -59,7 +60,9 @@ def adapt(config: dict) -> dict:
     }
     adaptation["source_on_local_test"] = {k: v for k, v in before.items() if "multiclass" not in k}
     adaptation["site_on_local_test"] = {k: v for k, v in after.items() if "multiclass" not in k}
-    path = save_adapted(site, ckpt, out / "site.ckpt", _extra(model, ckpt, parts, adaptation, after, out))
+    path = save_adapted(
+        site, ckpt, out / "site.ckpt", _extra(model, ckpt, parts, adaptation, after, out, datamodule.group_column)
+    )
     metrics = {f"source/{k}": v for k, v in before.items()} | after
     metrics |= {"site_checkpoint": str(path), "checkpoint": str(ckpt), "strategy": info["strategy"]["name"]}
     metrics |= {"epochs": info["epochs"], "counts": counts}
@@ -81,17 +84,22 @@ def adapt(config: dict) -> dict:
 PARTS = {"fine_tune": "train", "calibration": "val", "test": "test"}  # local part -> the datamodule's split
 
 
-def _extra(model, ckpt: str, parts: dict, adaptation: dict, after: dict, out: Path) -> dict:
+def _extra(model, ckpt: str, parts: dict, adaptation: dict, after: dict, out: Path, group: str | None) -> dict:
     """What the site checkpoint keeps beside its weights: the adaptation, its local test figures (what a later
     external evaluation compares against), the source's own, and the splits of the source run and of the local parts
     (the leak guard refuses an image either trained or calibrated on)."""
     stored = model.split_ids if isinstance(model.split_ids, list) else [model.split_ids or {}]
     local = {split: parts[name].image_ids for name, split in PARTS.items()}
+    stored_groups = model.split_groups if isinstance(model.split_groups, list) else [model.split_groups]
+    local_groups = (
+        {"column": group, "groups": {s: parts[n].groups.tolist() for n, s in PARTS.items()}} if group else None
+    )
     return {
         "adaptation": adaptation,
         "in_domain_test": in_domain_figures(after, out / "metrics.json") | {"source": f"local test part ({out})"},
         "source_in_domain_test": in_domain_metrics(ckpt),
         "split_ids": [*stored, local],  # the source's splits first (eval.py without data= evaluates on them)
+        "split_groups": [*stored_groups, local_groups],
     }
 
 

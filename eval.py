@@ -108,7 +108,7 @@ def _datamodule(config: dict, model, out: Path):
     datamodule = build_datamodule(data, model.data_config)
     binary = _scored_through_p_malignant(datamodule, list(model.hparams.class_names))
     datamodule.setup("test")
-    refuse_leaks(datamodule.frames["test"]["image_id"].tolist(), splits, config["ckpt_path"])
+    refuse_leaks(datamodule.frames["test"], splits, config["ckpt_path"], own_split=not config.get("data"))
     return datamodule, binary
 
 

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from lesion.data import build_datamodule
+from lesion.data.splits import split_groups
 from lesion.models.activation_cache import ActivationCache
 from lesion.models.backbones import backbone_data_config
 from lesion.models.module import LesionClassifier
@@ -48,8 +49,9 @@ def train(config: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)  # Hydra makes it; callers composing the config themselves may not
     datamodule.setup("fit")
     datamodule.save_splits(out / "splits.csv")  # reuse with data.split_file=<this file>
-    frames = getattr(datamodule, "inner", datamodule).frames
-    model.split_ids = {split: frame["image_id"].astype(str).tolist() for split, frame in frames.items()}
+    data = getattr(datamodule, "inner", datamodule)
+    model.split_ids = {split: frame["image_id"].astype(str).tolist() for split, frame in data.frames.items()}
+    model.split_groups = split_groups(data.frames, data.group_column)  # the leak guard refuses a training lesion
     for logger in trainer.loggers:
         logger.log_hyperparams({"config": config})
     start = time.perf_counter()

@@ -291,8 +291,38 @@ def test_train_and_eval_report_the_same_test_figures_for_a_7_class_model(tmp_pat
     assert run_split.reset_index(drop=True).equals(eval_split.reset_index(drop=True))
     # ... and refuses data carved differently, whose test split holds images the run trained or tuned on.
     reseeded = [*overrides, *data, "data.seed=1"]
-    with pytest.raises(ValueError, match=r"\d+ of the \d+ test images were used to train or tune"):
+    with pytest.raises(ValueError, match=r"\d+ of the \d+ test images were used to train or tune .*lesion_id groups"):
         evaluate(compose_config("eval", reseeded, tmp_path / "leak"))
+    stored = torch.load(best, map_location="cpu", weights_only=True)["split_groups"]
+    assert stored["column"] == "lesion_id" and len(stored["groups"]["test"]) == len(model.split_ids["test"])
+
+
+def test_the_leak_guard_refuses_another_image_of_a_training_lesion(caplog):
+    from types import SimpleNamespace
+
+    from lesion.screening.evaluation import refuse_leaks, training_splits
+
+    # One lesion, two photos with two ids: ISIC_1 trained on, ISIC_2 in another data config's test split.
+    run = SimpleNamespace(
+        split_ids={"train": ["ISIC_1", "ISIC_3"], "val": ["ISIC_4"], "test": ["ISIC_5"]},
+        split_groups={"column": "lesion_id", "groups": {"train": ["L1", "L3"], "val": ["L4"], "test": ["L5"]}},
+    )
+    splits = training_splits(run, "run.ckpt")
+    assert splits[0].set_index("image_id")["lesion_id"].to_dict() == {
+        "ISIC_1": "L1",
+        "ISIC_3": "L3",
+        "ISIC_4": "L4",
+        "ISIC_5": "L5",
+    }
+    test = pd.DataFrame({"image_id": ["ISIC_2", "ISIC_5", "ISIC_6"], "lesion_id": ["L1", "L5", None]})
+    with pytest.raises(ValueError, match=r"1 of the 3 test images .*0 by image id, 1 lesion_id groups shared.*ISIC_2"):
+        refuse_leaks(test, splits, "run.ckpt")
+    refuse_leaks(test.iloc[1:], splits, "run.ckpt")  # a test lesion and an ungrouped image are fine
+    refuse_leaks(test.drop(columns="lesion_id"), splits, "run.ckpt")  # no group column: image ids only
+    with pytest.raises(ValueError, match="1 by image id"):
+        refuse_leaks(pd.DataFrame({"image_id": ["ISIC_4"], "lesion_id": ["L9"]}), splits, "run.ckpt")
+    refuse_leaks(test, splits, "run.ckpt", own_split=True)  # the run's own split, crossing groups: a warning
+    assert "1 of the 3 images of run.ckpt's own test split share a lesion or patient" in caplog.text
 
 
 def _check_against_scikit_learn(model: LesionClassifier, root: Path, eval_dir: Path) -> None:

@@ -167,7 +167,7 @@ class LesionDataModule(L.LightningDataModule, ABC):
 
     def save_splits(self, path: str | Path) -> Path:
         self.setup()
-        return write_split_file(self.frames, path)
+        return write_split_file(self.frames, path, self.group_column)
 
     def dataset(self, split: str, train: bool = False) -> LesionDataset:
         self.setup()

@@ -65,6 +65,7 @@ class LesionEnsemble(LesionClassifier):
         self.operating_point: dict | None = None
         self.quality: dict | None = None
         self.split_ids: list[dict[str, list[str]] | None] = [None] * len(members)  # each member's training splits
+        self.split_groups: list[dict | None] = [None] * len(members)  # and their groups
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -73,6 +74,7 @@ class LesionEnsemble(LesionClassifier):
                 checkpoint["state_dict"].setdefault(f"members.{i}.{name}", getattr(member, name).detach().clone())
         self.member_paths = list(checkpoint.get("member_paths", []))
         self.split_ids = checkpoint.get("split_ids") or [None] * len(self.members)
+        self.split_groups = checkpoint.get("split_groups") or [None] * len(self.members)
 
     @property
     def eval_net(self) -> nn.Module:
@@ -115,6 +117,7 @@ class LesionEnsemble(LesionClassifier):
         ensemble.log_prior.copy_(torch.stack([m.log_prior for m in models]).mean(0))
         ensemble.member_paths = [str(p) for p in paths]
         ensemble.split_ids = [m.split_ids for m in models]
+        ensemble.split_groups = [m.split_groups for m in models]
         return ensemble.eval()
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
@@ -130,6 +133,7 @@ class LesionEnsemble(LesionClassifier):
                 "operating_point": self.operating_point,
                 "quality": self.quality,
                 "split_ids": self.split_ids,
+                "split_groups": self.split_groups,
                 "pytorch-lightning_version": L.__version__,
             }
             | (extra or {}),

@@ -142,6 +142,9 @@ class LesionClassifier(L.LightningModule):
         self.operating_point: dict | None = None  # how the threshold was chosen (method, level, bound); checkpointed
         self.quality: dict | None = None  # the quality gate's thresholds (lesion.serving.quality); checkpointed
         self.split_ids: dict[str, list[str]] | None = None  # image ids per split of the training run; checkpointed
+        self.split_groups: dict | None = (
+            None  # their lesion / patient ids (lesion.data.splits.split_groups); checkpointed
+        )
         self.test_outputs: list[dict] = []  # the last test run's logits per batch: train.py reports from them
         for split in SPLITS:
             setattr(self, f"{split}_metrics", screening_collection().clone(prefix=f"{split}/"))
@@ -247,11 +250,13 @@ class LesionClassifier(L.LightningModule):
         self.operating_point = checkpoint.get("operating_point")
         self.quality = checkpoint.get("quality")
         self.split_ids = checkpoint.get("split_ids")
+        self.split_groups = checkpoint.get("split_groups")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["operating_point"] = self.operating_point
         checkpoint["quality"] = self.quality
         checkpoint["split_ids"] = self.split_ids  # eval.py evaluates on these splits and refuses leaks
+        checkpoint["split_groups"] = self.split_groups  # ... and their lesions or patients
 
     def on_fit_start(self) -> None:
         """Log the numbers training actually uses: class counts per split, sampling, loss class weights (and quiet

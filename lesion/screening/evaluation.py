@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -21,6 +22,8 @@ from lesion.screening.metrics import diagnosis_collection, screening_metrics
 from lesion.screening.operating_point import balanced_accuracy_ci, bootstrap_ci, choose_operating_point
 from lesion.screening.predictions import Predictions, predict, predictions_of
 from lesion.screening.subgroups import aligned, subgroup_report
+
+log = logging.getLogger(__name__)
 
 
 def calibrate(
@@ -183,30 +186,65 @@ def test_at_operating_point(
 
 
 def training_splits(model: LesionClassifier, ckpt_path: str | list) -> list[pd.DataFrame]:
-    """image_id/split tables of the run(s) that trained the model, one per member for an ensemble: stored in the
-    checkpoint (train.py), else the run's splits.csv beside its checkpoints/ folder; none when neither exists."""
+    """image_id/split tables of the run(s) that trained the model, one per member for an ensemble (a site model: the
+    source run's, then its local parts), with the group column (lesion_id, patient_id) where the run had one: stored in
+    the checkpoint (train.py), else the run's splits.csv beside its checkpoints/ folder; none when neither exists."""
     stored = model.split_ids if isinstance(model.split_ids, list) else [model.split_ids]
+    grouped = getattr(model, "split_groups", None)
+    grouped = grouped if isinstance(grouped, list) else [grouped] * len(stored)
     paths = getattr(model, "member_paths", None) or (ckpt_path if isinstance(ckpt_path, list) else [ckpt_path])
     tables = []
     for i, ids in enumerate(stored):
         run_splits = Path(paths[i]).resolve().parent.parent / "splits.csv" if i < len(paths) else None
         if ids:
             rows = [(image_id, split) for split, names in ids.items() for image_id in names]
-            tables.append(pd.DataFrame(rows, columns=["image_id", "split"]))
+            table = pd.DataFrame(rows, columns=["image_id", "split"])
+            groups = grouped[i] if i < len(grouped) else None
+            if groups and [len(groups["groups"].get(s, [])) for s in ids] == [len(v) for v in ids.values()]:
+                table[groups["column"]] = [g for split in ids for g in groups["groups"][split]]
+            tables.append(table)
         elif run_splits is not None and run_splits.is_file():
             tables.append(pd.read_csv(run_splits, dtype=str))
     return tables
 
 
-def refuse_leaks(test_ids: list[str], splits: list[pd.DataFrame], ckpt_path) -> None:
-    """A clear error when test images were used to train or tune (val: early stopping, calibration) the model."""
-    seen = set()
+def refuse_leaks(test: pd.DataFrame, splits: list[pd.DataFrame], ckpt_path, own_split: bool = False) -> None:
+    """A clear error when test images, or other images of their lesions or patients, were used to train or tune (val:
+    early stopping, calibration) the model. Groups are compared where the training run's table and the test data have
+    the same group column (lesion_id, patient_id): one lesion photographed twice can carry two image ids.
+    `own_split`: the test split is the training run's own, as it carved or was given it; groups crossing its splits
+    are then a warning (the run's figures were always these), image ids still an error."""
+    ids = set(test["image_id"].astype(str))
+    leaked: set[str] = set()
+    shared: dict[str, set[str]] = {}  # group column -> groups both trained (or tuned) on and in the test data
     for table in splits:
-        seen |= set(table.loc[table["split"].isin(["train", "val"]), "image_id"].astype(str))
-    leaked = sorted(set(map(str, test_ids)) & seen)
-    if leaked:
-        raise ValueError(
-            f"{len(leaked)} of the {len(test_ids)} test images were used to train or tune {ckpt_path} (its training "
-            f"run's train/val splits), e.g. {', '.join(leaked[:10])}: their figures would be optimistic. Evaluate on "
-            "the run's own test split (the default when data= is not given) or on data the run never saw"
+        seen = table[table["split"].isin(["train", "val"])]
+        leaked |= ids & set(seen["image_id"].astype(str))
+        for column in [c for c in table.columns if c not in ("image_id", "split") and c in test.columns]:
+            both = set(test[column].dropna().astype(str)) & set(seen[column].dropna().astype(str))
+            shared[column] = shared.get(column, set()) | both
+    hit = test["image_id"].astype(str).isin(leaked)
+    for column, groups in shared.items():
+        hit |= test[column].astype(str).isin(groups)
+    if not hit.any():
+        return
+    found = sorted(test.loc[hit, "image_id"].astype(str))
+    by_group = "; ".join(f"{len(g)} {column} groups" for column, g in shared.items() if g)
+    if own_split and not leaked:
+        log.warning(
+            "%d of the %d images of %s's own test split share a lesion or patient with its train/val splits (%s), "
+            "e.g. %s: the split it was given crosses groups, so its test figures may be optimistic",
+            len(found),
+            len(test),
+            ckpt_path,
+            by_group,
+            ", ".join(found[:10]),
         )
+        return
+    raise ValueError(
+        f"{len(found)} of the {len(test)} test images were used to train or tune {ckpt_path} (its training run's "
+        f"train/val splits: {len(leaked)} by image id{', ' + by_group + ' shared' if by_group else ''}), e.g. "
+        f"{', '.join(found[:10])}: their figures would be optimistic (another photo of a training lesion or patient "
+        "counts). Evaluate on the run's own test split (the default when data= is not given) or on data the run never "
+        "saw; if two datasets' group ids only coincide by name, rename the column in one of them"
+    )
