@@ -140,6 +140,7 @@ def render(table: pd.DataFrame, args, out: Path, parts: str = "") -> None:
     if "n_asked" not in table:  # rows recorded before the asked size was kept: the nearest asked size
         asked = sorted({int(s) for s in args.sizes if s != "all"} | {int(table["n"].max())})
         table["n_asked"] = [min(asked, key=lambda a: abs(a - n)) for n in table["n"]]
+    table["n_asked"] = table["n_asked"].fillna(table["n"]).astype(int)  # the source model's row: N = 0
     table.to_csv(out.with_suffix(".csv"), index=False)
     test = table[table.strategy == "source"].iloc[0]
     text = f"# Adaptation learning curve: {args.data} ({args.root}), checkpoint {args.ckpt}\n\n{parts}"
@@ -152,7 +153,8 @@ def render(table: pd.DataFrame, args, out: Path, parts: str = "") -> None:
         table,
         out.with_suffix(".png"),
         args.target,
-        f"{args.data}: source model AUROC {test.auroc:.3f} on the test part",
+        f"{args.data} ({Path(args.root).name}): source model AUROC {test.auroc:.3f} on the test part; "
+        "bars: the range over draws",
     )
     print(text)
 
@@ -205,11 +207,11 @@ def plot(table: pd.DataFrame, path: Path, target: float, title: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     source = table[table.strategy == "source"]
     for name, g in table[table.strategy != "source"].groupby("strategy", sort=False):
-        stats = g.groupby("n_asked")[["auroc", "sensitivity", "specificity"]].agg(["mean", "std"]).fillna(0)
+        stats = g.groupby("n_asked")[["auroc", "sensitivity", "specificity"]].agg(["mean", "min", "max"])
         for ax, metric in zip(axes, ("auroc", "sensitivity", "specificity")):
-            ax.errorbar(
-                stats.index, stats[(metric, "mean")], yerr=stats[(metric, "std")], marker="o", capsize=3, label=name
-            )
+            mean = stats[(metric, "mean")]
+            spread = [mean - stats[(metric, "min")], stats[(metric, "max")] - mean]  # the draws' range, as the table
+            ax.errorbar(stats.index, mean, yerr=spread, marker="o", capsize=3, label=name)
     for ax, metric in zip(axes, ("auroc", "sensitivity", "specificity")):
         ax.axhline(float(source[metric].iloc[0]), color="grey", ls=":", label="source model, stored threshold")
         ax.set_xlabel("labelled local photos (N)")
