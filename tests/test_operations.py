@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+import yaml
 from conftest import CONF, ROOT, TINY, compose_config
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -162,21 +163,31 @@ def test_the_sweep_summary_is_rewritten_after_every_job(tmp_path):
     assert table["status"].tolist() == ["done"] and table["best val/auroc"].tolist() == [0.8]
 
 
-def test_optuna_search_runs_trials_and_maximises_val_auroc(tmp_path):
+def test_optuna_search_maximises_the_monitored_score_and_each_trial_returns_its_own(tmp_path):
+    from planted import planted_score
+
     sweep = tmp_path / "optuna"
     run(
         [
             "hparams_search=optuna",
-            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.n_trials=3",
             f"hydra.sweep.dir={sweep}",
             "trainer.max_epochs=1",
             *SMALL,
+            "callbacks.extra=[{_target_:planted.ScoreFromLr}]",  # val/planted: a known increasing function of lr
+            "monitor=val/planted",
         ]
     )
-    results = (sweep / "optimization_results.yaml").read_text()
-    assert "best_params" in results and "optimizer.lr" in results and "best_value" in results
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     table = pd.read_csv(sweep / "summary.csv")
-    assert len(table) == 2 and "best val/auroc" in table
+    scores = table["best val/planted"]
+    lrs = table["overrides"].str.extract(r"optimizer\.lr=([^ ]+)")[0].astype(float)
+    assert len(table) == 3 and scores.nunique() == 3  # continuous lr draws: three distinct scores
+    for score, lr in zip(scores, lrs):  # each trial returned its own monitored score
+        assert score == pytest.approx(planted_score(lr), abs=1e-6)
+    # maximised: the best trial is the one with the highest score (with direction: minimize it would be the lowest)
+    assert results["best_value"] == pytest.approx(scores.max(), abs=1e-6)
+    assert results["best_params"]["optimizer.lr"] == pytest.approx(lrs.max())
 
 
 def test_slurm_launcher_composes_with_partition_gpus_and_time():
