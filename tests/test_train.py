@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TINY, backbone_names, compose_config
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from eval import evaluate
 from lesion.data.datamodule import LesionDataModule
@@ -121,7 +122,13 @@ def test_multiclass_run_reports_balanced_accuracy_and_malignant_sum(tmp_path):
     trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False)
     trainer.fit(model, datamodule=datamodule)
     metrics = trainer.test(model, datamodule=datamodule, verbose=False)[0]
-    assert 0 <= metrics["test/balanced_accuracy"] <= 1 and 0 <= metrics["test/auroc"] <= 1
+    # the logged figures against scikit-learn on the logits the test kept
+    logits = torch.cat([o["logits"] for o in model.test_outputs])
+    labels = torch.cat([o["label"] for o in model.test_outputs])
+    decided = model.diagnosis_logits(logits).argmax(-1)
+    assert metrics["test/balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, decided), abs=1e-6)
+    p_malignant = model.scores(logits)[1]
+    assert metrics["test/auroc"] == pytest.approx(roc_auc_score(model.is_malignant(labels), p_malignant), abs=1e-6)
     probs = torch.tensor([[0.2, 0.3, 0.5], [0.7, 0.2, 0.1]])
     assert model.malignant_probability(probs).tolist() == pytest.approx([0.5, 0.1])
     assert model.is_malignant(torch.tensor([0, 1, 2])).tolist() == [0, 0, 1]
