@@ -132,6 +132,21 @@ def test_bootstrap_cis_contain_the_point_estimates():
         assert low <= point[name] <= high and low < high, name
 
 
+def test_bootstrap_ci_resamples_within_each_class_at_the_level_asked():
+    # Two malignant images, one scored above every benign one (0.9) and one below (0.1); 50 benign between 0.2 and
+    # 0.45. Resampled within classes, each resample holds 2 malignant images: both the high one (chance 1/4), one of
+    # each (1/2) or both the low one (1/4), so sensitivity at 0.5 and AUROC are each 1, 0.5 or 0, and specificity 1.
+    p = torch.tensor([0.9, 0.1] + np.linspace(0.2, 0.45, 50).tolist())
+    y = torch.tensor([1, 1] + [0] * 50)
+    wide = bootstrap_ci(p, y, 0.5, resamples=2000, level=0.95)
+    assert wide["recall"] == (0.0, 1.0) and wide["auroc"] == pytest.approx((0.0, 1.0))
+    assert wide["specificity"] == (1.0, 1.0)
+    # A 40% interval (30th to 70th percentile) lies inside the half of the mass at 0.5. Ignoring the level gives
+    # (0, 1); resampling all 52 images together leaves a third of resamples without the high one (recall 0).
+    narrow = bootstrap_ci(p, y, 0.5, resamples=2000, level=0.4)
+    assert narrow["recall"] == (0.5, 0.5) and narrow["auroc"] == pytest.approx((0.5, 0.5))
+
+
 def test_balanced_accuracy_ci_resamples_within_each_class():
     from sklearn.metrics import balanced_accuracy_score
 
