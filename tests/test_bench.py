@@ -166,6 +166,11 @@ def test_latency_script_compares_eager_and_onnx_runtime(tmp_path):
     out = _bench(["bench/latency.py", "--backbones", "efficientnet_lite0", "--runs", "2"], tmp_path)
     (row,) = [line.split() for line in out.splitlines() if line.startswith("efficientnet_lite0 ")]
     assert len(row) == 9 and all(float(v) > 0 for v in row[1:])
+    px, eager50, eager90, ort50, ort90, ratio, onnx_mb, weights_mb = map(float, row[1:])
+    assert px == 224 and eager90 >= eager50 and ort90 >= ort50  # the pretrained input size; p90 above p50
+    # the ratio of the columns beside it, up to their printed rounding (0.05 ms each, 0.005 for the ratio)
+    assert ratio == pytest.approx(ort50 / eager50, abs=0.006 + 0.05 * (1 + ort50 / eager50) / eager50)
+    assert onnx_mb == pytest.approx(weights_mb, rel=0.05)  # the exported graph holds the same weights
 
 
 def test_isic2018_loader_script_runs_on_an_official_layout(tmp_path):
