@@ -64,6 +64,18 @@ def test_throughput_counts_the_images_trained_on_under_gradient_accumulation(tmp
     assert 20 / (seconds + 0.05) - 0.05 <= metrics["train_img_per_s"] <= 20 / max(seconds - 0.05, 1e-3) + 0.05
 
 
+def test_predict_step_refers_the_scores_above_the_stored_threshold(tmp_path):
+    backbone = compose_config("train", TINY, tmp_path)["backbone"]
+    model = LesionClassifier(backbone=backbone, class_names=["apple", "orange"], malignant=["orange"]).eval()
+    images = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    batch = {"image": images, "label": torch.zeros(6, dtype=torch.long), "image_id": [str(i) for i in range(6)]}
+    with torch.no_grad():
+        p = model.predict_step(batch, 0)["p_malignant"]
+        model.threshold.fill_(float(p.median()))  # half the images above it, by construction
+        out = model.predict_step(batch, 0)
+    assert torch.equal(out["malignant"], out["p_malignant"] > float(model.threshold)) and out["malignant"].sum() == 3
+
+
 def test_eval_rejects_a_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         evaluate(compose_config("eval", [f"ckpt_path={tmp_path / 'nope.ckpt'}"], tmp_path))

@@ -1,0 +1,269 @@
+"""Does the test suite bite? Each mutation is one deliberate breakage (a line or two replaced); this script applies
+them one at a time to a scratch copy of the working tree, runs the tests that should catch it, and prints which the
+suite caught. Every listed breakage must be caught: exit 1 otherwise.
+
+    python bench/mutations.py                 # every mutation (about 5 minutes on 2 cores)
+    python bench/mutations.py --only seeds    # the mutations whose name contains a word
+
+A mutation whose text is no longer in its file is an error: update the list with the code it guards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+RECIPE_LEVERS = "tests/test_recipe.py::test_recipe_levers_reach_the_loss_through_train_py"
+LEAKS = "tests/test_screening.py::test_the_leak_guard_refuses_another_image_of_a_training_lesion"
+BOOTSTRAP = "tests/test_screening.py::test_bootstrap_ci_resamples_within_each_class_at_the_level_asked"
+SCORES = "tests/test_train.py::test_scores_apply_the_stored_temperature_then_the_platt_map"
+
+MUTATIONS = (
+    Mutation(
+        "unwire mixup",
+        "lesion/models/module.py",
+        'if split == "train" and self.mixup is not None and len(labels) % 2 == 0:',
+        "if False:",
+        (RECIPE_LEVERS,),
+    ),
+    Mutation(
+        "unwire label smoothing",
+        "lesion/models/module.py",
+        'elif split == "train" and self.hparams.label_smoothing:',
+        "elif False:",
+        (RECIPE_LEVERS,),
+    ),
+    Mutation(
+        "drop logit adjustment from the loss",
+        "lesion/models/module.py",
+        "logits = logits.float() + self.hparams.logit_adjustment * self.log_prior",
+        "logits = logits.float()",
+        (RECIPE_LEVERS,),
+    ),
+    Mutation(
+        "ignore data.train_sizes",
+        "lesion/data/datamodule.py",
+        "sizes = self.train_sizes if train else ()",
+        "sizes = ()",
+        (RECIPE_LEVERS,),
+    ),
+    Mutation(
+        "unwire the activation cache from train.py",
+        "train.py",
+        'if config["activation_cache"]["enabled"]:',
+        "if False:",
+        ("tests/test_recipe.py::test_activation_cache_trains_through_train_py",),
+    ),
+    Mutation(
+        "drop the temperature",
+        "lesion/models/module.py",
+        "logits = logits / self.temperature.to(logits.device)",
+        "logits = logits",
+        (SCORES,),
+    ),
+    Mutation(
+        "Platt map rounded back to float32",
+        "lesion/screening/calibration.py",
+        "    return torch.sigmoid(a * z + b)\n",
+        "    return torch.sigmoid(a * z + b).to(p.dtype)\n",
+        (
+            SCORES,
+            "tests/test_screening.py::test_platt_recovers_the_map_that_generated_the_labels_and_keeps_the_ranking",
+        ),
+    ),
+    Mutation(
+        "flip the Screener's threshold comparison",
+        "lesion/serving/inference.py",
+        "elevated = p > self.threshold",
+        "elevated = p < self.threshold",
+        ("tests/test_ensemble.py::test_every_consumer_gets_the_ensemble_decision",),
+    ),
+    Mutation(
+        "flip predict_step's threshold comparison",
+        "lesion/models/module.py",
+        '"malignant": p_malignant > self.threshold,',
+        '"malignant": p_malignant < self.threshold,',
+        ("tests/test_train.py::test_predict_step_refers_the_scores_above_the_stored_threshold",),
+    ),
+    Mutation(
+        "skip the leak check",
+        "lesion/screening/evaluation.py",
+        "    if not hit.any():\n        return\n",
+        "    return\n",
+        (LEAKS,),
+    ),
+    Mutation(
+        "leak guard by image id only",
+        "lesion/screening/evaluation.py",
+        'for column in [c for c in table.columns if c not in ("image_id", "split") and c in test.columns]:',
+        "for column in []:",
+        (LEAKS,),
+    ),
+    Mutation(
+        "ignore the bootstrap CI level",
+        "lesion/screening/operating_point.py",
+        "    tail = (1 - level) / 2 * 100\n    return {k:",
+        "    tail = 2.5\n    return {k:",
+        (BOOTSTRAP,),
+    ),
+    Mutation(
+        "bootstrap resampling not stratified by class",
+        "lesion/screening/operating_point.py",
+        "        idx = torch.cat(\n            [\n",
+        "        idx = torch.randint(len(y), (len(y),), generator=generator)\n        _ = (\n            [\n",
+        (BOOTSTRAP,),
+    ),
+    Mutation(
+        "Optuna minimises",
+        "conf/hparams_search/optuna.yaml",
+        "direction: maximize",
+        "direction: minimize",
+        ("tests/test_operations.py::test_optuna_search_maximises_the_monitored_score_and_each_trial_returns_its_own",),
+    ),
+    Mutation(
+        "seeds as seed + epoch",
+        "lesion/runs/trainer.py",
+        "return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])",
+        "return seed + epoch",
+        (
+            "tests/test_operations.py::test_each_epoch_is_reseeded_from_seed_and_epoch_so_neighbouring_seeds_do_not_share_streams",
+        ),
+    ),
+    Mutation(
+        "resume unpickles the checkpoint",
+        "lesion/runs/trainer.py",
+        "weights_only=True)  # plain values: a resumed file runs no code",
+        "weights_only=False)",
+        ("tests/test_operations.py::test_a_checkpoint_holding_pickled_code_is_refused_on_resume_and_when_calibrating",),
+    ),
+    Mutation(
+        "packaged weights matched by shape only",
+        "lesion/models/weights.py",
+        "if weight_role(src_key) != weight_role(dst_key):",
+        "if False:",
+        ("tests/test_backbones.py::test_packaged_weights_are_matched_by_role_not_only_by_shape",),
+    ),
+    Mutation(
+        "HEIF opener registered only when decoding",
+        "lesion/data/readers.py",
+        "# HEIC a process sees has its declared size checked against max_pixels like every other image.\n"
+        "register_heif_opener()\n",
+        "# HEIC a process sees has its declared size checked against max_pixels like every other image.\n",
+        ("tests/test_datasets.py::test_the_first_heic_a_process_reads_is_held_to_max_pixels",),
+    ),
+    Mutation(
+        "throughput from optimizer steps x batch size",
+        "train.py",
+        '"train_img_per_s": round(seen.total / seconds, 1),',
+        '"train_img_per_s": round(trainer.global_step * datamodule.batch_size / seconds, 1),',
+        ("tests/test_train.py::test_throughput_counts_the_images_trained_on_under_gradient_accumulation",),
+    ),
+    Mutation(
+        "download leaves its responses open",
+        "lesion/data/download.py",
+        "        response,\n        open(part",
+        "        open(part",
+        ("tests/test_download.py::test_every_http_response_is_closed",),
+    ),
+    Mutation(
+        "site threshold fitted on the fine-tuning part",
+        "lesion/serving/adaptation.py",
+        "refit_operating_point(adapted, self.predictions(adapted, calibration), target, confidence)",
+        "refit_operating_point(adapted, self.predictions(adapted, train), target, confidence)",
+        ("tests/test_adaptation.py::test_the_site_threshold_is_certified_on_the_calibration_part_alone",),
+    ),
+    Mutation(
+        "quality gate judges the whole frame",
+        "lesion/serving/quality.py",
+        'm = image_measures(sized, t.get("region", 1.0))',
+        "m = image_measures(sized, 1.0)",
+        ("tests/test_use.py::test_the_gate_judges_exposure_where_the_lesion_is_not_over_a_dark_border",),
+    ),
+)
+
+
+def scratch_copy(dest: Path) -> None:
+    """The working tree's tracked and untracked-but-not-ignored files (what a fresh clone plus the change holds)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in listed)):
+        source = ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, str]:
+    env = os.environ | {"WANDB_MODE": "offline", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(copy)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    return done.returncode, (done.stdout + done.stderr).strip().splitlines()[-1] if (done.stdout + done.stderr) else ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=[], help="words; run the mutations whose name contains one")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or any(w in m.name for w in args.only)]
+    with tempfile.TemporaryDirectory(prefix="lesion-mutations-") as scratch:
+        copy = Path(scratch)
+        scratch_copy(copy)
+        code = f"import lesion; assert lesion.__file__.startswith({str(copy)!r}), lesion.__file__"
+        subprocess.run([sys.executable, "-c", code], cwd=copy, env=os.environ | {"PYTHONPATH": str(copy)}, check=True)
+        rc, last = run_tests(copy, tuple(dict.fromkeys(t for m in chosen for t in m.tests)))
+        if rc != 0:
+            sys.exit(f"the tests fail before any mutation ({last}): fix them first")
+        print(f"{'mutation':<48} {'caught':>6} {'s':>5}  by")
+        missed = []
+        for m in chosen:
+            path = copy / m.path
+            original = path.read_text()
+            if original.count(m.old) != 1:
+                sys.exit(
+                    f"{m.name}: {m.path} holds the mutated text {original.count(m.old)} times, not once: update it"
+                )
+            path.write_text(original.replace(m.old, m.new))
+            start = time.perf_counter()
+            try:
+                rc, last = run_tests(copy, m.tests)
+            finally:
+                path.write_text(original)
+            caught = rc != 0
+            missed += [] if caught else [m.name]
+            tests = ", ".join(t.split("::")[-1] if "::" in t else t for t in m.tests)
+            print(f"{m.name:<48} {'yes' if caught else 'NO':>6} {time.perf_counter() - start:>5.0f}  {tests}")
+    print(f"\n{len(chosen) - len(missed)} of {len(chosen)} breakages caught")
+    if missed:
+        sys.exit(f"not caught: {', '.join(missed)}")
+
+
+if __name__ == "__main__":
+    main()
