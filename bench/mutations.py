@@ -4,6 +4,7 @@ suite caught. Every listed breakage must be caught: exit 1 otherwise.
 
     python bench/mutations.py                 # every mutation (about 5 minutes on 2 cores)
     python bench/mutations.py --only seeds    # the mutations whose name contains a word
+    python bench/mutations.py --check         # only: is every mutation's text still in its file?
 
 A mutation whose text is no longer in its file is an error: update the list with the code it guards.
 """
@@ -231,8 +232,15 @@ def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=[], help="words; run the mutations whose name contains one")
+    parser.add_argument("--check", action="store_true", help="only check that every mutation's text is in its file")
     args = parser.parse_args()
     chosen = [m for m in MUTATIONS if not args.only or any(w in m.name for w in args.only)]
+    stale = [f"{m.name} ({m.path})" for m in chosen if (ROOT / m.path).read_text().count(m.old) != 1]
+    if stale:
+        sys.exit(f"mutations whose text is not in their file exactly once: {', '.join(stale)}; update them")
+    if args.check:
+        print(f"{len(chosen)} mutations, each found once in its file")
+        return
     with tempfile.TemporaryDirectory(prefix="lesion-mutations-") as scratch:
         copy = Path(scratch)
         scratch_copy(copy)
@@ -246,10 +254,6 @@ def main() -> None:
         for m in chosen:
             path = copy / m.path
             original = path.read_text()
-            if original.count(m.old) != 1:
-                sys.exit(
-                    f"{m.name}: {m.path} holds the mutated text {original.count(m.old)} times, not once: update it"
-                )
             path.write_text(original.replace(m.old, m.new))
             start = time.perf_counter()
             try:

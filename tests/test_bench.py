@@ -162,6 +162,12 @@ def test_frozen_script_prints_its_table_and_the_speed_up(tmp_path):
     assert out.count("\nfrozen ") == 1 and "\ntrainable " in out and "speed-up from freezing" in out
 
 
+def test_mutation_script_finds_every_breakage_in_the_code_and_one_is_caught(tmp_path):
+    assert "mutations, each found once in its file" in _bench(["bench/mutations.py", "--check"], tmp_path)
+    out = _bench(["bench/mutations.py", "--only", "seeds as seed + epoch"], tmp_path)
+    assert "seeds as seed + epoch" in out and "1 of 1 breakages caught" in out
+
+
 def test_latency_script_compares_eager_and_onnx_runtime(tmp_path):
     out = _bench(["bench/latency.py", "--backbones", "efficientnet_lite0", "--runs", "2"], tmp_path)
     (row,) = [line.split() for line in out.splitlines() if line.startswith("efficientnet_lite0 ")]
