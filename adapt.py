@@ -64,7 +64,8 @@ def adapt(config: dict) -> dict:
         site, ckpt, out / "site.ckpt", _extra(model, ckpt, parts, adaptation, after, out, datamodule.group_column)
     )
     metrics = {f"source/{k}": v for k, v in before.items()} | after
-    metrics |= {"site_checkpoint": str(path), "checkpoint": str(ckpt), "strategy": info["strategy"]["name"]}
+    # the source as source_checkpoint: a metrics.json naming a "checkpoint" is an eval.py run of it (model card)
+    metrics |= {"site_checkpoint": str(path), "source_checkpoint": str(ckpt), "strategy": info["strategy"]["name"]}
     metrics |= {"epochs": info["epochs"], "counts": counts}
     metrics["data"] = {"name": data.get("name"), "root": data.get("root"), "part": "local test part"}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))

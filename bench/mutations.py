@@ -193,6 +193,13 @@ MUTATIONS = (
         ("tests/test_adaptation.py::test_the_site_threshold_is_certified_on_the_calibration_part_alone",),
     ),
     Mutation(
+        "adapt.py's metrics.json names its source as the checkpoint evaluated",
+        "adapt.py",
+        '"source_checkpoint": str(ckpt), "strategy"',
+        '"checkpoint": str(ckpt), "strategy"',
+        ("tests/test_adaptation.py::test_the_source_models_card_does_not_take_an_adaptation_run_for_its_test_split",),
+    ),
+    Mutation(
         "quality gate judges the whole frame",
         "lesion/serving/quality.py",
         'm = image_measures(sized, t.get("region", 1.0))',

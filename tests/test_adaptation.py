@@ -138,6 +138,13 @@ def test_the_site_model_card_shows_the_source_and_the_local_figures_and_names_ex
     assert row.startswith("| `csv` at") and f"| 24 | {outside['test/auroc']:.3f} (" in row
 
 
+def test_the_source_models_card_does_not_take_an_adaptation_run_for_its_test_split(site, head, tmp_path):
+    export = [f"ckpt_path={site['source']}", f"eval_search={site['tmp']}"]  # holds the source run and adapt.py's
+    card = Path(run_export(compose_config("export", export, tmp_path / "x"))["card"]).read_text()
+    source_metrics = Path(site["source"]).parents[1] / "metrics.json"
+    assert f"The in-domain test split of the training data, from `{source_metrics}`" in card
+
+
 def test_strategies_move_only_their_weights_and_l2sp_holds_them_near_the_source():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
