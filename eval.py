@@ -121,10 +121,14 @@ def _calibrate(model, datamodule, trainer: L.Trainer, config: dict) -> dict:
             f"{_name(ckpt)} has no operating point and data.external=true has no val split to fit one on: evaluate it "
             "on its own data first (python eval.py ckpt_path=...), then pass the calibrated checkpoint it writes"
         )
-    log.warning("%s has no stored operating point: choosing it on the val split now", ckpt)
+    split = getattr(datamodule, "calibration_split", "val")
+    log.warning("%s has no stored operating point: choosing it on the %s split now", ckpt, split)
     op = config["operating_point"]
     val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(config["quality"]))
-    written = calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"])
+    fitted_on = val if split == "val" else predict(model, datamodule.calibration_dataloader(), trainer)
+    written = calibrate(
+        model, fitted_on, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"], split
+    )
     if config["quality"]["enabled"]:  # the gate's thresholds, stored with the operating point
         model.quality = fit_on_datamodule(model, datamodule, val, config["quality"])
     return written

@@ -106,6 +106,20 @@ MUTATIONS = (
         ("tests/test_train.py::test_predict_step_refers_the_scores_above_the_stored_threshold",),
     ),
     Mutation(
+        "calibrate on val when a calibration split was carved",
+        "lesion/screening/evaluation.py",
+        'fitted_on = val if split == "val" else predict(model, datamodule.calibration_dataloader(), trainer)\n    info',
+        "fitted_on = val\n    info",
+        ("tests/test_screening.py::test_a_calibration_split_alone_sets_the_threshold_and_the_card_says_so",),
+    ),
+    Mutation(
+        "the leak guard forgets the calibration split",
+        "lesion/screening/evaluation.py",
+        'seen = table[table["split"].isin(["train", "val", "calibration"])]',
+        'seen = table[table["split"].isin(["train", "val"])]',
+        (LEAKS,),
+    ),
+    Mutation(
         "skip the leak check",
         "lesion/screening/evaluation.py",
         "    if not hit.any():\n        return\n",

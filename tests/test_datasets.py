@@ -67,6 +67,29 @@ def test_split_file_reproduces_the_split_and_rejects_unknown_ids(tmp_path):
         datamodule("isic2018", root, split_file=str(tmp_path / "short.csv")).setup()
 
 
+def test_a_calibration_split_is_carved_like_val_and_kept_by_the_split_file(tmp_path):
+    root = make_isic2018(tmp_path / "data", n=140)
+    dm = datamodule("isic2018", root, calibration_fraction=0.2)
+    dm.setup()
+    assert list(dm.frames) == ["train", "val", "test", "calibration"] and dm.calibration_split == "calibration"
+    assert len(dm.frames["calibration"]) == pytest.approx(0.2 * 140, abs=4)  # to within a group per class
+    assert crossing_groups(dm.frames, "lesion_id") == set()  # no lesion in two splits
+    assert set(dm.frames["calibration"]["label"]) == {0, 1}
+    assert len(next(iter(dm.calibration_dataloader()))["image"]) == len(dm.frames["calibration"])
+    path = dm.save_splits(tmp_path / "splits.csv")
+    again = datamodule("isic2018", root, seed=5, split_file=str(path))
+    again.setup()
+    assert set(again.frames["calibration"]["image_id"]) == set(dm.frames["calibration"]["image_id"])
+    without = datamodule("isic2018", root)
+    without.setup()
+    assert without.calibration_split == "val" and "calibration" not in without.frames
+    plain = without.save_splits(tmp_path / "plain.csv")
+    with pytest.raises(ValueError, match="has no 'calibration' rows to go with data.calibration_fraction=0.2"):
+        datamodule("isic2018", root, split_file=str(plain), calibration_fraction=0.2).setup()
+    with pytest.raises(ValueError, match="data.calibration_fraction=0.9 must be above 0 and below"):
+        datamodule("isic2018", root, calibration_fraction=0.9).setup()
+
+
 def test_ground_truth_missing_a_column_names_column_and_file(tmp_path):
     root = make_isic2018(tmp_path)
     truth = root / "ISIC2018_Task3_Training_GroundTruth" / "ISIC2018_Task3_Training_GroundTruth.csv"

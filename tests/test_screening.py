@@ -266,6 +266,32 @@ def test_eval_end_to_end_writes_every_artifact(tmp_path):
     assert "skin_tone" in set(pd.read_csv(ev / "fairness.csv")["attribute"])
 
 
+def test_a_calibration_split_alone_sets_the_threshold_and_the_card_says_so(tmp_path):
+    import lightning as L
+
+    from lesion.data import build_datamodule
+    from lesion.screening.predictions import predict
+    from lesion.serving.model_card import model_card
+
+    overrides = [*TINY, "data.num_train=24", "data.num_val=8", "data.calibration_fraction=0.25"]
+    config = compose_config("train", overrides, tmp_path)
+    trained = train(config)
+    best = json.loads((tmp_path / "metrics.json").read_text())["best_checkpoint"]
+    model = LesionClassifier.load_from_checkpoint(best).eval()
+    op = model.operating_point
+    assert op["calibration_split"] == "calibration" and "calibration_op/recall" in trained
+    splits = pd.read_csv(tmp_path / "splits.csv")
+    assert (splits["split"] == "calibration").sum() == len(model.split_ids["calibration"]) > 0
+    # the stored threshold is the rule's choice on the calibration split's scores (stored temperature and Platt map)
+    datamodule = build_datamodule(config["data"] | {"split_file": str(tmp_path / "splits.csv")}, model.data_config)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False)
+    scored = predict(model, datamodule.calibration_dataloader(), trainer)
+    chosen = choose_operating_point(scored.p_malignant(model), scored.y_malignant, 0.8, "lower_bound", 0.95)
+    assert float(model.threshold) == pytest.approx(chosen["threshold"], abs=1e-7)
+    card = model_card(model, Path(best), None)
+    assert "separate calibration split (data.calibration_fraction), not the validation split" in card
+
+
 def test_temperature_stays_bounded_and_keeps_the_ranking_of_scores_without_signal():
     from lesion.screening.calibration import TEMPERATURE_BOUNDS, fit_temperature
     from lesion.screening.metrics import screening_metrics
@@ -337,6 +363,9 @@ def test_the_leak_guard_refuses_another_image_of_a_training_lesion(caplog):
     with pytest.raises(ValueError, match="1 by image id"):
         refuse_leaks(pd.DataFrame({"image_id": ["ISIC_4"], "lesion_id": ["L9"]}), splits, "run.ckpt")
     refuse_leaks(test, splits, "run.ckpt", own_split=True)  # the run's own split, crossing groups: a warning
+    calibrated = pd.DataFrame({"image_id": ["ISIC_7"], "split": ["calibration"]})
+    with pytest.raises(ValueError, match="1 of the 1 test images were used to train or tune"):
+        refuse_leaks(pd.DataFrame({"image_id": ["ISIC_7"]}), [calibrated], "run.ckpt")  # calibrating counts too
     assert "1 of the 3 images of run.ckpt's own test split share a lesion or patient" in caplog.text
 
 

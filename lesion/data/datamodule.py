@@ -17,7 +17,15 @@ from tqdm.auto import tqdm
 from lesion.data.cache import ImageCache
 from lesion.data.readers import BadImageError, BadImagesError
 from lesion.data.samplers import BalancedSampler, EpochSampler, UndersampleSampler
-from lesion.data.splits import SPLITS, _first, assign_splits, read_split_file, write_split_file
+from lesion.data.splits import (
+    CALIBRATION,
+    SPLITS,
+    _first,
+    assign_splits,
+    carve_calibration,
+    read_split_file,
+    write_split_file,
+)
 from lesion.data.transforms import LesionTransforms
 
 log = logging.getLogger(__name__)
@@ -98,6 +106,7 @@ class LesionDataModule(L.LightningDataModule, ABC):
         verify_images: bool = False,
         external: bool = False,
         train_sizes: list | None = None,
+        calibration_fraction: float = 0.0,
     ):
         super().__init__()
         if on_bad_image not in ("error", "skip"):
@@ -121,6 +130,9 @@ class LesionDataModule(L.LightningDataModule, ABC):
         self.on_bad_image, self.verify_images = on_bad_image, verify_images
         self.external = external  # every image is a test image: external validation, no train/val carving
         self.train_sizes = _train_sizes(train_sizes)
+        if calibration_fraction and external:
+            raise ValueError("data.external=true makes every image a test image: drop data.calibration_fraction")
+        self.calibration_fraction = float(calibration_fraction or 0.0)
         self.frames: dict[str, pd.DataFrame] | None = None
         self._cache: ImageCache | None = None
 
@@ -146,7 +158,8 @@ class LesionDataModule(L.LightningDataModule, ABC):
             return
         frame = self._without_bad_images(self.load_frame().reset_index(drop=True))
         frame["split"] = self._splits(frame)
-        self.frames = {s: frame[frame["split"] == s].drop(columns="split").reset_index(drop=True) for s in SPLITS}
+        names = (*SPLITS, CALIBRATION) if (frame["split"] == CALIBRATION).any() else SPLITS
+        self.frames = {s: frame[frame["split"] == s].drop(columns="split").reset_index(drop=True) for s in names}
         self._check_classes()
         if self.cache:
             _, h, w = self.data_config["input_size"]
@@ -156,7 +169,7 @@ class LesionDataModule(L.LightningDataModule, ABC):
 
     def describe(self) -> dict:
         """The numbers training actually uses: class counts per split and the sampling scheme."""
-        counts = {s: dict(zip(self.classes, self.class_counts(s))) for s in SPLITS}
+        counts = {s: dict(zip(self.classes, self.class_counts(s))) for s in self.frames}
         described = {"class_counts": counts, "sampler": self.sampler, "neg_ratio": self.neg_ratio}
         return described | ({"train_sizes": [list(size) for size in self.train_sizes]} if self.train_sizes else {})
 
@@ -194,6 +207,16 @@ class LesionDataModule(L.LightningDataModule, ABC):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"), self.eval_batch_size)
 
+    @property
+    def calibration_split(self) -> str:
+        """The split the temperature, Platt map and threshold are fitted on: `calibration` when the run carved one
+        (data.calibration_fraction), else `val`, which also chose the epoch."""
+        self.setup()
+        return CALIBRATION if CALIBRATION in self.frames else "val"
+
+    def calibration_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset(self.calibration_split), self.eval_batch_size)
+
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"), self.eval_batch_size)
 
@@ -216,13 +239,21 @@ class LesionDataModule(L.LightningDataModule, ABC):
         if self.external:
             return pd.Series("test", index=frame.index)
         if self.split_file:
-            return read_split_file(self.split_file, frame["image_id"])
+            split = read_split_file(self.split_file, frame["image_id"])
+            if self.calibration_fraction and not (split == CALIBRATION).any():
+                raise ValueError(
+                    f"data.split_file={self.split_file} has no '{CALIBRATION}' rows to go with "
+                    f"data.calibration_fraction={self.calibration_fraction}: add them, or drop the fraction"
+                )
+            return split
         split = frame["split"] if "split" in frame else pd.Series("train", index=frame.index)
         need = tuple(s for s in ("val", "test") if not (split == s).any())
         if need:
             pool = split == "train"
             split = split.copy()
             split[pool] = self.carve(frame[pool], need).to_numpy()
+        if self.calibration_fraction and not (split == CALIBRATION).any():
+            split = carve_calibration(frame, split, self.calibration_fraction, self.group_column, self.seed)
         return split
 
     def _without_bad_images(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -245,7 +276,7 @@ class LesionDataModule(L.LightningDataModule, ABC):
         return frame[~frame["image_id"].isin({p[0] for p in problems})]
 
     def _check_classes(self) -> None:
-        for split in ("test",) if self.external else SPLITS:
+        for split in ("test",) if self.external else self.frames:
             counts = self.class_counts(split)
             empty = [c for c, n in zip(self.classes, counts) if n == 0]
             if empty:

@@ -73,6 +73,14 @@ class MultiDataModule(LesionDataModule):
             weighted = [k for k, s in sources.items() if s.weight is not None]
             if weighted:
                 raise ValueError(f"data.sampler / data.neg_ratio and source weights ({weighted}) both set: use one")
+        carved = [k for k, s in sources.items() if s.datamodule.calibration_fraction] + (
+            ["data"] if self.calibration_fraction else []
+        )
+        if carved:
+            raise ValueError(
+                f"data.calibration_fraction is set ({', '.join(carved)}), which data=multi does not carve yet: drop it "
+                "(the val split then calibrates, as it chooses the epoch)"
+            )
         self.sources, self.task = sources, task
         if task == "binary":
             self.classes, self.malignant = ("benign", "malignant"), ("malignant",)

@@ -10,6 +10,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 SPLITS = ("train", "val", "test")
+# data.calibration_fraction > 0: a further split, carved like val, that only calibrates and sets the operating point
+CALIBRATION = "calibration"
 log = logging.getLogger(__name__)
 
 
@@ -86,6 +88,26 @@ def assign_splits(
     return split
 
 
+def carve_calibration(
+    frame: pd.DataFrame, split: pd.Series, fraction: float, group_column: str | None, seed: int = 0
+) -> pd.Series:
+    """`split` with `fraction` of all the images (stratified, never dividing a group) moved from train to
+    `calibration`: the split that fits the temperature, the Platt map and the threshold, so that the one that chose the
+    epoch (val) does not also certify the threshold."""
+    pool = (split == "train").to_numpy()
+    if not 0 < fraction < pool.mean():
+        raise ValueError(
+            f"data.calibration_fraction={fraction} must be above 0 and below the {pool.mean():.2f} of the images left "
+            "for training (it is carved from them, after val and test)"
+        )
+    sub = frame[pool]
+    mask = _carve(sub["label"].to_numpy(), _groups(sub, group_column), fraction / pool.mean(), seed + 1)
+    split = split.copy()
+    split.iloc[np.flatnonzero(pool)[mask]] = CALIBRATION
+    log.info("calibration split: %d of %d images (asked %.1f%%)", mask.sum(), len(frame), 100 * fraction)
+    return split
+
+
 def assign_folds(
     frame: pd.DataFrame,
     fold: int,
@@ -115,9 +137,9 @@ def read_split_file(path: str | Path, image_ids: pd.Series) -> pd.Series:
     for column in ("image_id", "split"):
         if column not in table.columns:
             raise ValueError(f"{path} lacks the column '{column}' (expected image_id,split)")
-    bad = sorted(set(table["split"]) - set(SPLITS))
+    bad = sorted(set(table["split"]) - {*SPLITS, CALIBRATION})
     if bad:
-        raise ValueError(f"{path}: unknown split names {bad}; use {list(SPLITS)}")
+        raise ValueError(f"{path}: unknown split names {bad}; use {[*SPLITS, CALIBRATION]}")
     mapping = table.set_index("image_id")["split"]
     missing = image_ids[~image_ids.isin(mapping.index)].tolist()
     if missing:

@@ -33,11 +33,14 @@ def calibrate(
     method: str = "lower_bound",
     confidence: float = 0.95,
     calibrator: str = "platt",
+    split: str = "val",
 ) -> dict:
     """Fit the temperature of the class logits on validation and (`calibrator="platt"`) a Platt map of the resulting
     P(malignant), then the threshold for `target_sensitivity` on calibrated P(malignant)
     (`lesion.screening.operating_point.choose_operating_point`); all are stored in the model's buffers and the rules
-    that chose them in `model.operating_point`, so its checkpoints carry them.
+    that chose them in `model.operating_point`, so its checkpoints carry them. `split`: the split whose predictions
+    `val` holds (val, or a separate calibration split), named by the returned `<split>_op/` figures and by
+    `model.operating_point["calibration_split"]`.
 
     Why Platt on top of the temperature: P(malignant) is a sum of softmax outputs, and one temperature fitted to the
     7-class NLL leaves that sum miscalibrated (bench/calibrators.py: val ECE of P(malignant) 0.087 with the temperature,
@@ -51,7 +54,7 @@ def calibrate(
     model.platt.copy_(torch.tensor(platt, dtype=torch.float64))
     p = val.p_malignant(model)
     chosen = choose_operating_point(p, val.y_malignant, target_sensitivity, method, confidence)
-    chosen |= {"calibrator": calibrator, "platt_a": platt[0], "platt_b": platt[1]}
+    chosen |= {"calibrator": calibrator, "platt_a": platt[0], "platt_b": platt[1], "calibration_split": split}
     model.threshold.fill_(chosen["threshold"])
     model.calibrated.fill_(True)
     model.operating_point = chosen
@@ -64,8 +67,8 @@ def calibrate(
             "temperature": temperature,
             "threshold": chosen["threshold"],
             "target_sensitivity": target_sensitivity,
-            "val_op/recall": at_threshold["recall"],
-            "val_op/specificity": at_threshold["specificity"],
+            f"{split}_op/recall": at_threshold["recall"],
+            f"{split}_op/specificity": at_threshold["specificity"],
         }
         | {f"operating_point/{k}": v for k, v in chosen.items() if k not in ("threshold", "target_sensitivity")}
         | posthoc
@@ -144,14 +147,18 @@ def per_class_table(test: Predictions, class_names: list[str], model: LesionClas
 def operating_point_after_fit(
     model: LesionClassifier, datamodule, trainer: L.Trainer, best: str, operating_point: dict, quality: dict
 ) -> dict:
-    """Calibrate on val and choose the threshold (conf/train.yaml `operating_point`), fit the quality gate (`quality`,
-    when enabled), store them in the best checkpoint, and return the val figures at them (with CIs: the study
-    comparison puts val and test side by side)."""
+    """Calibrate and choose the threshold (conf/train.yaml `operating_point`) on the calibration split when the run
+    carved one (data.calibration_fraction), else on val, fit the quality gate (`quality`, when enabled) on val, store
+    them in the best checkpoint, and return the val figures at them (with CIs: the study comparison puts val and test
+    side by side)."""
     from lesion.serving.quality import fit_on_datamodule, fits_features
 
     val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(quality))
-    op = operating_point
-    info = calibrate(model, val, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"])
+    op, split = operating_point, getattr(datamodule, "calibration_split", "val")
+    fitted_on = val if split == "val" else predict(model, datamodule.calibration_dataloader(), trainer)
+    info = calibrate(
+        model, fitted_on, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"], split
+    )
     if quality["enabled"]:
         model.quality = fit_on_datamodule(model, datamodule, val, quality)
     report = screening_report(model, val, "val", op["bootstrap_resamples"])
@@ -218,7 +225,7 @@ def refuse_leaks(test: pd.DataFrame, splits: list[pd.DataFrame], ckpt_path, own_
     leaked: set[str] = set()
     shared: dict[str, set[str]] = {}  # group column -> groups both trained (or tuned) on and in the test data
     for table in splits:
-        seen = table[table["split"].isin(["train", "val"])]
+        seen = table[table["split"].isin(["train", "val", "calibration"])]
         leaked |= ids & set(seen["image_id"].astype(str))
         for column in [c for c in table.columns if c not in ("image_id", "split") and c in test.columns]:
             both = set(test[column].dropna().astype(str)) & set(seen[column].dropna().astype(str))

@@ -137,7 +137,7 @@ def model_card(
     )
     metrics_text = (
         f"{where}, from `{source}`. Operating threshold {threshold:.4f} on calibrated P(malignant), chosen on the"
-        f" {'local calibration part' if adaptation else 'validation split'} for sensitivity >= its target; bootstrap"
+        f" {_calibrated_on(model, adaptation)} for sensitivity >= its target; bootstrap"
         f" 95% confidence intervals.\n\n{_metrics_table(metrics)}\n"
         if metrics
         else f"_No metrics found: {how_eval}_\n"
@@ -197,6 +197,18 @@ def model_card(
 - The threshold was chosen for a target sensitivity on validation data; on other data the sensitivity can be lower.
 - Grad-CAM maps show where the score came from, not why, and can be misleading.
 """
+
+
+def _calibrated_on(model, adaptation: dict | None) -> str:
+    """Which images fitted the calibration and the threshold, and whether they also chose the checkpoint: the
+    lower-bound promise assumes they did not."""
+    if adaptation:
+        return (
+            "local calibration part (fine-tuning never saw it; grouped folds of the fine-tuning part chose the epochs)"
+        )
+    if (model.operating_point or {}).get("calibration_split") == "calibration":
+        return "separate calibration split (data.calibration_fraction), not the validation split that chose the epoch"
+    return "validation split, which also chose the epoch (no separate calibration split: data.calibration_fraction=0)"
 
 
 def _quality(model) -> str:
