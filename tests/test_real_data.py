@@ -53,8 +53,8 @@ def test_one_short_epoch_on_real_isic2018(tmp_path):
         assert math.isfinite(metrics[key]), key
     splits = pd.read_csv(tmp_path / "splits.csv")
     groups = pd.read_csv(SHARED_ISIC2018 / "ISIC2018_Task3_Training_LesionGroupings.csv")
-    merged = splits.merge(groups, left_on="image_id", right_on="image")
-    assert len(merged) == 10015
+    merged = splits.merge(groups, left_on="image_id", right_on="image", suffixes=("", "_official"))
+    assert len(merged) == 10015 and (merged["lesion_id"] == merged["lesion_id_official"]).all()  # splits.csv's lesions
     assert crossing_groups({s: f for s, f in merged.groupby("split")}, "lesion_id") == set()
     assert json.loads((tmp_path / "metrics.json").read_text())["test/auroc"] == pytest.approx(metrics["test/auroc"])
 

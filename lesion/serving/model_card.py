@@ -96,7 +96,9 @@ def _training_data(model: LesionClassifier, run_dir: Path) -> str:
         counts = pd.read_csv(splits)["split"].value_counts()
         lines.append(
             "- Splits (lesion-disjoint where the data names lesions): "
-            + ", ".join(f"{k} {int(counts.get(k, 0)):,}" for k in ("train", "val", "test"))
+            + ", ".join(
+                f"{k} {int(counts.get(k, 0)):,}" for k in ("train", "val", "test", "calibration") if k in counts
+            )
             + f" images (`{splits}`)."
         )
     transforms = data.get("transforms") or {}
