@@ -168,6 +168,16 @@ def test_mutation_script_finds_every_breakage_in_the_code_and_one_is_caught(tmp_
     assert "seeds as seed + epoch" in out and "1 of 1 breakages caught" in out
 
 
+def test_calibration_split_simulation_shows_the_erosion_and_the_separate_split_keeping_the_promise(tmp_path):
+    args = ["bench/calibration_split.py", "--trials", "300", "--positives", "40", "--epochs", "1", "12"]
+    out = _bench([*args, "--rho", "0.5", "--out", str(tmp_path / "sim")], tmp_path)
+    rows = {int(r.split("|")[2]): r.split("|") for r in out.splitlines() if r.startswith("| 40 |")}
+    one, twelve = ([float(v) for v in rows[k][4:6]] for k in (1, 12))
+    assert min(one) >= 0.9 and twelve[1] >= 0.9  # a threshold no choice touched keeps the 95% promise (seeded)
+    assert twelve[0] < twelve[1] - 0.1  # chosen among 12 checkpoints on the same split: it erodes
+    assert (tmp_path / "sim.md").read_text().count("| 40 |") == 2
+
+
 def test_latency_script_compares_eager_and_onnx_runtime(tmp_path):
     out = _bench(["bench/latency.py", "--backbones", "efficientnet_lite0", "--runs", "2"], tmp_path)
     (row,) = [line.split() for line in out.splitlines() if line.startswith("efficientnet_lite0 ")]
