@@ -203,6 +203,9 @@ def test_isic2024_scale_script_generates_and_measures_a_small_set(tmp_path):
     out = _bench(["bench/isic2024_scale.py", "--workdir", str(tmp_path / "isic2024"), "--sizes", "20000"], tmp_path)
     (row,) = [line.split() for line in out.splitlines() if line.strip().startswith("20000 ")]
     assert len(row) == 6 and float(row[3]) > 0
+    # one undersampled epoch (neg_ratio 20): every training positive and 20 negatives each, far below 20,000 images
+    epoch = int(row[2])
+    assert epoch % 21 == 0 and 21 <= epoch <= 20 * 21
 
 
 def test_gpu_shell_script_runs_its_check_on_the_cpu(tmp_path):

@@ -263,7 +263,15 @@ def test_eval_end_to_end_writes_every_artifact(tmp_path):
     assert (
         len(robustness) == len(DEGRADATIONS) * 4 and (robustness.loc[robustness.severity == 0, "auroc_drop"] == 0).all()
     )
-    assert "skin_tone" in set(pd.read_csv(ev / "fairness.csv")["attribute"])
+    fairness = pd.read_csv(ev / "fairness.csv")
+    tones = fairness[fairness["attribute"] == "skin_tone"]
+    # the skin-tone groups partition the test split, and their detections add up to the report's confusion counts
+    benign = tones["images"] - tones["malignant"]
+    assert tones["images"].sum() == 16 and tones["malignant"].sum() == report["test_op/tp"] + report["test_op/fn"]
+    assert (tones["sensitivity"].fillna(0) * tones["malignant"]).sum() == pytest.approx(report["test_op/tp"])
+    assert (tones["specificity"].fillna(0) * benign).sum() == pytest.approx(report["test_op/tn"])
+    clean = robustness[robustness.severity == 0]
+    assert clean["auroc"].nunique() == 1 and (robustness["images"] == 8).all()  # one clean baseline for all
 
 
 def test_a_calibration_split_alone_sets_the_threshold_and_the_card_says_so(tmp_path):
