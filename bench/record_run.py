@@ -1,5 +1,5 @@
 """python bench/record_run.py NAME METRICS_JSON --command "python train.py ..." [--out docs/results/runs]
-python bench/record_run.py --table docs/results/runs/<a>.json docs/results/runs/<b>.json ... [--out-md FILE]
+python bench/record_run.py --table [--operating-point] docs/results/runs/<a>.json ... [--out-md FILE]
 
 Results as data: a measured run becomes a small recorded file (its name, command, commit, date, machine and the
 figures from its metrics.json: pooled, per source / modality, in-domain and external), and tables are rendered from
@@ -20,12 +20,16 @@ from pathlib import Path
 KEEP = ("test/auroc", "test_op/auroc_ci", "test_op/recall", "test_op/recall_ci", "test_op/specificity")
 KEEP += ("test_op/specificity_ci", "threshold", "best_val_score", "fit_seconds", "in_domain/test/auroc", "data")
 KEEP += ("test_op/tp", "test_op/fn", "test_op/fp", "test_op/tn", "strategy", "epochs", "counts")
+KEEP += ("val_op/recall", "calibration_op/recall", "operating_point/calibration_split", "operating_point/val_positives")
+KEEP += ("operating_point/val_detected", "operating_point/sensitivity_lower_bound", "target_sensitivity")
 
 
-def record(name: str, metrics: Path, command: str) -> dict:
+def record(name: str, metrics: Path, command: str, commit: str | None = None) -> dict:
+    """`commit`: the tree the run was made with, when not the one checked out now."""
     values = json.loads(metrics.read_text())
     figures = {k: v for k, v in values.items() if k in KEEP or "_by_" in k or k.startswith("source/")}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = commit or head
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
     return {"name": name, "command": command, "date": date.today().isoformat(), "commit": commit, "machine": machine,
             "metrics": str(metrics), "figures": figures}  # fmt: skip
@@ -48,6 +52,24 @@ def table(records: list[dict]) -> str:
             images = f.get("images", int(sum(counts)) if None not in counts else "-")
             row = [cell(f, "test/auroc"), cell(f, "test_op/recall"), cell(f, "test_op/specificity")]
             lines.append(f"| {r['name']}: `{r['command']}` ({r['date']}) | {label} | {images} | {' | '.join(row)} |")
+    return "\n".join(lines) + "\n"
+
+
+def operating_point_table(records: list[dict]) -> str:
+    """One row per record: which split certified the threshold, from how many malignant images, and the sensitivity
+    it then had on val and on the test split against its target."""
+    lines = ["| run (command, date) | threshold fitted on | malignant there (detected) | certified bound | target | "
+             "threshold | val sensitivity | test sensitivity (CI) | test specificity (CI) |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
+    for r in records:
+        f = r["figures"]
+        split = f.get("operating_point/calibration_split", "val")
+        split = "val (also chose the epoch)" if split == "val" else "separate calibration split"
+        found = f"{f.get('operating_point/val_positives')} ({f.get('operating_point/val_detected')})"
+        bound, target = f.get("operating_point/sensitivity_lower_bound"), f.get("target_sensitivity")
+        row = [split, found, f"{bound:.3f}", f"{target}", f"{f['threshold']:.4f}", f"{f['val_op/recall']:.3f}"]
+        row += [cell(f, "test_op/recall"), cell(f, "test_op/specificity")]
+        lines.append(f"| {r['name']}: `{r['command']}` ({r['date']}) | {' | '.join(row)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -77,16 +99,19 @@ def main() -> None:
     parser.add_argument("--command")
     parser.add_argument("--out", default="docs/results/runs")
     parser.add_argument("--table", action="store_true", help="render the given record files as one table")
+    parser.add_argument("--operating-point", action="store_true", help="with --table: the operating points")
+    parser.add_argument("--commit", help="the commit the run was made with (default: the one checked out)")
     parser.add_argument("--out-md")
     args = parser.parse_args()
     if args.table:
-        text = table([json.loads(Path(p).read_text()) for p in args.args])
+        records = [json.loads(Path(p).read_text()) for p in args.args]
+        text = operating_point_table(records) if args.operating_point else table(records)
         if args.out_md:
             Path(args.out_md).write_text(text)
         print(text)
         return
     name, metrics = args.args
-    rec = record(name, Path(metrics), args.command or "")
+    rec = record(name, Path(metrics), args.command or "", args.commit)
     path = Path(args.out) / f"{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rec, indent=2, sort_keys=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,23 @@ def test_calibration_split_simulation_shows_the_erosion_and_the_separate_split_k
     assert min(one) >= 0.9 and twelve[1] >= 0.9  # a threshold no choice touched keeps the 95% promise (seeded)
     assert twelve[0] < twelve[1] - 0.1  # chosen among 12 checkpoints on the same split: it erodes
     assert (tmp_path / "sim.md").read_text().count("| 40 |") == 2
+
+
+def test_record_run_keeps_a_runs_figures_and_renders_them(tmp_path):
+    metrics = {"test/auroc": 0.9, "test_op/auroc_ci": [0.85, 0.95], "test_op/recall": 0.8,
+               "test_op/recall_ci": [0.7, 0.9], "test_op/specificity": 0.75, "test_op/tp": 8, "test_op/fn": 2, "test_op/fp": 5, "test_op/tn": 15,
+               "threshold": 0.1234, "val_op/recall": 0.88, "target_sensitivity": 0.85, "not_kept": 1,
+               "operating_point/calibration_split": "calibration", "operating_point/val_positives": 50,
+               "operating_point/val_detected": 47, "operating_point/sensitivity_lower_bound": 0.851}  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    args = ["bench/record_run.py", "a run", str(tmp_path / "metrics.json"), "--command", "python train.py x=1"]
+    path = Path(_bench([*args, "--out", str(tmp_path / "runs"), "--commit", "abc1234"], tmp_path).strip())
+    kept = json.loads(path.read_text())
+    assert kept["commit"] == "abc1234" and "not_kept" not in kept["figures"] and kept["figures"]["threshold"] == 0.1234
+    pooled = _bench(["bench/record_run.py", "--table", str(path)], tmp_path)
+    assert "| a run: `python train.py x=1`" in pooled and "| 30 | 0.900 (0.850-0.950) | 0.800 (0.700-0.900) |" in pooled
+    op = _bench(["bench/record_run.py", "--table", "--operating-point", str(path)], tmp_path)
+    assert "| separate calibration split | 50 (47) | 0.851 | 0.85 | 0.1234 | 0.880 | 0.800 (0.700-0.900) |" in op
 
 
 def test_latency_script_compares_eager_and_onnx_runtime(tmp_path):
