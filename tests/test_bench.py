@@ -181,7 +181,8 @@ def test_calibration_split_simulation_shows_the_erosion_and_the_separate_split_k
 
 def test_record_run_keeps_a_runs_figures_and_renders_them(tmp_path):
     metrics = {"test/auroc": 0.9, "test_op/auroc_ci": [0.85, 0.95], "test_op/recall": 0.8,
-               "test_op/recall_ci": [0.7, 0.9], "test_op/specificity": 0.75, "test_op/tp": 8, "test_op/fn": 2, "test_op/fp": 5, "test_op/tn": 15,
+               "test_op/recall_ci": [0.7, 0.9], "test_op/specificity": 0.75,
+               "test_op/tp": 8, "test_op/fn": 2, "test_op/fp": 5, "test_op/tn": 15,
                "threshold": 0.1234, "val_op/recall": 0.88, "target_sensitivity": 0.85, "not_kept": 1,
                "operating_point/calibration_split": "calibration", "operating_point/val_positives": 50,
                "operating_point/val_detected": 47, "operating_point/sensitivity_lower_bound": 0.851}  # fmt: skip
