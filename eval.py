@@ -17,6 +17,7 @@ from lesion.runs.config import to_plain
 from lesion.screening.checkpoints import in_domain_figures, in_domain_metrics, save_calibrated, save_site
 from lesion.screening.evaluation import (
     calibrate,
+    calibration_predictions,
     per_class_table,
     refuse_leaks,
     screening_report,
@@ -121,11 +122,10 @@ def _calibrate(model, datamodule, trainer: L.Trainer, config: dict) -> dict:
             f"{_name(ckpt)} has no operating point and data.external=true has no val split to fit one on: evaluate it "
             "on its own data first (python eval.py ckpt_path=...), then pass the calibrated checkpoint it writes"
         )
-    split = getattr(datamodule, "calibration_split", "val")
-    log.warning("%s has no stored operating point: choosing it on the %s split now", ckpt, split)
     op = config["operating_point"]
     val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(config["quality"]))
-    fitted_on = val if split == "val" else predict(model, datamodule.calibration_dataloader(), trainer)
+    fitted_on, split = calibration_predictions(model, datamodule, trainer, val)
+    log.warning("%s has no stored operating point: choosing it on the %s split now", ckpt, split)
     written = calibrate(
         model, fitted_on, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"], split
     )

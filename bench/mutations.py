@@ -108,8 +108,8 @@ MUTATIONS = (
     Mutation(
         "calibrate on val when a calibration split was carved",
         "lesion/screening/evaluation.py",
-        'fitted_on = val if split == "val" else predict(model, datamodule.calibration_dataloader(), trainer)\n    info',
-        "fitted_on = val\n    info",
+        'return (val if split == "val" else predict(model, datamodule.calibration_dataloader(), trainer)), split',
+        "return val, split",
         ("tests/test_screening.py::test_a_calibration_split_alone_sets_the_threshold_and_the_card_says_so",),
     ),
     Mutation(

@@ -154,16 +154,20 @@ def split_groups(frames: dict[str, pd.DataFrame], group_column: str | None) -> d
     """The group (lesion, patient) of each image per split, in the frames' order, under the group column's name: what
     a checkpoint keeps beside its image ids so the leak guard can refuse a sibling of a training image. None when the
     data has no group column."""
-    if not group_column or any(group_column not in f.columns for f in frames.values()):
+    if not _has_column(frames, group_column):
         return None
     groups = {s: [None if pd.isna(g) else str(g) for g in f[group_column]] for s, f in frames.items()}
     return {"column": group_column, "groups": groups}
 
 
+def _has_column(frames: dict[str, pd.DataFrame], column: str | None) -> bool:
+    return bool(column) and all(column in f.columns for f in frames.values())
+
+
 def write_split_file(frames: dict[str, pd.DataFrame], path: str | Path, group_column: str | None = None) -> Path:
     """image_id, split (and the group column, when given and present): `data.split_file` reads the first two."""
     path = Path(path)
-    grouped = split_groups(frames, group_column)
+    grouped = _has_column(frames, group_column)
     rows = [
         pd.DataFrame({"image_id": f["image_id"], "split": s} | ({group_column: f[group_column]} if grouped else {}))
         for s, f in frames.items()

@@ -142,9 +142,8 @@ class LesionClassifier(L.LightningModule):
         self.operating_point: dict | None = None  # how the threshold was chosen (method, level, bound); checkpointed
         self.quality: dict | None = None  # the quality gate's thresholds (lesion.serving.quality); checkpointed
         self.split_ids: dict[str, list[str]] | None = None  # image ids per split of the training run; checkpointed
-        self.split_groups: dict | None = (
-            None  # their lesion / patient ids (lesion.data.splits.split_groups); checkpointed
-        )
+        # the lesion / patient of each of those images (lesion.data.splits.split_groups); checkpointed
+        self.split_groups: dict | None = None
         self.test_outputs: list[dict] = []  # the last test run's logits per batch: train.py reports from them
         for split in SPLITS:
             setattr(self, f"{split}_metrics", screening_collection().clone(prefix=f"{split}/"))

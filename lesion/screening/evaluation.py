@@ -154,8 +154,8 @@ def operating_point_after_fit(
     from lesion.serving.quality import fit_on_datamodule, fits_features
 
     val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(quality))
-    op, split = operating_point, getattr(datamodule, "calibration_split", "val")
-    fitted_on = val if split == "val" else predict(model, datamodule.calibration_dataloader(), trainer)
+    op = operating_point
+    fitted_on, split = calibration_predictions(model, datamodule, trainer, val)
     info = calibrate(
         model, fitted_on, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"], split
     )
@@ -170,6 +170,15 @@ def operating_point_after_fit(
     if best:
         store_operating_point(best, model)
     return info
+
+
+def calibration_predictions(
+    model: LesionClassifier, datamodule, trainer: L.Trainer, val: Predictions
+) -> tuple[Predictions, str]:
+    """The predictions the temperature, Platt map and threshold are fitted on, and their split: the calibration
+    split's when the run carved one (data.calibration_fraction), else `val` (already scored), which chose the epoch."""
+    split = getattr(datamodule, "calibration_split", "val")
+    return (val if split == "val" else predict(model, datamodule.calibration_dataloader(), trainer)), split
 
 
 def test_at_operating_point(
