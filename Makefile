@@ -18,6 +18,7 @@ train: install
 	$(PY) train.py
 
 test: install
+	$(VENV)/bin/lint-imports
 	WANDB_MODE=offline $(PY) -m pytest
 
 lint: install

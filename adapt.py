@@ -14,11 +14,11 @@ from omegaconf import DictConfig
 
 from lesion.data import build_datamodule
 from lesion.models.adaptation import Strategy
+from lesion.models.loading import load_model
 from lesion.runs.config import to_plain
 from lesion.screening.checkpoints import in_domain_figures, in_domain_metrics, save_adapted
 from lesion.screening.evaluation import refuse_leaks, training_splits
 from lesion.serving.adaptation import Adapter, adaptation_table, local_splits, read_local
-from lesion.serving.inference import load_model
 
 log = logging.getLogger("lesion")
 

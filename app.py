@@ -9,8 +9,9 @@ import hydra
 import uvicorn
 from omegaconf import DictConfig
 
+from lesion.models.loading import load_calibrated
 from lesion.runs.config import to_plain
-from lesion.serving.inference import Screener, load_calibrated
+from lesion.serving.inference import Screener
 from lesion.serving.webapp import create_app
 
 log = logging.getLogger("lesion")

@@ -12,18 +12,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lesion.data import build_datamodule
+from lesion.models.loading import load_model
 from lesion.runs import dashboard
 from lesion.runs.config import to_plain
+from lesion.screening.after_fit import after_fit, split_report
 from lesion.screening.checkpoints import in_domain_figures, in_domain_metrics, save_calibrated, save_site
 from lesion.screening.evaluation import (
-    calibrate,
-    calibration_predictions,
     per_class_table,
     refuse_leaks,
-    screening_report,
     training_splits,
 )
-from lesion.screening.fairness import fairness_markdown, fairness_table, group_columns, skin_tone_frame
 from lesion.screening.predictions import predict
 from lesion.screening.recalibration import recalibrate, recalibration_table
 from lesion.screening.reports import (
@@ -38,9 +36,8 @@ from lesion.screening.reports import (
     plot_roc,
 )
 from lesion.screening.robustness import robustness_table
-from lesion.screening.subgroups import aligned, subgroup_report, subgroup_table
-from lesion.serving.inference import load_model
-from lesion.serving.quality import fit_on_datamodule, fits_features
+from lesion.stats.fairness import fairness_markdown, fairness_table, group_columns, skin_tone_frame
+from lesion.stats.subgroups import subgroup_table
 
 log = logging.getLogger("lesion")
 
@@ -58,22 +55,17 @@ def evaluate(config: dict) -> dict:
         raise ValueError("recalibrate.enabled=true refits on a site's own labelled set: add data.external=true")
     trainer = L.Trainer(**config["trainer"], logger=False, default_root_dir=str(out))
     test = predict(model, datamodule.test_dataloader(), trainer, binary_labels=binary)
-    fitted = not bool(model.calibrated)  # an operating point fitted here (never on external data: _calibrate refuses)
-    written = _calibrate(model, datamodule, trainer, config) if fitted else {}
-    written |= {f"operating_point/{k}": v for k, v in (model.operating_point or {}).items() if k != "threshold"}
-    boot = config["bootstrap"]
-    report = screening_report(model, test, "test", boot["resamples"], boot["level"], config["calibration"]["bins"])
+    if bool(model.calibrated):
+        report = split_report(model, test, datamodule.frames["test"], "test", config)
+    else:  # an operating point fitted here (never on external data: _refuse_external says why), stored in a copy
+        _refuse_external(datamodule, ckpt)
+        log.warning("%s has no stored operating point: choosing it on the calibration split or val now", ckpt)
+        report, _ = after_fit(model, datamodule, trainer, config, lambda: test, store=_store(model, config, out))
+    report |= {f"operating_point/{k}": v for k, v in (model.operating_point or {}).items() if k != "threshold"}
     p = test.p_malignant(model)
-    frame = aligned(datamodule.frames["test"], test.image_ids)
-    report |= subgroup_report(p, test.y_malignant, report["threshold"], frame, "test", boot["resamples"], boot["level"])
     if subgroup_table(report):
         (out / "subgroups.md").write_text("# Test figures per source and modality\n\n" + subgroup_table(report))
     _plots(model, test, p, report, out, _name(ckpt), binary)
-    if fitted:  # written once, with the test figures a later external evaluation compares against
-        in_domain = in_domain_figures(report, out / "metrics.json")
-        path = save_calibrated(model, ckpt, out, config["save_operating_point"], in_domain)
-        written["calibrated_checkpoint"] = str(path)
-        log.info("operating point stored in %s: pass it to predict/app/export", path)
     if external:
         report |= _domain_shift(model, test, ckpt, report, config, out)
     if config["fairness"]["enabled"]:
@@ -85,7 +77,7 @@ def evaluate(config: dict) -> dict:
         (out / "robustness.md").write_text("# Robustness to phone-camera conditions\n\n" + markdown_table(table) + "\n")
         plot_robustness(table, out / "robustness.png")
     data = dict(config.get("data") or model.hparams.data or {})  # what was evaluated, named for the model card
-    written["data"] = {"name": data.get("name"), "root": data.get("root"), "external": bool(external)}
+    written = {"data": {"name": data.get("name"), "root": data.get("root"), "external": bool(external)}}
     (out / "metrics.json").write_text(json.dumps(report | {"checkpoint": ckpt} | written, indent=2, sort_keys=True))
     loggers = [instantiate(block) for block in (config.get("logger") or {}).values()]
     dashboard.log_eval_artifacts(loggers, out, report)
@@ -113,25 +105,25 @@ def _datamodule(config: dict, model, out: Path):
     return datamodule, binary
 
 
-def _calibrate(model, datamodule, trainer: L.Trainer, config: dict) -> dict:
-    """A checkpoint without an operating point gets one fitted on its val split (and the quality gate's thresholds);
-    `evaluate` writes it, with the test figures, to a calibrated copy (or ensemble.ckpt) for predict/app/export."""
-    ckpt = config["ckpt_path"]
+def _refuse_external(datamodule, ckpt: str | list) -> None:
     if getattr(datamodule, "external", False):
         raise ValueError(
             f"{_name(ckpt)} has no operating point and data.external=true has no val split to fit one on: evaluate it "
             "on its own data first (python eval.py ckpt_path=...), then pass the calibrated checkpoint it writes"
         )
-    op = config["operating_point"]
-    val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(config["quality"]))
-    fitted_on, split = calibration_predictions(model, datamodule, trainer, val)
-    log.warning("%s has no stored operating point: choosing it on the %s split now", ckpt, split)
-    written = calibrate(
-        model, fitted_on, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"], split
-    )
-    if config["quality"]["enabled"]:  # the gate's thresholds, stored with the operating point
-        model.quality = fit_on_datamodule(model, datamodule, val, config["quality"])
-    return written
+
+
+def _store(model, config: dict, out: Path):
+    """after_fit's store: a calibrated copy (or ensemble.ckpt, or the checkpoint itself with save_operating_point),
+    written once, with the test figures a later external evaluation compares against."""
+
+    def store(report: dict) -> dict:
+        in_domain = in_domain_figures(report, out / "metrics.json")
+        path = save_calibrated(model, config["ckpt_path"], out, config["save_operating_point"], in_domain)
+        log.info("operating point stored in %s: pass it to predict/app/export", path)
+        return {"calibrated_checkpoint": str(path)}
+
+    return store
 
 
 def _plots(model, test, p, report: dict, out: Path, name: str, binary: bool) -> None:

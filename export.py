@@ -9,9 +9,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from lesion.models.loading import load_calibrated
 from lesion.runs.config import to_plain
 from lesion.serving.export import FORMATS, export
-from lesion.serving.inference import load_calibrated
 from lesion.serving.model_card import external_evals, find_eval_dir, model_card
 
 log = logging.getLogger("lesion")

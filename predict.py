@@ -12,8 +12,9 @@ import pandas as pd
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from lesion.models.loading import load_calibrated
 from lesion.runs.config import to_plain
-from lesion.serving.inference import DISCLAIMER, Result, Screener, load_calibrated
+from lesion.serving.inference import DISCLAIMER, Result, Screener
 
 log = logging.getLogger("lesion")
 

@@ -21,7 +21,9 @@ from lesion.runs import dashboard
 from lesion.runs.config import in_multirun, to_plain
 from lesion.runs.sweeps import run_job
 from lesion.runs.trainer import EpochHistory, ImagesSeen, build_trainer, resume_checkpoint
-from lesion.screening.evaluation import operating_point_after_fit, test_at_operating_point
+from lesion.screening.after_fit import after_fit
+from lesion.screening.checkpoints import store_operating_point
+from lesion.screening.predictions import predictions_of
 
 log = logging.getLogger("lesion")
 
@@ -66,14 +68,22 @@ def train(config: dict) -> dict:
     # every decision uses. One batch says nothing about a threshold; under DDP, predict() sees one rank's share, so
     # eval.py calibrates such checkpoints.
     calibrating = not trainer.fast_dev_run and trainer.world_size == 1
-    val_report = (
-        operating_point_after_fit(model, datamodule, trainer, best, config["operating_point"], config["quality"])
-        if calibrating
-        else {}
-    )
-    metrics = trainer.test(model, datamodule=datamodule)[0]
+    tested: dict = {}
+
+    def run_test():
+        tested.update(trainer.test(model, datamodule=datamodule)[0])
+        return predictions_of(model.test_outputs, model)  # the report reads trainer.test's outputs: no second pass
+
+    report, test = {}, None
+    if calibrating:
+        settings = {"operating_point": config["operating_point"], "quality": config["quality"]}
+        store = (lambda _: store_operating_point(best, model)) if best else None
+        report, test = after_fit(model, datamodule, trainer, settings, run_test, store)
+    else:
+        run_test()
     score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     seen = next(c for c in trainer.callbacks if isinstance(c, ImagesSeen))
+    metrics = report | tested  # trainer.test's test/ figures (logged to the loggers) over the report's equal ones
     metrics |= {
         "monitor": config["monitor"],
         "best_val_score": float(score) if score is not None else None,
@@ -84,9 +94,7 @@ def train(config: dict) -> dict:
     }
     history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
     metrics |= history.at_best() if history else {}
-    if calibrating:
-        report, test = test_at_operating_point(model, config["operating_point"], datamodule.frames["test"])
-        metrics |= val_report | report
+    if test is not None:
         dashboard.log_test_predictions(trainer.loggers, model, test, datamodule.reader(), best)
     if trainer.is_global_zero:
         (out / "metrics.json").write_text(json.dumps(metrics | {"best_checkpoint": best}, indent=2, sort_keys=True))

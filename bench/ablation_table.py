@@ -1,5 +1,5 @@
-"""python bench/ablation_table.py outputs/ablation: the ablation rows (metrics.json, external.json, wall time) as
-one markdown table, in row order."""
+"""python bench/ablation_table.py outputs/ablation [ROW ...]: the ablation rows (metrics.json, external.json, wall time)
+as one markdown table, in the order given (default: every finished row, by name)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ def row(run: Path) -> str:
 
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/ablation")
-    runs = sorted(p for p in root.iterdir() if (p / "metrics.json").is_file())
+    names = sys.argv[2:]
+    runs = [root / n for n in names] if names else sorted(root.iterdir())
+    runs = [p for p in runs if (p / "metrics.json").is_file()]
     if not runs:
         raise SystemExit(f"no finished rows (metrics.json) under {root}")
     print(f"| {COLUMNS} |")

@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 from lesion.data import build_datamodule  # noqa: E402
 from lesion.data.splits import assign_splits  # noqa: E402
 from lesion.models.adaptation import Strategy  # noqa: E402
-from lesion.screening.operating_point import sensitivity_lower_bound  # noqa: E402
+from lesion.models.loading import load_model  # noqa: E402
 from lesion.serving.adaptation import Adapter, LocalPhotos, read_local  # noqa: E402
-from lesion.serving.inference import load_model  # noqa: E402
+from lesion.stats.operating_point import sensitivity_lower_bound  # noqa: E402
 
 STRATEGIES = ("recalibrate", "bn_stats", "head", "last_blocks", "l2sp")
 

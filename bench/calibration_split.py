@@ -29,7 +29,7 @@ import torch
 from scipy.stats import norm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lesion.screening.operating_point import choose_operating_point  # noqa: E402
+from lesion.stats.operating_point import choose_operating_point  # noqa: E402
 
 
 def auroc(pos: np.ndarray, neg: np.ndarray) -> float:

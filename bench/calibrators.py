@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from own_split import DEFAULT_ROOT, own_split_predictions  # noqa: E402
 
-from lesion.screening.calibration import binary_calibration_scores, fit_platt, fit_temperature, platt_scale  # noqa: E402
 from lesion.screening.recalibration import fit_binary_temperature  # noqa: E402
+from lesion.stats.calibration import binary_calibration_scores, fit_platt, fit_temperature, platt_scale  # noqa: E402
 
 
 def main() -> None:

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lesion.models.loading import load_model
 from lesion.models.module import tta_mode
-from lesion.screening.metrics import screening_metrics
-from lesion.screening.operating_point import bootstrap_ci
-from lesion.serving.inference import Screener, load_model
+from lesion.serving.inference import Screener
+from lesion.stats.metrics import screening_metrics
+from lesion.stats.operating_point import bootstrap_ci
 
 SUFFIXES = {".jpg", ".jpeg", ".png"}
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from own_split import DEFAULT_ROOT, own_split_predictions  # noqa: E402
 
-from lesion.screening.operating_point import bootstrap_ci  # noqa: E402
+from lesion.stats.operating_point import bootstrap_ci  # noqa: E402
 
 COLUMNS = ("age", "sex", "localization")
 

@@ -83,7 +83,7 @@ MUTATIONS = (
     ),
     Mutation(
         "Platt map rounded back to float32",
-        "lesion/screening/calibration.py",
+        "lesion/stats/calibration.py",
         "    return torch.sigmoid(a * z + b)\n",
         "    return torch.sigmoid(a * z + b).to(p.dtype)\n",
         (
@@ -107,7 +107,7 @@ MUTATIONS = (
     ),
     Mutation(
         "calibrate on val when a calibration split was carved",
-        "lesion/screening/evaluation.py",
+        "lesion/screening/after_fit.py",
         'return (val if split == "val" else predict(model, datamodule.calibration_dataloader(), trainer)), split',
         "return val, split",
         ("tests/test_screening.py::test_a_calibration_split_alone_sets_the_threshold_and_the_card_says_so",),
@@ -135,14 +135,14 @@ MUTATIONS = (
     ),
     Mutation(
         "ignore the bootstrap CI level",
-        "lesion/screening/operating_point.py",
+        "lesion/stats/operating_point.py",
         "    tail = (1 - level) / 2 * 100\n    return {k:",
         "    tail = 2.5\n    return {k:",
         (BOOTSTRAP,),
     ),
     Mutation(
         "bootstrap resampling not stratified by class",
-        "lesion/screening/operating_point.py",
+        "lesion/stats/operating_point.py",
         "        idx = torch.cat(\n            [\n",
         "        idx = torch.randint(len(y), (len(y),), generator=generator)\n        _ = (\n            [\n",
         (BOOTSTRAP,),

@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lesion.data import build_datamodule  # noqa: E402
+from lesion.models.loading import load_model  # noqa: E402
 from lesion.screening.evaluation import training_splits  # noqa: E402
 from lesion.screening.predictions import Predictions, predict  # noqa: E402
-from lesion.serving.inference import load_model  # noqa: E402
 
 DEFAULT_ROOT = str(ROOT.parent / "shared" / "data" / "isic2018")
 

@@ -28,10 +28,12 @@ sys.path.insert(0, str(ROOT))
 
 from lesion.data import build_datamodule  # noqa: E402
 from lesion.data.apples_oranges import render_fruit  # noqa: E402
+from lesion.models.loading import load_model  # noqa: E402
 from lesion.screening.evaluation import training_splits  # noqa: E402
 from lesion.screening.predictions import predict  # noqa: E402
-from lesion.serving.inference import Screener, load_model  # noqa: E402
-from lesion.serving.quality import fit_on_datamodule, fits_features  # noqa: E402
+from lesion.screening.quality import fit_on_datamodule  # noqa: E402
+from lesion.serving.inference import Screener  # noqa: E402
+from lesion.stats.quality import fits_features  # noqa: E402
 
 SETTINGS = {"min_side": 100, "sharpness_percentile": 1.0, "exposure_percentile": 99.5, "exposure_floor": 0.05,
             "ood_percentile": 99.0, "ood": "residual", "ood_components": 128, "max_images": 2000,

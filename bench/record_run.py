@@ -1,5 +1,5 @@
 """python bench/record_run.py NAME METRICS_JSON --command "python train.py ..." [--out docs/results/runs]
-python bench/record_run.py --table [--operating-point] docs/results/runs/<a>.json ... [--out-md FILE]
+python bench/record_run.py --table [--operating-point | --ablation] docs/results/runs/<a>.json ... [--out-md FILE]
 
 Results as data: a measured run becomes a small recorded file (its name, command, commit, date, machine and the
 figures from its metrics.json: pooled, per source / modality, in-domain and external), and tables are rendered from
@@ -73,6 +73,33 @@ def operating_point_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ablation_table(records: list[dict]) -> str:
+    """One row per record of the ablation (docs/results/ablation/*.json), in the order of its `row`: in-domain test and
+    external (ISIC 2017 test) figures, training time; a run shared with other work says so in its notes."""
+    head = ["run (command, date)", "val AUROC", "test AUROC (95% CI)", "test bal. acc. (7 cl.)"]
+    head += ["test sens. at val thr. (CI)", "test spec. at val thr. (CI)", "external AUROC (CI)"]
+    head += ["external sens. / spec.", "train min", "img/s"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---|---:|---|---|---|---|---|---:|"]
+    for r in sorted(records, key=lambda r: r.get("row", 0)):
+        f = r["figures"]
+        ext = {k.removeprefix("external"): v for k, v in f.items() if k.startswith("external")}
+        ext = {("test" + k if k.startswith("/") else "test_op" + k.removeprefix("_op")): v for k, v in ext.items()}
+        ext["test_op/auroc_ci"] = ext.pop("test/auroc_ci", None)
+        pair = (
+            "-"
+            if "external_op/recall" not in f
+            else f"{f['external_op/recall']:.3f} / {f['external_op/specificity']:.3f}"
+        )
+        minutes = f.get("train_time") or (f"{f['train_minutes']:.1f}" if "train_minutes" in f else "-")
+        minutes += "*" if r.get("notes") else ""
+        row = [cell(f, "best_val_score"), cell(f, "test/auroc"), cell(f, "test/balanced_accuracy")]
+        row += [cell(f, "test_op/recall"), cell(f, "test_op/specificity"), cell(ext, "test/auroc"), pair, minutes]
+        row += [f"{f['train_img_per_s']:.1f}" if "train_img_per_s" in f else "-"]
+        lines.append(f"| {r['name']}: `{r['command']}` ({r['date']}) | {' | '.join(row)} |")
+    notes = [f"{r['name']}: {r['notes']}" for r in sorted(records, key=lambda r: r.get("row", 0)) if r.get("notes")]
+    return "\n".join(lines) + "\n" + "".join(f"\n\\* {n}" for n in notes) + ("\n" if notes else "")
+
+
 def parts(figures: dict) -> list[tuple[str, dict]]:
     """(label, figures under pooled names) for each set a record covers: per source where it has them."""
     found: dict[str, dict] = {}
@@ -100,12 +127,14 @@ def main() -> None:
     parser.add_argument("--out", default="docs/results/runs")
     parser.add_argument("--table", action="store_true", help="render the given record files as one table")
     parser.add_argument("--operating-point", action="store_true", help="with --table: the operating points")
+    parser.add_argument("--ablation", action="store_true", help="with --table: the ablation's columns")
     parser.add_argument("--commit", help="the commit the run was made with (default: the one checked out)")
     parser.add_argument("--out-md")
     args = parser.parse_args()
     if args.table:
         records = [json.loads(Path(p).read_text()) for p in args.args]
-        text = operating_point_table(records) if args.operating_point else table(records)
+        render = operating_point_table if args.operating_point else ablation_table if args.ablation else table
+        text = render(records)
         if args.out_md:
             Path(args.out_md).write_text(text)
         print(text)

@@ -8,7 +8,7 @@ at most 30 epochs; bf16 autocast + channels_last. Same lesion-disjoint splits as
 All rows train at once, one process each on the same GPU (a batch of 8 leaves an H100 mostly idle), each with a
 wall-clock budget: a row that reaches it stops and reports how many epochs it finished. After training: temperature
 scaling and the threshold for sensitivity 0.8 on val, then test AUROC, pAUC80, sensitivity and specificity at that
-threshold with 1,000-resample bootstrap CIs (lesion.screening.operating_point), and train vs val loss at the best epoch.
+threshold with 1,000-resample bootstrap CIs (lesion.stats.operating_point), and train vs val loss at the best epoch.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lesion.models.backbones import backbone_data_config, build_backbone  # noqa: E402
-from lesion.screening.calibration import fit_temperature  # noqa: E402
-from lesion.screening.metrics import screening_metrics  # noqa: E402
-from lesion.screening.operating_point import bootstrap_ci, threshold_for_sensitivity  # noqa: E402
+from lesion.stats.calibration import fit_temperature  # noqa: E402
+from lesion.stats.metrics import screening_metrics  # noqa: E402
+from lesion.stats.operating_point import bootstrap_ci, threshold_for_sensitivity  # noqa: E402
 
 ROWS = {  # study_row name -> (backbone config, LAuReL)
     "resnet50_layer2": ("resnet50_layer2", "none"),

@@ -31,8 +31,8 @@ from metadata_fusion import paired_auroc_difference  # noqa: E402
 from own_split import DEFAULT_ROOT, own_split_datamodule  # noqa: E402
 
 from lesion.models.module import TTA_VIEWS, dihedral_views  # noqa: E402
-from lesion.screening.operating_point import bootstrap_ci  # noqa: E402
 from lesion.serving.inference import Screener  # noqa: E402
+from lesion.stats.operating_point import bootstrap_ci  # noqa: E402
 
 # mode -> how many of dihedral_views' views it averages (each mode's views begin with those of the modes before it)
 MODES = {"one": 1} | {mode: len(views(torch.zeros(1, 1, 2, 3))) for mode, views in TTA_VIEWS.items()}

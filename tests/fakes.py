@@ -127,8 +127,8 @@ def plant_signal(ckpt: str | Path, seed: int, gap: float = 3.0) -> dict[str, flo
     from sklearn.metrics import roc_auc_score
 
     from lesion.data import build_datamodule
-    from lesion.serving.inference import load_model
-    from lesion.serving.quality import classifier_layers, pooled_features
+    from lesion.models.features import classifier_layers, pooled_features
+    from lesion.models.loading import load_model
 
     model = load_model(ckpt)
     datamodule = build_datamodule(model.hparams.data, model.data_config)

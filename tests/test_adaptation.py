@@ -20,8 +20,8 @@ from adapt import adapt
 from eval import evaluate
 from export import run_export
 from lesion.models.adaptation import Strategy, fine_tune, reestimate_batchnorm, trained_parameters
-from lesion.screening.operating_point import choose_operating_point
-from lesion.serving.inference import eval_transforms, load_model
+from lesion.models.loading import eval_transforms, load_model
+from lesion.stats.operating_point import choose_operating_point
 from train import train
 
 MALIGNANT = {"ACK", "BCC", "MEL", "SCC"}

@@ -110,7 +110,7 @@ def test_external_report_scores_a_benign_malignant_folder_and_the_ablation_table
 
     from train import train
 
-    run = tmp_path / "ablation" / "A"
+    run = tmp_path / "ablation" / "baseline_224"
     run.mkdir(parents=True)
     train(compose_config("train", [*TINY, "trainer.max_epochs=1"], run))
     ckpt = json.loads((run / "metrics.json").read_text())["best_checkpoint"]
@@ -119,7 +119,7 @@ def test_external_report_scores_a_benign_malignant_folder_and_the_ablation_table
     assert report["model_tta"] == "flip"
     assert report["auroc_ci"][0] <= report["auroc"] <= report["auroc_ci"][1]
     (run / "external.json").write_text(json.dumps(report))
-    (tmp_path / "ablation" / "A.log").write_text("row A: 61.5 s wall, 1 KB peak RSS\n")
+    (tmp_path / "ablation" / "baseline_224.log").write_text("row baseline_224: 61.5 s wall, 1 KB peak RSS\n")
     out = subprocess.run(
         [sys.executable, "bench/ablation_table.py", str(tmp_path / "ablation")],
         cwd=ROOT,
@@ -127,7 +127,7 @@ def test_external_report_scores_a_benign_malignant_folder_and_the_ablation_table
         text=True,
     )
     assert out.returncode == 0, out.stderr
-    (row,) = [line for line in out.stdout.splitlines() if line.startswith("| A |")]
+    (row,) = [line for line in out.stdout.splitlines() if line.startswith("| baseline_224 |")]
     assert f"| {report['auroc']:.3f} (" in row and "| 1.0 |" in row
 
 
@@ -242,10 +242,12 @@ def test_ablation_script_runs_its_rows_and_prints_the_table(tmp_path):
     external = make_folder(tmp_path / "external", per_class=4)
     toy = "backbone.input_size=[32,32] trainer.max_epochs=1 trainer.limit_train_batches=2 data.num_workers=0"
     toy += " operating_point.bootstrap_resamples=20 trainer.enable_model_summary=false"
-    env = {"ROOT": str(root), "EXTERNAL": str(external), "OUT": str(tmp_path / "ablation"), "ROWS": "A F"}
+    rows = {"ROWS": "baseline_224 activation_cache"}
+    env = {"ROOT": str(root), "EXTERNAL": str(external), "OUT": str(tmp_path / "ablation")} | rows
     out = _bench(["bench/ablation.sh"], tmp_path, env=env | {"PY": sys.executable, "EXTRA": toy}, script="bash")
-    table = [line for line in out.splitlines() if line.startswith(("| A |", "| F |"))]
-    assert len(table) == 2 and (tmp_path / "ablation" / "F" / "external.json").is_file()
+    table = [line for line in out.splitlines() if line.startswith(("| baseline_224 |", "| activation_cache |"))]
+    assert [line.split(" |")[0] for line in table] == ["| baseline_224", "| activation_cache"]
+    assert (tmp_path / "ablation" / "activation_cache" / "external.json").is_file()
 
 
 def test_quality_gate_calibrators_and_metadata_fusion_scripts_run_on_a_trained_checkpoint(tmp_path):
@@ -306,8 +308,8 @@ def test_quality_gate_calibrators_and_metadata_fusion_scripts_run_on_a_trained_c
     from fakes import make_folder
     from tta_views import mode_scores, view_logits
 
+    from lesion.models.loading import load_model
     from lesion.models.module import tta_logits
-    from lesion.serving.inference import load_model
 
     model = load_model(ckpt)
     x = torch.rand(5, 3, 32, 32)

@@ -87,7 +87,7 @@ def test_downscaling_averages_areas_and_upscaling_keeps_the_backbone_interpolati
 def test_a_degradation_means_the_same_on_a_small_image_and_on_a_big_photo():
     import cv2
 
-    from lesion.screening.robustness import DegradedReader, degrade
+    from lesion.data.degradations import DegradedReader, degrade
 
     transforms = LesionTransforms(DATA_CONFIG, hflip=False, vflip=False)
     yy, xx = np.mgrid[:48, :48]

@@ -17,10 +17,10 @@ from eval import evaluate
 from export import run_export
 from lesion.data import build_datamodule
 from lesion.models.ensemble import LesionEnsemble, MeanLogits
+from lesion.models.loading import assemble, load_model
 from lesion.screening.checkpoints import in_domain_metrics
-from lesion.screening.operating_point import choose_operating_point
 from lesion.serving.export import ScreeningNet
-from lesion.serving.inference import load_model
+from lesion.stats.operating_point import choose_operating_point
 from predict import run_predict
 from train import train
 
@@ -42,7 +42,7 @@ def members(tmp_path_factory) -> list[str]:
 
 
 def test_ensemble_logits_are_the_mean_of_the_members(members):
-    ensemble = LesionEnsemble.from_checkpoints(members, tta=False)
+    ensemble = assemble(members, tta=False)
     single = [load_model(p) for p in members]
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
@@ -152,7 +152,7 @@ def test_members_with_another_input_pipeline_are_refused(members, tmp_path):
     other = tmp_path / "other.ckpt"
     torch.save(ckpt, other)
     with pytest.raises(ValueError, match=r"other\.ckpt differs from .* in \['input_size'"):
-        LesionEnsemble.from_checkpoints([members[0], other])
+        assemble([members[0], other])
 
 
 def test_a_trained_checkpoint_under_another_tta_is_an_ensemble_of_one_calibrated_anew(members, tmp_path):

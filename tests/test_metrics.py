@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lesion.screening.metrics import PartialAUROC, diagnosis_collection, partial_auroc, screening_metrics
+from lesion.stats.metrics import PartialAUROC, diagnosis_collection, partial_auroc, screening_metrics
 
 
 def study_predictions() -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,7 @@ from fakes import make_isic2018, make_pad
 
 from lesion.data import SOURCE_KEYS, build_datamodule
 from lesion.data.splits import crossing_groups
-from lesion.screening.subgroups import subgroup_report
+from lesion.stats.subgroups import subgroup_report
 from train import train
 
 DATA_CONFIG = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
@@ -148,7 +148,7 @@ def test_train_reports_val_and_test_figures_per_source(roots, tmp_path):
 
 
 def test_the_quality_gate_samples_every_source_equally():
-    from lesion.serving.quality import gate_sample
+    from lesion.screening.quality import gate_sample
 
     frame = pd.DataFrame({"image_id": [f"d{i}" for i in range(900)] + [f"p{i}" for i in range(30)]})
     frame["source"] = ["dermoscopy"] * 900 + ["phone"] * 30

@@ -67,7 +67,8 @@ def test_quality_gate_on_real_lesions_passes_clean_ones_and_refuses_degraded_one
 
     from lesion.data.readers import FileReader
     from lesion.data.transforms import LesionTransforms
-    from lesion.serving.quality import QualityGate, fit_quality
+    from lesion.serving.quality import QualityGate
+    from lesion.stats.quality import fit_quality
 
     paths = sorted((SHARED_ISIC2018 / "ISIC2018_Task3_Training_Input").glob("*.jpg"))
     rng = np.random.default_rng(0)

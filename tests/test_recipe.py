@@ -182,7 +182,7 @@ def test_exported_graph_applies_shades_of_gray_like_training():
     model = LesionClassifier(backbone=LITE, data={"transforms": {"color_constancy": True}}).eval()
     image = np.random.default_rng(1).integers(0, 256, (32, 32, 3)).astype(np.uint8)
     image = np.clip(image * np.array([1.2, 1.0, 0.8]), 0, 255).astype(np.uint8)
-    from lesion.serving.inference import eval_transforms
+    from lesion.models.loading import eval_transforms
 
     expected = model.eval_net(eval_transforms(model)(image, train=False)[None]).softmax(-1)
     probs, _ = ScreeningNet(model).eval()(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
@@ -285,8 +285,8 @@ def test_the_test_pass_and_predict_keep_logits_and_features_so_no_split_is_score
     import lightning as L
     from torch.utils.data import DataLoader
 
+    from lesion.models.features import pooled_features
     from lesion.screening.predictions import predict, predictions_of
-    from lesion.serving.quality import pooled_features
 
     torch.manual_seed(0)
     classes = {"class_names": ["MEL", "NV", "BCC"], "malignant": ["MEL", "BCC"]}
@@ -340,8 +340,8 @@ def test_posthoc_adjustment_moves_the_7_class_decision_but_not_p_malignant():
 
 def test_posthoc_adjustment_val_chooses_the_tau_with_the_best_val_balanced_accuracy():
     from lesion.screening.evaluation import POSTHOC_TAUS, calibrate
-    from lesion.screening.metrics import diagnosis_collection
     from lesion.screening.predictions import Predictions
+    from lesion.stats.metrics import diagnosis_collection
 
     model = LesionClassifier(backbone=LITE, class_names=["a", "b", "c"], malignant=["c"], posthoc_adjustment="val")
     prior = torch.tensor([0.8, 0.15, 0.05])

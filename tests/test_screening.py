@@ -15,18 +15,18 @@ import torch.nn.functional as F
 from conftest import TINY, compose_config
 
 from eval import evaluate
+from lesion.data.degradations import DEGRADATIONS, degrade
 from lesion.models.module import LesionClassifier
-from lesion.screening.calibration import calibration_scores, fit_temperature
-from lesion.screening.fairness import fairness_table, group_columns, ita_category, ita_degrees
-from lesion.screening.metrics import screening_metrics
-from lesion.screening.operating_point import (
+from lesion.stats.calibration import calibration_scores, fit_temperature
+from lesion.stats.fairness import fairness_table, group_columns, ita_category, ita_degrees
+from lesion.stats.metrics import screening_metrics
+from lesion.stats.operating_point import (
     balanced_accuracy_ci,
     bootstrap_ci,
     choose_operating_point,
     sensitivity_lower_bound,
     threshold_for_sensitivity,
 )
-from lesion.screening.robustness import DEGRADATIONS, degrade
 from train import train
 
 
@@ -301,8 +301,8 @@ def test_a_calibration_split_alone_sets_the_threshold_and_the_card_says_so(tmp_p
 
 
 def test_temperature_stays_bounded_and_keeps_the_ranking_of_scores_without_signal():
-    from lesion.screening.calibration import TEMPERATURE_BOUNDS, fit_temperature
-    from lesion.screening.metrics import screening_metrics
+    from lesion.stats.calibration import TEMPERATURE_BOUNDS, fit_temperature
+    from lesion.stats.metrics import screening_metrics
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 2, (400,), generator=generator)
@@ -448,7 +448,8 @@ def test_external_benign_malignant_set_evaluates_a_7_class_checkpoint_through_p_
     from fakes import make_folder, make_isic2018
     from sklearn.metrics import roc_auc_score
 
-    from lesion.serving.inference import Screener, load_model
+    from lesion.models.loading import load_model
+    from lesion.serving.inference import Screener
 
     root = make_isic2018(tmp_path / "isic2018", n=140)
     data = ["data=isic2018", f"data.root={root}", "data.task=diagnosis", "data.val_fraction=0.25"]
@@ -518,7 +519,7 @@ def test_binary_temperature_recovers_the_temperature_that_generated_the_labels()
 
 
 def test_platt_recovers_the_map_that_generated_the_labels_and_keeps_the_ranking():
-    from lesion.screening.calibration import PLATT_IDENTITY, fit_platt, platt_scale
+    from lesion.stats.calibration import PLATT_IDENTITY, fit_platt, platt_scale
 
     generator = torch.Generator().manual_seed(0)
     z = 2 * torch.randn(20000, generator=generator, dtype=torch.float64)

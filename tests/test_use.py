@@ -18,9 +18,10 @@ from fakes import jpeg
 from eval import evaluate
 from export import run_export
 from lesion.models.backbones import build_backbone
+from lesion.models.loading import assemble, load_model
 from lesion.serving.explain import last_feature_map
 from lesion.serving.export import ScreeningNet
-from lesion.serving.inference import DISCLAIMER, Screener, load_model
+from lesion.serving.inference import DISCLAIMER, Screener
 from predict import run_predict
 from train import train
 
@@ -363,7 +364,8 @@ def test_quality_gate_refuses_what_cannot_be_judged_with_the_right_reason():
     import cv2
 
     from lesion.data.transforms import LesionTransforms
-    from lesion.serving.quality import RETAKE, QualityGate, fit_quality
+    from lesion.serving.quality import RETAKE, QualityGate
+    from lesion.stats.quality import fit_quality
 
     rng = np.random.default_rng(0)
     to_input = LesionTransforms({"input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.5] * 3}).to_input_size
@@ -398,7 +400,8 @@ def test_the_gate_judges_exposure_where_the_lesion_is_not_over_a_dark_border():
     """A well-lit lesion on a scanned slide's black border (or a dark background) is judged in the centred square;
     the same border around a darkened lesion is still too dark, and region 1 keeps the whole-frame rule."""
     from lesion.data.transforms import LesionTransforms
-    from lesion.serving.quality import QualityGate, fit_quality
+    from lesion.serving.quality import QualityGate
+    from lesion.stats.quality import fit_quality
 
     rng = np.random.default_rng(1)
     to_input = LesionTransforms({"input_size": [3, 64, 64], "mean": [0.5] * 3, "std": [0.5] * 3}).to_input_size
@@ -425,7 +428,7 @@ def test_the_gate_judges_exposure_where_the_lesion_is_not_over_a_dark_border():
 
 
 def test_a_widened_reference_accepts_the_sites_photos_and_still_refuses_what_neither_has():
-    from lesion.serving.quality import feature_residual, fit_feature_residual, widen_feature_residual
+    from lesion.stats.quality import feature_residual, fit_feature_residual, widen_feature_residual
 
     generator = torch.Generator().manual_seed(0)
     source = torch.zeros(200, 10)
@@ -442,7 +445,7 @@ def test_a_widened_reference_accepts_the_sites_photos_and_still_refuses_what_nei
 
 
 def test_feature_residual_is_the_share_of_a_feature_outside_the_training_subspace():
-    from lesion.serving.quality import feature_residual, fit_feature_residual
+    from lesion.stats.quality import feature_residual, fit_feature_residual
 
     generator = torch.Generator().manual_seed(0)
     basis = torch.linalg.qr(torch.randn(8, 3, generator=generator))[0]  # training features vary in 3 of 8 directions
@@ -464,8 +467,8 @@ def test_feature_residual_is_the_share_of_a_feature_outside_the_training_subspac
 
 
 def test_the_gate_scores_the_pooled_features_the_screener_sees(trained):
-    from lesion.models.ensemble import LesionEnsemble
-    from lesion.serving.quality import RETAKE, QualityGate, pooled_features
+    from lesion.models.features import pooled_features
+    from lesion.serving.quality import RETAKE, QualityGate
 
     model = load_model(trained["ckpt"])
     fitted = model.quality["feature_residual"]  # train.py's default: quality.ood=residual
@@ -485,7 +488,7 @@ def test_the_gate_scores_the_pooled_features_the_screener_sees(trained):
     assert gate.check_outputs(logits, features) == [("not_skin", RETAKE["not_skin"])] * 3
     with pytest.raises(ValueError, match="pass them"):
         gate.check_outputs(logits)
-    pair = LesionEnsemble.from_checkpoints([trained["ckpt"], trained["ckpt"]])
+    pair = assemble([trained["ckpt"], trained["ckpt"]])
     assert torch.allclose(pooled_features(pair, batch), torch.cat([pre_logits, pre_logits], dim=1), atol=1e-5)
 
 

@@ -1,1 +1,2 @@
-"""The model: timm backbones and heads with checked weights, the LightningModule, its optimizer, ensembles."""
+"""The model: timm backbones and heads with checked weights, the LightningModule, ensembles, and loading a checkpoint
+with its evaluation transforms."""

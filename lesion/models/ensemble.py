@@ -8,8 +8,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from lesion.models.module import FITTED_BUFFERS, TTA_VIEWS, LesionClassifier, initial_posthoc_tau, tta_mode
-from lesion.screening.calibration import PLATT_IDENTITY
+from lesion.models.module import FITTED_BUFFERS, LesionClassifier, initial_posthoc_tau, tta_mode
+from lesion.stats.calibration import PLATT_IDENTITY
 
 ENSEMBLE_KEY = "members"  # a checkpoint whose hyperparameters hold this key is an ensemble
 
@@ -86,42 +86,8 @@ class LesionEnsemble(LesionClassifier):
     def configure_optimizers(self):
         raise RuntimeError("an ensemble is assembled from trained checkpoints, not trained; train its members")
 
-    @classmethod
-    def from_checkpoints(
-        cls, paths: list[str | Path], tta: bool | str | None = None, posthoc_adjustment: float | str | None = None
-    ) -> LesionEnsemble:
-        """Assemble trained checkpoints (uncalibrated: fit its operating point on val, e.g. with eval.py).
-
-        tta: None: the members' TTA (the one with more views when they differ). Members must share classes and input
-        pipeline."""
-        from lesion.serving.inference import eval_transforms, load_model
-
-        models = [load_model(p) for p in paths]
-        if any(isinstance(m, LesionEnsemble) for m in models):
-            raise ValueError("ckpt_path lists an ensemble checkpoint: list its members' checkpoints instead")
-        first = models[0]
-        reference = _pipeline(first, eval_transforms)
-        for path, model in zip(paths[1:], models[1:]):
-            differs = [k for k, v in _pipeline(model, eval_transforms).items() if v != reference[k]]
-            if differs:
-                raise ValueError(
-                    f"{path} differs from {paths[0]} in {differs}: an ensemble's members must share classes, "
-                    "input size and preprocessing, so that one input pipeline feeds them all"
-                )
-        if tta is None:
-            modes = {tta_mode(m.hparams.get("tta", False)) for m in models}
-            tta = next((mode for mode in reversed(TTA_VIEWS) if mode in modes), False)
-        ensemble = cls([dict(m.hparams) for m in models], tta=tta, posthoc_adjustment=posthoc_adjustment)
-        for member, model in zip(ensemble.members, models):
-            member.load_state_dict(model.state_dict())
-        ensemble.log_prior.copy_(torch.stack([m.log_prior for m in models]).mean(0))
-        ensemble.member_paths = [str(p) for p in paths]
-        ensemble.split_ids = [m.split_ids for m in models]
-        ensemble.split_groups = [m.split_groups for m in models]
-        return ensemble.eval()
-
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
-        """A checkpoint that `lesion.serving.inference.load_model` (every entry point) reads back as this ensemble
+        """A checkpoint that `lesion.models.loading.load_model` (every entry point) reads back as this ensemble
         (with `extra` top-level entries)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,15 +106,3 @@ class LesionEnsemble(LesionClassifier):
             path,
         )
         return path
-
-
-def _pipeline(model: LesionClassifier, eval_transforms) -> dict:
-    """What must match across members: classes, the malignant grouping, and the evaluation input pipeline."""
-    return {
-        "class_names": list(model.hparams.class_names),
-        "malignant": list(model.hparams.malignant),
-        "input_size": list(model.data_config["input_size"]),
-        "mean/std": [list(model.data_config["mean"]), list(model.data_config["std"])],
-        "interpolation": model.data_config.get("interpolation"),
-        "preprocessing": eval_transforms(model).preprocess_settings(),
-    }

@@ -16,8 +16,8 @@ from torchmetrics.classification import BinaryStatScores
 from lesion.models.activation_cache import run_suffix
 from lesion.models.backbones import backbone_data_config, build_backbone
 from lesion.models.optimizers import build_optimizer, build_scheduler
-from lesion.screening.calibration import PLATT_IDENTITY, platt_scale
-from lesion.screening.metrics import diagnosis_collection, screening_collection
+from lesion.stats.calibration import PLATT_IDENTITY, platt_scale
+from lesion.stats.metrics import diagnosis_collection, screening_collection
 
 SPLITS = ("train", "val", "test")
 # Buffers set after fit (calibration, the post-hoc prior): checkpoints written before one existed load with its default.

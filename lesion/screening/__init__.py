@@ -1,1 +1,2 @@
-"""Screening numbers: metrics, the operating point, calibration, evaluation, fairness and robustness reports."""
+"""Screening workflows: predict a split, calibrate and fit the quality gate after fit, evaluate, reports, checkpoint
+writers (the numbers they use are lesion.stats's)."""

@@ -5,23 +5,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import pandas as pd
 import torch
 
 from lesion.models.module import LesionClassifier
-from lesion.screening.calibration import (
+from lesion.screening.predictions import Predictions
+from lesion.stats.calibration import (
     PLATT_IDENTITY,
     binary_calibration_scores,
     calibration_scores,
     fit_platt,
     fit_temperature,
 )
-from lesion.screening.checkpoints import store_operating_point
-from lesion.screening.metrics import diagnosis_collection, screening_metrics
-from lesion.screening.operating_point import balanced_accuracy_ci, bootstrap_ci, choose_operating_point
-from lesion.screening.predictions import Predictions, predict, predictions_of
-from lesion.screening.subgroups import aligned, subgroup_report
+from lesion.stats.metrics import diagnosis_collection, screening_metrics
+from lesion.stats.operating_point import balanced_accuracy_ci, bootstrap_ci, choose_operating_point
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +34,7 @@ def calibrate(
 ) -> dict:
     """Fit the temperature of the class logits on validation and (`calibrator="platt"`) a Platt map of the resulting
     P(malignant), then the threshold for `target_sensitivity` on calibrated P(malignant)
-    (`lesion.screening.operating_point.choose_operating_point`); all are stored in the model's buffers and the rules
+    (`lesion.stats.operating_point.choose_operating_point`); all are stored in the model's buffers and the rules
     that chose them in `model.operating_point`, so its checkpoints carry them. `split`: the split whose predictions
     `val` holds (val, or a separate calibration split), named by the returned `<split>_op/` figures and by
     `model.operating_point["calibration_split"]`.
@@ -142,63 +139,6 @@ def per_class_table(test: Predictions, class_names: list[str], model: LesionClas
             }
         )
     return pd.DataFrame(rows)
-
-
-def operating_point_after_fit(
-    model: LesionClassifier, datamodule, trainer: L.Trainer, best: str, operating_point: dict, quality: dict
-) -> dict:
-    """Calibrate and choose the threshold (conf/train.yaml `operating_point`) on the calibration split when the run
-    carved one (data.calibration_fraction), else on val, fit the quality gate (`quality`, when enabled) on val, store
-    them in the best checkpoint, and return the val figures at them (with CIs: the study comparison puts val and test
-    side by side)."""
-    from lesion.serving.quality import fit_on_datamodule, fits_features
-
-    val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(quality))
-    op = operating_point
-    fitted_on, split = calibration_predictions(model, datamodule, trainer, val)
-    info = calibrate(
-        model, fitted_on, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"], split
-    )
-    if quality["enabled"]:
-        model.quality = fit_on_datamodule(model, datamodule, val, quality)
-    report = screening_report(model, val, "val", op["bootstrap_resamples"])
-    info |= {k: v for k, v in report.items() if "calibration" not in k}
-    frame = aligned(datamodule.frames["val"], val.image_ids)
-    info |= subgroup_report(
-        val.p_malignant(model), val.y_malignant, info["threshold"], frame, "val", op["bootstrap_resamples"]
-    )
-    if best:
-        store_operating_point(best, model)
-    return info
-
-
-def calibration_predictions(
-    model: LesionClassifier, datamodule, trainer: L.Trainer, val: Predictions
-) -> tuple[Predictions, str]:
-    """The predictions the temperature, Platt map and threshold are fitted on, and their split: the calibration
-    split's when the run carved one (data.calibration_fraction), else `val` (already scored), which chose the epoch."""
-    split = getattr(datamodule, "calibration_split", "val")
-    return (val if split == "val" else predict(model, datamodule.calibration_dataloader(), trainer)), split
-
-
-def test_at_operating_point(
-    model: LesionClassifier, operating_point: dict, frame: pd.DataFrame | None = None
-) -> tuple[dict, Predictions]:
-    """The test report at the stored operating point from the outputs of the `trainer.test` just run (no second pass
-    over the test split), without the `test/` keys (trainer.test gave those, on the same calibrated scores), and the
-    test predictions. frame: the test split's metadata, for figures per source / modality where it names them."""
-    if not model.test_outputs:
-        raise RuntimeError("test_at_operating_point reads the outputs of trainer.test: run it first")
-    test = predictions_of(model.test_outputs, model)
-    resamples = operating_point["bootstrap_resamples"]
-    report = screening_report(model, test, resamples=resamples)
-    report = {k: v for k, v in report.items() if not k.startswith("test/")}
-    if frame is not None:
-        rows = aligned(frame, test.image_ids)
-        report |= subgroup_report(
-            test.p_malignant(model), test.y_malignant, report["threshold"], rows, "test", resamples
-        )
-    return report, test
 
 
 def training_splits(model: LesionClassifier, ckpt_path: str | list) -> list[pd.DataFrame]:

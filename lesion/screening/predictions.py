@@ -35,7 +35,7 @@ def predict(
     """binary_labels: the loader's labels are benign (0) / malignant (1), e.g. an external set scored through the
     P(malignant) of a multiclass model. features: also keep the pooled features of each image's identity view, from
     the same forward passes (the quality gate's `ood: residual` is fitted on them)."""
-    from lesion.serving.quality import captured_features
+    from lesion.models.features import captured_features
 
     with captured_features(model) if features else nullcontext(lambda _: None) as captured:
         batches = trainer.predict(model, dataloaders=loader)

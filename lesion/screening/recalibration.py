@@ -11,11 +11,11 @@ import math
 
 import torch
 
-from lesion.screening.calibration import TEMPERATURE_BOUNDS, fit_platt
 from lesion.screening.evaluation import screening_report
-from lesion.screening.operating_point import choose_operating_point
 from lesion.screening.predictions import Predictions
 from lesion.screening.reports import metric_cell
+from lesion.stats.calibration import TEMPERATURE_BOUNDS, fit_platt
+from lesion.stats.operating_point import choose_operating_point
 
 ROWS = (
     ("AUROC", "test/auroc"),

@@ -55,7 +55,7 @@ DOMAIN_KEYS = (
 def domain_shift_table(in_domain: dict, external: dict) -> str:
     """Markdown: the checkpoint's own test figures next to an external set's, at the same stored threshold (what a
     second clinic inherits from the first), and next to each source / modality of the external set where its data
-    names them (`lesion.screening.subgroups`)."""
+    names them (`lesion.stats.subgroups`)."""
     rows = [
         ("AUROC", "test/auroc"),
         ("sensitivity at the stored threshold", "test_op/recall"),

@@ -16,11 +16,12 @@ from sklearn.model_selection import StratifiedGroupKFold
 from tqdm.auto import tqdm
 
 from lesion.models.adaptation import Strategy, fine_tune, reestimate_batchnorm
+from lesion.models.features import pooled_features
+from lesion.models.loading import eval_transforms
 from lesion.screening.evaluation import screening_report
 from lesion.screening.predictions import Predictions
 from lesion.screening.recalibration import refit_operating_point
-from lesion.serving.inference import eval_transforms
-from lesion.serving.quality import feature_residual, fit_quality, pooled_features, widen_feature_residual
+from lesion.stats.quality import feature_residual, fit_quality, widen_feature_residual
 
 log = logging.getLogger(__name__)
 # The image measures of a site's gate: the more permissive of the source's threshold and the site's own, so neither

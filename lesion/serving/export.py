@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lesion.models.loading import eval_transforms
 from lesion.models.module import LesionClassifier, tta_logits, tta_mode
-from lesion.serving.inference import eval_transforms
 
 FORMATS = ("onnx", "torchscript")
 
@@ -50,7 +50,7 @@ class ScreeningNet(nn.Module):
         x = (image - self.mean) / self.std
         logits = tta_logits(self.net, x, self.tta).float()
         probs = (logits / self.temperature).softmax(-1)
-        p = (probs @ self.malignant).clamp(1e-7, 1 - 1e-7)  # lesion.screening.calibration.platt_scale, in float32
+        p = (probs @ self.malignant).clamp(1e-7, 1 - 1e-7)  # lesion.stats.calibration.platt_scale, in float32
         return probs, torch.sigmoid(self.platt[0] * (p.log() - (-p).log1p()) + self.platt[1])
 
 

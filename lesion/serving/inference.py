@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from lesion.data.readers import BadImageError, decode
-from lesion.data.transforms import LesionTransforms
+from lesion.models.loading import eval_transforms
 from lesion.models.module import LesionClassifier, tta_mode
 
 log = logging.getLogger(__name__)
@@ -24,52 +24,6 @@ DEFAULT_BANDS = {
     "low": "low: no sign of concern in this photo",
     "elevated": "elevated: please show this spot to a doctor",
 }
-
-
-def load_model(ckpt_path: str | Path | list, tta: bool | str | None = None, posthoc: float | str | None = None):
-    """A checkpoint (or an ensemble: a list of checkpoints, or the ensemble checkpoint eval.py wrote) in eval mode on
-    the CPU, with a clear error for a wrong path. tta, posthoc: the test-time augmentation (model.tta) and post-hoc
-    adjustment of an ensemble assembled from a list (None: as its members); a checkpoint keeps those its operating
-    point was fitted with, unless tta or posthoc is given: then it is an ensemble of one (the trained network under
-    another TTA, say), whose operating point is fitted anew."""
-    from lesion.models.ensemble import ENSEMBLE_KEY, LesionEnsemble
-
-    assembled = tta is not None or posthoc is not None  # an ensemble, even of one checkpoint
-    if isinstance(ckpt_path, list | tuple) or assembled:
-        paths = list(ckpt_path) if isinstance(ckpt_path, list | tuple) else [ckpt_path]
-        if len(paths) > 1 or assembled:
-            return LesionEnsemble.from_checkpoints(paths, tta, posthoc)
-        return load_model(paths[0])
-    ckpt = Path(ckpt_path)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt} does not exist; pass a .ckpt from outputs/.../checkpoints/")
-    # weights_only: a checkpoint from elsewhere cannot run pickled code; ours hold plain values only.
-    hparams = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
-    cls = LesionEnsemble if ENSEMBLE_KEY in hparams else LesionClassifier
-    return cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
-
-
-def load_calibrated(ckpt_path: str | Path | list, allow_uncalibrated: bool = False) -> LesionClassifier:
-    """`load_model` for the entry points that make decisions (predict.py, app.py, export.py): a model without a fitted
-    temperature and threshold is refused (its decisions would use an arbitrary 0.5), or allowed with a warning."""
-    model = load_model(ckpt_path)
-    if not bool(model.calibrated):
-        how = (
-            f"ckpt_path={ckpt_path} has no fitted temperature and threshold (a DDP or fast_dev_run run, an old "
-            "checkpoint, or a list of checkpoints): run `python eval.py ckpt_path=...` on it first, which fits them on "
-            "the val split and writes a calibrated checkpoint (<name>.calibrated.ckpt beside it; ensemble.ckpt in its "
-            "run dir for a list), then pass that file"
-        )
-        if not allow_uncalibrated:
-            raise ValueError(how + "; allow_uncalibrated=true uses it as it is")
-        log.warning("%s; allow_uncalibrated=true: using temperature 1 and threshold 0.5", how)
-    return model
-
-
-def eval_transforms(model: LesionClassifier) -> LesionTransforms:
-    """The evaluation-time transforms of the run that trained `model` (resize, fixed CLAHE, normalisation)."""
-    transforms = dict((model.hparams.get("data") or {}).get("transforms") or {})
-    return LesionTransforms(model.data_config, **transforms)
 
 
 CROPS = ("none", "center")
@@ -175,7 +129,7 @@ class Screener:
     def scores(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """`probabilities`, and the logits and (when the quality gate scores them) pooled features of the photos as
         they are: the gate's out-of-distribution score."""
-        from lesion.serving.quality import captured_features
+        from lesion.models.features import captured_features
 
         wanted = self.gate is not None and self.gate.needs_features
         with captured_features(self.model) if wanted else nullcontext(lambda: None) as captured:

@@ -26,19 +26,15 @@ checkpoint (`quality`) and shown in the model card.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
-import cv2
 import numpy as np
 import torch
-from torch import nn
-from tqdm.auto import tqdm
+
+from lesion.stats.quality import FLAT_STD, energy, feature_residual, image_measures
 
 log = logging.getLogger(__name__)
 
-FLAT_STD = 3.0  # grey levels: below this at the input size there is nothing to judge
-HIGHLIGHT, SHADOW = 240, 16  # grey levels counted as clipped / crushed
 RETAKE = {
     "too_small": "The photo is too small ({width}x{height} pixels; at least {min_side} on the short side is needed). "
     "Take it again closer to the spot, at the camera's full resolution.",
@@ -49,208 +45,6 @@ RETAKE = {
     "not_skin": "This does not look like a close-up of a skin spot. Take the photo close to the spot, with the spot "
     "in the middle of the frame.",
 }
-
-
-def lesion_region(image: np.ndarray, region: float = 1.0) -> np.ndarray:
-    """The centred square whose side is `region` of the image's short side (1.0: the whole image, not only a square)."""
-    if not 0 < region <= 1:
-        raise ValueError(f"quality.region={region} must be in (0, 1]: the share of the short side judged, 1 = all")
-    if region == 1:
-        return image
-    height, width = image.shape[:2]
-    side = max(1, round(region * min(height, width)))
-    top, left = (height - side) // 2, (width - side) // 2
-    return image[top : top + side, left : left + side]
-
-
-def image_measures(image: np.ndarray, region: float = 1.0) -> dict[str, float]:
-    """Sharpness, contrast and the clipped / crushed shares of an RGB photo already at the model's input size, in its
-    `lesion_region`."""
-    grey = cv2.cvtColor(np.ascontiguousarray(lesion_region(image, region)), cv2.COLOR_RGB2GRAY)
-    return {
-        "sharpness": float(cv2.Laplacian(grey, cv2.CV_64F).var()),
-        "contrast": float(grey.std()),
-        "highlights": float((grey >= HIGHLIGHT).mean()),
-        "shadows": float((grey <= SHADOW).mean()),
-    }
-
-
-def energy(logits: torch.Tensor) -> torch.Tensor:
-    """The energy score of each row: high for inputs unlike the training data (Liu et al., 2020)."""
-    return -torch.logsumexp(logits.float(), dim=-1)
-
-
-def classifier_layers(model: nn.Module) -> list[nn.Linear]:
-    """The last nn.Linear of each evaluation network (one per ensemble member): its input is the pooled feature."""
-    layers = []
-    for member in getattr(model, "members", None) or [model]:
-        linears = [m for m in member.eval_net.modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise ValueError(f"{type(member.eval_net).__name__} has no nn.Linear classifier: set quality.ood=energy")
-        layers.append(linears[-1])
-    return layers
-
-
-@contextmanager
-def captured_features(model: nn.Module) -> Iterator[Callable[[int], torch.Tensor]]:
-    """Within the block, the returned function gives the pooled features (members' side by side) of the identity view
-    of each batch that went through `model` since the block began: `features(batches=1)`. Every batch runs the same
-    views (one, flip TTA's four or dihedral TTA's eight, identity first), so a batch's identity view is the first of its
-    passes."""
-    layers = classifier_layers(model)
-    seen: list[list[torch.Tensor]] = [[] for _ in layers]
-    hooks = [
-        layer.register_forward_pre_hook(lambda _, args, i=i: seen[i].append(args[0].detach().float().flatten(1)))
-        for i, layer in enumerate(layers)
-    ]
-
-    def features(batches: int = 1) -> torch.Tensor:
-        views, rest = divmod(len(seen[0]), batches)
-        if rest or not views:
-            raise RuntimeError(f"{len(seen[0])} forward passes do not split into {batches} batches of equal views")
-        return torch.cat([torch.cat(s[::views]) for s in seen], dim=1).cpu()
-
-    try:
-        yield features
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
-@torch.no_grad()
-def pooled_features(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """The evaluation networks' pooled features of a normalised batch (no TTA)."""
-    device = next(model.parameters()).device
-    with captured_features(model) as features:
-        for member in getattr(model, "members", None) or [model]:
-            net, mode = member.eval_net, member.eval_net.training
-            net.eval()(batch.to(device))  # eval-mode BatchNorm, as at inference
-            net.train(mode)
-        return features()
-
-
-def fit_feature_residual(features: torch.Tensor, components: int) -> dict:
-    """The training features' mean and their top `components` principal directions (rows)."""
-    features = features.double()
-    mean = features.mean(0)
-    k = max(1, min(components, features.shape[1] - 1, len(features) - 1))
-    _, _, directions = torch.linalg.svd(features - mean, full_matrices=False)
-    return {"mean": mean.float(), "directions": directions[:k].float(), "components": k}
-
-
-def feature_residual(features: torch.Tensor, fitted: dict) -> torch.Tensor:
-    """The share (0 to 1) of each feature row's deviation from the training mean that lies outside the fitted
-    principal directions (`fit_feature_residual`): the sine of its angle to that subspace."""
-    centred = features.double() - fitted["mean"].double()
-    inside = centred @ fitted["directions"].double().T
-    length = centred.norm(dim=1).clamp_min(1e-12)
-    return (1 - (inside.norm(dim=1) / length) ** 2).clamp_min(0).sqrt().float()
-
-
-def widen_feature_residual(fitted: dict, features: torch.Tensor, components: int) -> dict:
-    """A fitted residual reference (`fit_feature_residual`) widened by a site's photos: its principal directions plus
-    the top `components` directions of what they leave unexplained in `features` (the site's photos, about the same
-    mean), so the site's ordinary photos are not "unlike skin" while what was unlike both still is."""
-    mean, directions = fitted["mean"].double(), fitted["directions"].double()
-    centred = features.double() - mean
-    rest = centred - (centred @ directions.T) @ directions
-    k = max(1, min(components, len(features) - 1))
-    _, _, extra = torch.linalg.svd(rest, full_matrices=False)
-    basis, _ = torch.linalg.qr(torch.cat([directions, extra[:k]]).T)
-    return {"mean": mean.float(), "directions": basis.T.float().contiguous(), "components": int(basis.shape[1])}
-
-
-def fit_quality(
-    images: Iterable[np.ndarray],
-    to_input_size: Callable[[np.ndarray], np.ndarray],
-    val_logits: torch.Tensor,
-    settings: dict,
-    total: int | None = None,
-    features: dict | None = None,
-) -> dict:
-    """Thresholds from the training images (`images`) and the validation logits; `settings` is train.yaml `quality`.
-
-    features: for `ood: residual`, the pooled features {"train", "val"} (`pooled_features`)."""
-    images = tqdm(images, total=total, desc="quality gate", unit="img")
-    region = float(settings.get("region", 1.0))
-    rows = [image_measures(to_input_size(im), region) for im in images]
-    if not rows:
-        raise ValueError("the quality gate needs training images to fit its thresholds")
-    measures = {k: np.array([r[k] for r in rows]) for k in rows[0]}
-    high, ood = settings["exposure_percentile"], settings.get("ood", "energy")
-    thresholds = {
-        "min_side": int(settings["min_side"]),
-        "region": region,
-        "min_contrast": FLAT_STD,
-        "min_sharpness": float(np.percentile(measures["sharpness"], settings["sharpness_percentile"])),
-        "max_highlights": float(max(np.percentile(measures["highlights"], high), settings["exposure_floor"])),
-        "max_shadows": float(max(np.percentile(measures["shadows"], high), settings["exposure_floor"])),
-        "ood": ood,
-        "fitted_on": {"training_images": len(rows), "val_images": len(val_logits)},
-        "percentiles": {k: settings[k] for k in ("sharpness_percentile", "exposure_percentile", "ood_percentile")},
-    }
-    if ood == "energy":
-        thresholds["max_energy"] = float(np.percentile(energy(val_logits).numpy(), settings["ood_percentile"]))
-    elif ood == "residual":
-        if features is None:
-            raise ValueError("quality.ood=residual needs the network's pooled features to fit")
-        fitted = fit_feature_residual(features["train"], int(settings["ood_components"]))
-        val_residual = feature_residual(features["val"], fitted).numpy()
-        thresholds["feature_residual"] = fitted | {
-            "max_residual": float(np.percentile(val_residual, settings["ood_percentile"]))
-        }
-        thresholds["fitted_on"]["feature_images"] = len(features["train"])
-    else:
-        raise ValueError(f"quality.ood must be residual or energy, got {ood!r}")
-    return thresholds
-
-
-def fits_features(settings: dict) -> bool:
-    """Whether fitting the gate (train.yaml `quality`) needs the val split's pooled features: `ood: residual`."""
-    return bool(settings.get("enabled", True)) and settings.get("ood", "energy") == "residual"
-
-
-def fit_on_datamodule(model, datamodule, val, settings: dict, seed: int = 0) -> dict | None:
-    """`fit_quality` on up to `settings["max_images"]` training images of `datamodule` (a seeded sample), measured
-    after its own resize, the validation predictions `val` (lesion.screening.predictions.Predictions: logits, and when
-    `fits_features(settings)` the pooled features, `predict(..., features=True)`) and the model's pooled features of
-    the sample; None for data without photos (synthetic tensors)."""
-    if not datamodule.photos:
-        log.info("the data are tensors, not photos: the quality gate is not fitted")
-        return None
-    ids = gate_sample(datamodule.frames["train"], int(settings["max_images"]), seed)
-    read = datamodule.reader()
-    features = None
-    if fits_features(settings):
-        if val.features is None:
-            raise ValueError("quality.ood=residual needs the val split's pooled features: predict(..., features=True)")
-        features = {"train": _features(model, (read(i) for i in ids), datamodule.transforms, len(ids))}
-        features["val"] = val.features
-    return fit_quality(
-        (read(i) for i in ids), datamodule.transforms.to_input_size, val.logits, settings, len(ids), features
-    )
-
-
-def gate_sample(frame, max_images: int, seed: int = 0) -> list[str]:
-    """Up to `max_images` training image ids (a seeded sample) drawn equally from each source where the frame names
-    sources (a multi-source run: 200 phone photos are not drowned by 7,000 dermoscopy images), else from all."""
-    if "source" not in frame:
-        return frame["image_id"].sample(min(max_images, len(frame)), random_state=seed).tolist()
-    groups = [g for _, g in frame.groupby("source", sort=True)]
-    share = max_images // len(groups)
-    return [i for g in groups for i in g["image_id"].sample(min(share, len(g)), random_state=seed).tolist()]
-
-
-def _features(model, images: Iterable[np.ndarray], transforms, total: int, batch_size: int = 64) -> torch.Tensor:
-    out, batch = [], []
-    for image in tqdm(images, total=total, desc="training features", unit="img"):
-        batch.append(transforms(image, train=False))
-        if len(batch) == batch_size:
-            out.append(pooled_features(model, torch.stack(batch)))
-            batch = []
-    if batch:
-        out.append(pooled_features(model, torch.stack(batch)))
-    return torch.cat(out)
 
 
 class QualityGate:
@@ -294,7 +88,7 @@ class QualityGate:
         if fitted is not None:
             if features is None:
                 raise ValueError(
-                    "this quality gate scores pooled features: pass them (lesion.serving.quality.captured_features)"
+                    "this quality gate scores pooled features: pass them (lesion.models.features.captured_features)"
                 )
             scores, limit = feature_residual(features, fitted).tolist(), fitted["max_residual"]
         elif self.thresholds.get("max_energy") is not None:

@@ -10,7 +10,7 @@ import torch
 from scipy.stats import beta
 from torchmetrics.functional.classification import binary_auroc, binary_recall, binary_specificity
 
-from lesion.screening.metrics import partial_auroc
+from lesion.stats.metrics import partial_auroc
 
 log = logging.getLogger(__name__)
 # A case is called malignant when P(malignant) > threshold (torchmetrics' convention).

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from lesion.screening.calibration import binary_calibration_scores
-from lesion.screening.metrics import screening_metrics
-from lesion.screening.operating_point import bootstrap_ci
+from lesion.stats.calibration import binary_calibration_scores
+from lesion.stats.metrics import screening_metrics
+from lesion.stats.operating_point import bootstrap_ci
 
 GROUP_COLUMNS = ("source", "modality")  # a multi-source run sets both; a csv may carry either
 FIGURES = ("images", "malignant", "auroc", "pauc80", "recall", "specificity", "tp", "fn", "fp", "tn", "ece")

@@ -1,0 +1,75 @@
+"""After fit, the one sequence train.py and eval.py both run: calibrate and choose the threshold, fit the quality gate,
+score the test split, report val and test at the operating point, and store the operating point."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import pandas as pd
+
+from lesion.models.module import LesionClassifier
+from lesion.screening.evaluation import calibrate, screening_report
+from lesion.screening.predictions import Predictions, predict
+from lesion.screening.quality import fit_on_datamodule
+from lesion.stats.quality import fits_features
+from lesion.stats.subgroups import aligned, subgroup_report
+
+
+def after_fit(
+    model: LesionClassifier,
+    datamodule,
+    trainer: L.Trainer,
+    settings: dict,
+    test: Callable[[], Predictions],
+    store: Callable[[dict], dict] | None = None,
+) -> tuple[dict, Predictions]:
+    """Calibrate and choose the threshold (`settings["operating_point"]`, conf/train.yaml) on the calibration split
+    when the run carved one (data.calibration_fraction), else on val; fit the quality gate (`settings["quality"]`) on
+    val; then score the test split (`test()`, called after calibration, so figures it logs are calibrated), report
+    val and test at the operating point with CIs and per source / modality, and store the operating point
+    (`store(report)`: train.py into the best checkpoint, eval.py into a calibrated copy; what it returns joins the
+    report). Returns the report and the test predictions.
+
+    settings: `operating_point`, `quality`, and optionally `bootstrap` ({resamples, level}) and `calibration` ({bins});
+    without them, `operating_point.bootstrap_resamples`, 95% intervals and 15 bins."""
+    op, quality = settings["operating_point"], settings["quality"]
+    val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(quality))
+    fitted_on, split = calibration_predictions(model, datamodule, trainer, val)
+    report = calibrate(
+        model, fitted_on, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"], split
+    )
+    if quality["enabled"]:
+        model.quality = fit_on_datamodule(model, datamodule, val, quality)
+    val_report = split_report(model, val, datamodule.frames["val"], "val", settings)
+    report |= {k: v for k, v in val_report.items() if "calibration" not in k}
+    tested = test()
+    report |= split_report(model, tested, datamodule.frames["test"], "test", settings)
+    if store is not None:
+        report |= store(report) or {}
+    return report, tested
+
+
+def split_report(
+    model: LesionClassifier, predictions: Predictions, frame: pd.DataFrame | None, split: str, settings: dict
+) -> dict:
+    """A split's screening report at the stored operating point (lesion.screening.evaluation.screening_report) and,
+    where the split's frame names sources or modalities, the same figures for each."""
+    boot = settings.get("bootstrap") or {"resamples": settings["operating_point"].get("bootstrap_resamples", 1000)}
+    resamples, level = boot["resamples"], boot.get("level", 0.95)
+    bins = (settings.get("calibration") or {}).get("bins", 15)
+    report = screening_report(model, predictions, split, resamples, level, bins)
+    if frame is not None:
+        rows = aligned(frame, predictions.image_ids)
+        p = predictions.p_malignant(model)
+        report |= subgroup_report(p, predictions.y_malignant, report["threshold"], rows, split, resamples, level, bins)
+    return report
+
+
+def calibration_predictions(
+    model: LesionClassifier, datamodule, trainer: L.Trainer, val: Predictions
+) -> tuple[Predictions, str]:
+    """The predictions the temperature, Platt map and threshold are fitted on, and their split: the calibration
+    split's when the run carved one (data.calibration_fraction), else `val` (already scored), which chose the epoch."""
+    split = getattr(datamodule, "calibration_split", "val")
+    return (val if split == "val" else predict(model, datamodule.calibration_dataloader(), trainer)), split
