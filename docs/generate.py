@@ -47,11 +47,41 @@ def recorded_page() -> str:
     )
 
 
+# The README's one results table: the study's final model, the old baseline and the recipe (with its external set).
+HEADLINE = [
+    ("the_study_s_final_model_resnet50_trunc_cpu_protocol", None),
+    ("the_old_baseline", None),
+    ("the_recipe_isic_2018_only_seed_0", "the_recipe_isic_2018_only_seed_0_on_isic_2017_test"),
+]
+README_START, README_END = "<!-- results table: python docs/generate.py -->", "<!-- end of results table -->"
+
+
+def headline_table() -> str:
+    head = "| run (command, date) | test AUROC (95% CI) | sensitivity (CI) | specificity (CI) | ISIC 2017 AUROC (CI) |"
+    lines = [head, "|---|---|---|---|---|"]
+    for name, external in HEADLINE:
+        r = json.loads((RESULTS / "runs" / f"{name}.json").read_text())
+        f = r["figures"]
+        ext = json.loads((RESULTS / "runs" / f"{external}.json").read_text())["figures"] if external else {}
+        row = [record_run.cell(f, k) for k in ("test/auroc", "test_op/recall", "test_op/specificity")]
+        row.append(record_run.cell(ext, "test/auroc") if ext else "not measured")
+        lines.append(f"| {r['name']}: `{r['command']}` ({r['date']}) | {' | '.join(row)} |")
+    return "\n".join(lines) + "\n"
+
+
+def readme() -> str:
+    """README.md with its results table rendered anew between the markers."""
+    text = (ROOT / "README.md").read_text()
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    return text[:start] + "\n" + headline_table() + text[end:]
+
+
 def pages() -> dict[Path, str]:
     return {
         config_reference.OUT: config_reference.reference(),
         RESULTS / "ablation.md": ablation_page(),
         RESULTS / "recorded.md": recorded_page(),
+        ROOT / "README.md": readme(),
     }
 
 
