@@ -33,7 +33,7 @@ def adapt(config: dict) -> dict:
     model = load_model(ckpt)
     out = Path(config["paths"]["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    data = dict(config["data"]) | {"transforms": dict((model.hparams.data or {}).get("transforms") or {})}
+    data = dict(config["data"]) | {"transforms": dict(model.deployment.transforms)}
     if data.get("external"):
         raise ValueError("data.external=true makes every photo a test photo: adapt.py carves its own parts, drop it")
     datamodule = build_datamodule(data, model.data_config)
@@ -89,9 +89,17 @@ def _extra(model, ckpt: str, parts: dict, adaptation: dict, after: dict, out: Pa
     """What the site checkpoint keeps beside its weights: the adaptation, its local test figures (what a later
     external evaluation compares against), the source's own, and the splits of the source run and of the local parts
     (the leak guard refuses an image either trained or calibrated on)."""
-    stored = model.split_ids if isinstance(model.split_ids, list) else [model.split_ids or {}]
+    stored = (
+        model.deployment.split_ids
+        if isinstance(model.deployment.split_ids, list)
+        else [model.deployment.split_ids or {}]
+    )
     local = {split: parts[name].image_ids for name, split in PARTS.items()}
-    stored_groups = model.split_groups if isinstance(model.split_groups, list) else [model.split_groups]
+    stored_groups = (
+        model.deployment.split_groups
+        if isinstance(model.deployment.split_groups, list)
+        else [model.deployment.split_groups]
+    )
     local_groups = (
         {"column": group, "groups": {s: parts[n].groups.tolist() for n, s in PARTS.items()}} if group else None
     )

@@ -55,13 +55,15 @@ def evaluate(config: dict) -> dict:
         raise ValueError("recalibrate.enabled=true refits on a site's own labelled set: add data.external=true")
     trainer = L.Trainer(**config["trainer"], logger=False, default_root_dir=str(out))
     test = predict(model, datamodule.test_dataloader(), trainer, binary_labels=binary)
-    if bool(model.calibrated):
+    if bool(model.deployment.calibrated):
         report = split_report(model, test, datamodule.frames["test"], "test", config)
     else:  # an operating point fitted here (never on external data: _refuse_external says why), stored in a copy
         _refuse_external(datamodule, ckpt)
         log.warning("%s has no stored operating point: choosing it on the calibration split or val now", ckpt)
         report, _ = after_fit(model, datamodule, trainer, config, lambda: test, store=_store(model, config, out))
-    report |= {f"operating_point/{k}": v for k, v in (model.operating_point or {}).items() if k != "threshold"}
+    report |= {
+        f"operating_point/{k}": v for k, v in (model.deployment.operating_point or {}).items() if k != "threshold"
+    }
     p = test.p_malignant(model)
     if subgroup_table(report):
         (out / "subgroups.md").write_text("# Test figures per source and modality\n\n" + subgroup_table(report))
@@ -94,7 +96,7 @@ def _datamodule(config: dict, model, out: Path):
     splits = training_splits(model, config["ckpt_path"])
     data = dict(config.get("data") or model.hparams.data)
     # The checkpoint's own preprocessing (CLAHE, colour constancy) whatever data is evaluated: it is part of the model.
-    data["transforms"] = dict((model.hparams.data or {}).get("transforms") or data.get("transforms") or {})
+    data["transforms"] = dict(model.deployment.transforms or data.get("transforms") or {})
     if not config.get("data") and splits:  # the training run's own split, whatever the data config would carve now
         data["split_file"] = str(out / "splits.csv")
         splits[0].to_csv(data["split_file"], index=False)

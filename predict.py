@@ -63,8 +63,8 @@ def run_predict(config: dict) -> list[Result]:
         "disclaimer": DISCLAIMER,
         "checkpoint": str(config["ckpt_path"]),
         "threshold": screener.threshold,
-        "temperature": float(model.temperature),
-        "platt": [float(v) for v in model.platt],
+        "temperature": float(model.deployment.temperature),
+        "platt": [float(v) for v in model.deployment.platt],
         "tta": screener.tta or False,
         "predictions": rows,
     }

@@ -52,8 +52,10 @@ def train(config: dict) -> dict:
     datamodule.setup("fit")
     datamodule.save_splits(out / "splits.csv")  # reuse with data.split_file=<this file>
     data = getattr(datamodule, "inner", datamodule)
-    model.split_ids = {split: frame["image_id"].astype(str).tolist() for split, frame in data.frames.items()}
-    model.split_groups = split_groups(data.frames, data.group_column)  # the leak guard refuses a training lesion
+    model.deployment.split_ids = {split: frame["image_id"].astype(str).tolist() for split, frame in data.frames.items()}
+    model.deployment.split_groups = split_groups(
+        data.frames, data.group_column
+    )  # the leak guard refuses a training lesion
     for logger in trainer.loggers:
         logger.log_hyperparams({"config": config})
     start = time.perf_counter()

@@ -102,7 +102,7 @@ def main() -> None:
     model = load_model(args.ckpt)
     data = config("data", args.data) | {"root": args.root, "num_workers": 0}
     data |= {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-    data["transforms"] = dict((model.hparams.data or {}).get("transforms") or {})
+    data["transforms"] = dict(model.deployment.transforms)
     datamodule = build_datamodule(data, model.data_config)
     datamodule.setup()  # its test split is the local test part adapt.py data=<data> reports on
     test = read_local(datamodule, "test", model)

@@ -51,7 +51,7 @@ def external_report(ckpt: Path, root: Path, resamples: int = 1000, model_tta: st
     if errors:
         raise ValueError(f"{len(errors)} unreadable images, first: {errors[0].error}")
     p = torch.tensor([r.p_malignant for r in results])
-    threshold = float(model.threshold)
+    threshold = float(model.deployment.threshold)
     at = screening_metrics(p, y, threshold)
     ci = bootstrap_ci(p, y, threshold, resamples)
     return {

@@ -77,7 +77,7 @@ MUTATIONS = (
     Mutation(
         "drop the temperature",
         "lesion/models/module.py",
-        "logits = logits / self.temperature.to(logits.device)",
+        "logits = logits / self.deployment.temperature.to(logits.device)",
         "logits = logits",
         (SCORES,),
     ),
@@ -101,8 +101,8 @@ MUTATIONS = (
     Mutation(
         "flip predict_step's threshold comparison",
         "lesion/models/module.py",
-        '"malignant": p_malignant > self.threshold,',
-        '"malignant": p_malignant < self.threshold,',
+        '"malignant": p_malignant > self.deployment.threshold,',
+        '"malignant": p_malignant < self.deployment.threshold,',
         ("tests/test_train.py::test_predict_step_refers_the_scores_above_the_stored_threshold",),
     ),
     Mutation(

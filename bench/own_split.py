@@ -25,7 +25,7 @@ def own_split_datamodule(ckpt: str, root: str):
     its own split (else the split its data config carves now), read from `root`."""
     model = load_model(ckpt)
     data = dict(model.hparams.data) | {"root": root, "num_workers": 0, "cache": False}
-    data["transforms"] = dict((model.hparams.data or {}).get("transforms") or {})
+    data["transforms"] = dict(model.deployment.transforms)
     tables = training_splits(model, ckpt)
     with tempfile.TemporaryDirectory(prefix="lesion-bench-") as tmp:  # setup reads the split file once
         if tables:

@@ -76,7 +76,7 @@ def main() -> None:
     data = dict(model.hparams.data) | {"num_workers": 0, "cache": False}
     if data.get("name") != "multi":  # a multi-source run keeps its sources' roots
         data["root"] = args.root
-    data["transforms"] = dict((model.hparams.data or {}).get("transforms") or {})
+    data["transforms"] = dict(model.deployment.transforms)
     splits = training_splits(model, args.ckpt)
     if splits:  # the run's own split: the gate is fitted on its training and val images, judged on its test images
         path = Path("/tmp/lesion-quality-splits.csv")
@@ -88,11 +88,11 @@ def main() -> None:
         trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
         settings = SETTINGS | {"ood": args.ood or SETTINGS["ood"], "region": args.region or SETTINGS["region"]}
         val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(settings))
-        model.quality = fit_on_datamodule(model, datamodule, val, settings)
+        model.deployment.quality = fit_on_datamodule(model, datamodule, val, settings)
         print(f"fitted here with ood={settings['ood']}, region={settings['region']}:", end=" ")
-    shown = {k: v for k, v in model.quality.items() if k not in ("percentiles", "feature_residual")}
-    if "feature_residual" in model.quality:
-        d = model.quality["feature_residual"]
+    shown = {k: v for k, v in model.deployment.quality.items() if k not in ("percentiles", "feature_residual")}
+    if "feature_residual" in model.deployment.quality:
+        d = model.deployment.quality["feature_residual"]
         shown["feature_residual"] = {"components": d["components"], "max_residual": d["max_residual"]}
     print(shown)
     screener = Screener(model, quality={"enabled": True, "min_side": SETTINGS["min_side"]})

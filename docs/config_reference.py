@@ -133,19 +133,21 @@ def reference() -> str:
 def section(path: Path, title: str, level: str = "###") -> list[str]:
     header, found = keys(path)
     known = comments()
-    out = [f"{level} {title}", "", f"`{path.relative_to(ROOT)}`" + (f": {header}" if header else ""), ""]
+    out = [f"{level} {title}", "", f"`{path.relative_to(ROOT)}`" + (f": {escape(header)}" if header else ""), ""]
     rows = [k for k in found if k.path.split(".")[-1] != "defaults"]
     if rows:
         out += ["| key | default | what it is |", "|---|---|---|"]
         for k in rows:
             default = f"`{k.default}`" if k.default else ""
-            out.append(f"| `{k.path}` | {escape(default)} | {escape(documented(path, k, known))} |")
+            shown = default.replace("|", "\\|")  # a code span: brackets stay as they are
+            out.append(f"| `{k.path}` | {shown} | {escape(documented(path, k, known))} |")
         out.append("")
     return out
 
 
 def escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Table-safe text: pipes escaped, and brackets, which Markdown would read as links."""
+    return text.replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
 
 
 def main() -> int:

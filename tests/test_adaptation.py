@@ -89,7 +89,7 @@ def test_fine_tuning_moves_a_planted_camera_shift_back_and_recalibration_cannot(
     # the classifier alone moved, so the source's out-of-distribution reference is kept, widened by the site's photos
     assert stored["quality"]["fitted_on"]["ood_reference"] == "source reference widened by site photos"
     # The site model loads like any checkpoint; the source checkpoint is untouched.
-    assert bool(load_model(head["site_checkpoint"]).calibrated)
+    assert bool(load_model(head["site_checkpoint"]).deployment.calibrated)
     assert float(load_model(site["source"]).threshold) != float(load_model(head["site_checkpoint"]).threshold)
     assert "| AUROC |" in (tmp / "head" / "adaptation.md").read_text()
 
@@ -109,8 +109,8 @@ def test_the_site_threshold_is_certified_on_the_calibration_part_alone(site, hea
         p = model.scores(model(torch.stack([transforms(im, train=False) for im in images])))[1]
     y = torch.tensor(calibration["diagnostic"].isin(MALIGNANT).to_numpy(), dtype=torch.long)
     chosen = choose_operating_point(p, y, 0.85, "lower_bound", 0.95)
-    assert float(model.threshold) == pytest.approx(chosen["threshold"], abs=1e-6)
-    assert model.operating_point["val_positives"] == int(y.sum())
+    assert float(model.deployment.threshold) == pytest.approx(chosen["threshold"], abs=1e-6)
+    assert model.deployment.operating_point["val_positives"] == int(y.sum())
     # eval.py without data= evaluates it on its source run's own test split (the source's splits are kept first) ...
     own = evaluate(
         compose_config("eval", [f"ckpt_path={metrics['site_checkpoint']}", *QUICK_EVAL], site["tmp"] / "own")

@@ -311,7 +311,7 @@ def test_checkpoint_loads_without_hydra_and_with_weights_only(tmp_path):
         "import sys; sys.modules['hydra'] = None; sys.modules['omegaconf'] = None\n"
         "from lesion.models.module import LesionClassifier\n"
         f"m = LesionClassifier.load_from_checkpoint({str(ckpt)!r}, map_location='cpu', weights_only=True)\n"
-        "print(type(m.hparams['backbone']).__name__, bool(m.calibrated), float(m.threshold))"
+        "print(type(m.hparams['backbone']).__name__, bool(m.deployment.calibrated), float(m.deployment.threshold))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -156,7 +156,7 @@ def test_recipe_levers_reach_the_loss_through_train_py(tmp_path):
     assert not [w for w in caught if "in eval mode at the start of training" in str(w.message)]
     written = json.loads((tmp_path / "metrics.json").read_text())
     best = LesionClassifier.load_from_checkpoint(written["best_checkpoint"], weights_only=True)
-    assert best.ema is not None and bool(best.calibrated)
+    assert best.ema is not None and bool(best.deployment.calibrated)
     assert best.hparams.optimizer["opt"] == "adamw" and best.hparams.scheduler["step_on_epochs"] is False
 
 

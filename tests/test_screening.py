@@ -53,10 +53,10 @@ def test_the_stored_threshold_decides_val_exactly_as_chosen(method):
     p[p == below.max()] = torch.nextafter(kth, torch.tensor(0.0))  # the next lower score: adjacent to the k-th
     chosen = choose_operating_point(p, y, 0.8, method)
     model = LesionClassifier(backbone={"model_name": "resnet18", "pretrained": False})
-    model.threshold.fill_(chosen["threshold"])
-    stored = float(model.threshold)
+    model.deployment.threshold.fill_(chosen["threshold"])
+    stored = float(model.deployment.threshold)
     assert stored == chosen["threshold"]  # stored exactly
-    detected = int(((p > model.threshold) & (y == 1)).sum())  # the module's own comparison (predict_step)
+    detected = int(((p > model.deployment.threshold) & (y == 1)).sum())  # the module's own comparison (predict_step)
     assert detected == chosen["val_detected"]
     assert screening_metrics(p, y, stored)["recall"] == pytest.approx(chosen["val_detected"] / int(y.sum()))
     assert screening_metrics(p.double(), y, stored)["recall"] == pytest.approx(chosen["val_detected"] / int(y.sum()))
@@ -234,10 +234,16 @@ def test_eval_end_to_end_writes_every_artifact(tmp_path):
     )
     best = trained and json.loads((run / "metrics.json").read_text())["best_checkpoint"]
     model = LesionClassifier.load_from_checkpoint(best)
-    assert bool(model.calibrated) and float(model.threshold) == pytest.approx(trained["threshold"])
-    assert float(model.temperature) == pytest.approx(trained["temperature"])
+    assert bool(model.deployment.calibrated) and float(model.deployment.threshold) == pytest.approx(
+        trained["threshold"]
+    )
+    assert float(model.deployment.temperature) == pytest.approx(trained["temperature"])
     stored = torch.load(best, map_location="cpu", weights_only=False)["operating_point"]
-    assert stored["method"] == "lower_bound" and stored["confidence"] == 0.95 and model.operating_point == stored
+    assert (
+        stored["method"] == "lower_bound"
+        and stored["confidence"] == 0.95
+        and model.deployment.operating_point == stored
+    )
     assert trained["operating_point/sensitivity_lower_bound"] == pytest.approx(stored["sensitivity_lower_bound"])
     overrides = [f"ckpt_path={best}", "bootstrap.resamples=50", "robustness.max_images=8", "fairness.min_positives=1"]
     report = evaluate(compose_config("eval", overrides, ev))
@@ -286,16 +292,16 @@ def test_a_calibration_split_alone_sets_the_threshold_and_the_card_says_so(tmp_p
     trained = train(config)
     best = json.loads((tmp_path / "metrics.json").read_text())["best_checkpoint"]
     model = LesionClassifier.load_from_checkpoint(best).eval()
-    op = model.operating_point
+    op = model.deployment.operating_point
     assert op["calibration_split"] == "calibration" and "calibration_op/recall" in trained
     splits = pd.read_csv(tmp_path / "splits.csv")
-    assert (splits["split"] == "calibration").sum() == len(model.split_ids["calibration"]) > 0
+    assert (splits["split"] == "calibration").sum() == len(model.deployment.split_ids["calibration"]) > 0
     # the stored threshold is the rule's choice on the calibration split's scores (stored temperature and Platt map)
     datamodule = build_datamodule(config["data"] | {"split_file": str(tmp_path / "splits.csv")}, model.data_config)
     trainer = L.Trainer(logger=False, enable_progress_bar=False)
     scored = predict(model, datamodule.calibration_dataloader(), trainer)
     chosen = choose_operating_point(scored.p_malignant(model), scored.y_malignant, 0.8, "lower_bound", 0.95)
-    assert float(model.threshold) == pytest.approx(chosen["threshold"], abs=1e-7)
+    assert float(model.deployment.threshold) == pytest.approx(chosen["threshold"], abs=1e-7)
     card = model_card(model, Path(best), None)
     assert "separate calibration split (data.calibration_fraction), not the validation split" in card
 
@@ -328,7 +334,7 @@ def test_train_and_eval_report_the_same_test_figures_for_a_7_class_model(tmp_pat
     trained = train(compose_config("train", tiny, tmp_path / "train"))
     best = json.loads((tmp_path / "train" / "metrics.json").read_text())["best_checkpoint"]
     model = LesionClassifier.load_from_checkpoint(best)
-    assert len(model.hparams.class_names) == 7 and float(model.temperature) != pytest.approx(1.0, abs=1e-3)
+    assert len(model.hparams.class_names) == 7 and float(model.deployment.temperature) != pytest.approx(1.0, abs=1e-3)
     overrides = [f"ckpt_path={best}", "bootstrap.resamples=20", "robustness.enabled=false", "fairness.enabled=false"]
     report = evaluate(compose_config("eval", overrides, tmp_path / "eval"))
     for key in ("test/auroc", "test/pauc80", "test/recall", "test/specificity", "test_op/recall", "test_op/auroc"):
@@ -343,7 +349,7 @@ def test_train_and_eval_report_the_same_test_figures_for_a_7_class_model(tmp_pat
     with pytest.raises(ValueError, match=r"\d+ of the \d+ test images were used to train or tune .*lesion_id groups"):
         evaluate(compose_config("eval", reseeded, tmp_path / "leak"))
     stored = torch.load(best, map_location="cpu", weights_only=True)["split_groups"]
-    assert stored["column"] == "lesion_id" and len(stored["groups"]["test"]) == len(model.split_ids["test"])
+    assert stored["column"] == "lesion_id" and len(stored["groups"]["test"]) == len(model.deployment.split_ids["test"])
 
 
 def test_the_leak_guard_refuses_another_image_of_a_training_lesion(caplog):
@@ -352,10 +358,11 @@ def test_the_leak_guard_refuses_another_image_of_a_training_lesion(caplog):
     from lesion.screening.evaluation import refuse_leaks, training_splits
 
     # One lesion, two photos with two ids: ISIC_1 trained on, ISIC_2 in another data config's test split.
-    run = SimpleNamespace(
+    deployment = SimpleNamespace(
         split_ids={"train": ["ISIC_1", "ISIC_3"], "val": ["ISIC_4"], "test": ["ISIC_5"]},
         split_groups={"column": "lesion_id", "groups": {"train": ["L1", "L3"], "val": ["L4"], "test": ["L5"]}},
     )
+    run = SimpleNamespace(deployment=deployment)
     splits = training_splits(run, "run.ckpt")
     assert splits[0].set_index("image_id")["lesion_id"].to_dict() == {
         "ISIC_1": "L1",
@@ -400,7 +407,7 @@ def _check_against_scikit_learn(model: LesionClassifier, root: Path, eval_dir: P
     scaled = roc_auc_score(1 - y, -p, max_fpr=max_fpr)
     pauc = 0.5 * max_fpr**2 + (max_fpr - 0.5 * max_fpr**2) / (1.0 - 0.5) * (scaled - 0.5)
     assert metrics["test/pauc80"] == pytest.approx(pauc, abs=1e-5)
-    for prefix, threshold in (("test", 0.5), ("test_op", float(model.threshold))):
+    for prefix, threshold in (("test", 0.5), ("test_op", float(model.deployment.threshold))):
         tn, fp, fn, tp = confusion_matrix(y, p > threshold, labels=[0, 1]).ravel()
         assert [metrics[f"{prefix}/{k}"] for k in ("tp", "fn", "fp", "tn")] == [tp, fn, fp, tn], prefix
         assert metrics[f"{prefix}/recall"] == pytest.approx(tp / (tp + fn), abs=1e-6)
@@ -426,7 +433,7 @@ def test_calibration_figures_describe_calibrated_p_malignant():
     lite = {"model_name": "tf_efficientnet_lite0", "pretrained": False}
     names = ["a", "b", "c", "d"]
     model = LesionClassifier(backbone=lite, class_names=names, malignant=["c", "d"])
-    model.temperature.fill_(1.6)
+    model.deployment.temperature.fill_(1.6)
     generator = torch.Generator().manual_seed(3)
     labels = torch.randint(0, 4, (500,), generator=generator)
     logits = 2 * F.one_hot(labels, 4) + 1.5 * torch.randn(500, 4, generator=generator)
@@ -467,7 +474,9 @@ def test_external_benign_malignant_set_evaluates_a_7_class_checkpoint_through_p_
     p = np.array([r.p_malignant for r in Screener(model).screen_files(files)])
     assert report["test/tp"] + report["test/fn"] == 12 and report["test/tn"] + report["test/fp"] == 12
     assert report["test/auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-5)
-    assert report["test_op/recall"] == pytest.approx(((p > float(model.threshold)) & (y == 1)).sum() / 12, abs=1e-6)
+    assert report["test_op/recall"] == pytest.approx(
+        ((p > float(model.deployment.threshold)) & (y == 1)).sum() / 12, abs=1e-6
+    )
     assert "test/balanced_accuracy" not in report and not (tmp_path / "eval" / "per_class.md").exists()
     table = (tmp_path / "eval" / "domain_shift.md").read_text()
     trained = json.loads((tmp_path / "train" / "metrics.json").read_text())
@@ -483,17 +492,20 @@ def test_external_benign_malignant_set_evaluates_a_7_class_checkpoint_through_p_
     site = load_model(refit["site_checkpoint"])
     p_site = np.array([r.p_malignant for r in Screener(site).screen_files([files[i] for i in held.tolist()])])
     y_held = y[held.numpy()]
-    called = p_site > float(site.threshold)
+    called = p_site > float(site.deployment.threshold)
     assert refit["external_after/test_op/recall"] == pytest.approx((called & (y_held == 1)).sum() / y_held.sum())
     assert refit["external_after/test/auroc"] == pytest.approx(roc_auc_score(y_held, p_site), abs=1e-5)
     p_held = p[held.numpy()]  # before: the stored operating point on the same held half
-    before = ((p_held > float(model.threshold)) & (y_held == 1)).sum() / y_held.sum()
+    before = ((p_held > float(model.deployment.threshold)) & (y_held == 1)).sum() / y_held.sum()
     assert refit["external_before/test_op/recall"] == pytest.approx(before)
-    assert float(site.threshold) == refit["recalibration/threshold"] and site.operating_point["method"] == "lower_bound"
+    assert (
+        float(site.deployment.threshold) == refit["recalibration/threshold"]
+        and site.deployment.operating_point["method"] == "lower_bound"
+    )
     assert "refitted locally" in (site_run / "recalibration.md").read_text()
     # A checkpoint that only eval.py could calibrate (DDP, an old run) keeps its in-domain figures for the table.
     raw = torch.load(best, map_location="cpu", weights_only=False)
-    raw["state_dict"]["calibrated"] = torch.tensor(False)
+    raw["state_dict"]["deployment.calibrated"] = torch.tensor(False)
     (tmp_path / "moved" / "checkpoints").mkdir(parents=True)
     torch.save(raw, tmp_path / "moved" / "checkpoints" / "raw.ckpt")  # no run dir, no metrics.json beside it
     own = [f"ckpt_path={tmp_path / 'moved' / 'checkpoints' / 'raw.ckpt'}", "bootstrap.resamples=20"]
@@ -548,7 +560,11 @@ def test_a_checkpoint_written_before_platt_loads_with_the_identity_map(tmp_path)
     best = json.loads((run / "metrics.json").read_text())["best_checkpoint"]
     ckpt = torch.load(best, map_location="cpu", weights_only=False)
     assert ckpt["operating_point"]["calibrator"] == "platt"
-    ckpt["state_dict"].pop("platt")
+    for name in ("temperature", "threshold", "calibrated"):  # the layout before Deployment: buffers on the module
+        ckpt["state_dict"][name] = ckpt["state_dict"].pop(f"deployment.{name}")
+    ckpt["state_dict"].pop("deployment.platt")  # and before the Platt map existed
     torch.save(ckpt, tmp_path / "old.ckpt")
     old = LesionClassifier.load_from_checkpoint(tmp_path / "old.ckpt")
-    assert old.platt.tolist() == [1.0, 0.0] and float(old.threshold) == pytest.approx(trained["threshold"])
+    assert old.deployment.platt.tolist() == [1.0, 0.0] and float(old.deployment.threshold) == pytest.approx(
+        trained["threshold"]
+    )

@@ -71,9 +71,12 @@ def test_predict_step_refers_the_scores_above_the_stored_threshold(tmp_path):
     batch = {"image": images, "label": torch.zeros(6, dtype=torch.long), "image_id": [str(i) for i in range(6)]}
     with torch.no_grad():
         p = model.predict_step(batch, 0)["p_malignant"]
-        model.threshold.fill_(float(p.median()))  # half the images above it, by construction
+        model.deployment.threshold.fill_(float(p.median()))  # half the images above it, by construction
         out = model.predict_step(batch, 0)
-    assert torch.equal(out["malignant"], out["p_malignant"] > float(model.threshold)) and out["malignant"].sum() == 3
+    assert (
+        torch.equal(out["malignant"], out["p_malignant"] > float(model.deployment.threshold))
+        and out["malignant"].sum() == 3
+    )
 
 
 def test_eval_rejects_a_missing_checkpoint(tmp_path):
@@ -149,8 +152,8 @@ def test_multiclass_run_reports_balanced_accuracy_and_malignant_sum(tmp_path):
 def test_scores_apply_the_stored_temperature_then_the_platt_map(tmp_path):
     backbone = compose_config("train", TINY, tmp_path)["backbone"]
     model = LesionClassifier(backbone=backbone, class_names=["nv", "bkl", "mel"], malignant=["mel"])
-    model.temperature.fill_(2.0)
-    model.platt.copy_(torch.tensor([1.5, -0.5], dtype=torch.float64))
+    model.deployment.temperature.fill_(2.0)
+    model.deployment.platt.copy_(torch.tensor([1.5, -0.5], dtype=torch.float64))
     logits = torch.tensor([[1.0, 0.0, 2.0], [0.5, 3.0, -1.0]])
     probs, p = model.scores(logits)
     torch.testing.assert_close(probs, (logits / 2.0).softmax(-1))

@@ -111,7 +111,7 @@ def test_predict_writes_a_row_per_file_and_a_clear_error_per_bad_file(trained, t
 
 def test_the_screener_runs_the_tta_its_threshold_was_fitted_under_and_refuses_another(trained):
     model = load_model(trained["ckpt"])
-    model.temperature.fill_(1.7)
+    model.deployment.temperature.fill_(1.7)
     model.hparams.tta = "flip"  # as the recipe's checkpoints: the operating point was fitted on flip-averaged logits
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
@@ -151,7 +151,7 @@ def test_onnx_export_matches_pytorch_on_32_images_with_metadata(trained, tmp_pat
         direct = model.malignant_probability((model(
             (images - torch.tensor(model.data_config["mean"]).view(1, 3, 1, 1))
             / torch.tensor(model.data_config["std"]).view(1, 3, 1, 1)
-        ) / model.temperature).softmax(-1)).numpy()  # fmt: skip
+        ) / model.deployment.temperature).softmax(-1)).numpy()  # fmt: skip
     np.testing.assert_allclose(expected, direct, atol=1e-6)
     probs, p_malignant = session.run(None, {"image": images.numpy()})
     assert np.abs(p_malignant - expected).max() <= 1e-4
@@ -159,8 +159,8 @@ def test_onnx_export_matches_pytorch_on_32_images_with_metadata(trained, tmp_pat
     single = session.run(["p_malignant"], {"image": images[:1].numpy()})[0]  # the batch axis is dynamic
     assert abs(single[0] - expected[0]) <= 1e-4
     meta = session.get_modelmeta().custom_metadata_map
-    assert float(meta["threshold"]) == pytest.approx(float(model.threshold))
-    assert float(meta["temperature"]) == pytest.approx(float(model.temperature))
+    assert float(meta["threshold"]) == pytest.approx(float(model.deployment.threshold))
+    assert float(meta["temperature"]) == pytest.approx(float(model.deployment.temperature))
     assert json.loads(meta["mean"]) == pytest.approx(model.data_config["mean"])
     assert json.loads(meta["input_size"]) == model.data_config["input_size"]
 
@@ -199,7 +199,7 @@ def test_torchscript_export_matches_pytorch_and_carries_metadata(trained, tmp_pa
     images = torch.rand(4, *model.data_config["input_size"])
     with torch.no_grad():
         torch.testing.assert_close(scripted(images)[1], ScreeningNet(model)(images)[1], atol=1e-5, rtol=0)
-    assert float(json.loads(extra["metadata.json"])["threshold"]) == pytest.approx(float(model.threshold))
+    assert float(json.loads(extra["metadata.json"])["threshold"]) == pytest.approx(float(model.deployment.threshold))
 
 
 def test_export_writes_a_model_card_from_the_eval_artifacts(trained, tmp_path):
@@ -471,8 +471,8 @@ def test_the_gate_scores_the_pooled_features_the_screener_sees(trained):
     from lesion.serving.quality import RETAKE, QualityGate
 
     model = load_model(trained["ckpt"])
-    fitted = model.quality["feature_residual"]  # train.py's default: quality.ood=residual
-    assert model.quality["ood"] == "residual" and 0 < fitted["max_residual"] <= 1
+    fitted = model.deployment.quality["feature_residual"]  # train.py's default: quality.ood=residual
+    assert model.deployment.quality["ood"] == "residual" and 0 < fitted["max_residual"] <= 1
     screener = Screener(model, quality={"enabled": True, "min_side": 16})
     rng = np.random.default_rng(0)
     photos = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(3)]
@@ -483,7 +483,7 @@ def test_the_gate_scores_the_pooled_features_the_screener_sees(trained):
         pre_logits = net.forward_head(net.forward_features(batch), pre_logits=True)
         assert torch.allclose(features, pre_logits, atol=1e-5)
         assert torch.allclose(pooled_features(model, batch), pre_logits, atol=1e-5)
-    lowered = dict(model.quality, feature_residual=dict(fitted, max_residual=-1.0))  # everything is too far
+    lowered = dict(model.deployment.quality, feature_residual=dict(fitted, max_residual=-1.0))  # everything is too far
     gate = QualityGate(lowered, screener.transforms.to_input_size, 16)
     assert gate.check_outputs(logits, features) == [("not_skin", RETAKE["not_skin"])] * 3
     with pytest.raises(ValueError, match="pass them"):
@@ -516,7 +516,9 @@ def test_predict_answers_retake_without_a_probability_and_the_card_shows_the_thr
     from lesion.serving.model_card import model_card
 
     model = load_model(trained["ckpt"])
-    assert model.quality is not None and model.quality["fitted_on"]["val_images"] == 16  # fitted by train.py
+    assert (
+        model.deployment.quality is not None and model.deployment.quality["fitted_on"]["val_images"] == 16
+    )  # fitted by train.py
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "dot.png").write_bytes(_png(np.zeros((1, 1, 3), np.uint8)))
@@ -526,7 +528,7 @@ def test_predict_answers_retake_without_a_probability_and_the_card_shows_the_thr
     assert (table["decision"] == "retake").all() and table["p_malignant"].isna().all()
     assert sorted(table["quality"]) == ["featureless", "too_small"] and all(r.p_malignant is None for r in results)
     card = model_card(model, Path(trained["ckpt"]), trained["eval"])
-    assert f"under {model.quality['min_side']} px" in card and "of its pooled feature outside the" in card
+    assert f"under {model.deployment.quality['min_side']} px" in card and "of its pooled feature outside the" in card
 
 
 def _png(image: np.ndarray) -> bytes:

@@ -8,8 +8,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from lesion.models.deployment import Deployment
 from lesion.models.module import FITTED_BUFFERS, LesionClassifier, initial_posthoc_tau, tta_mode
-from lesion.stats.calibration import PLATT_IDENTITY
 
 ENSEMBLE_KEY = "members"  # a checkpoint whose hyperparameters hold this key is an ensemble
 
@@ -58,23 +58,19 @@ class LesionEnsemble(LesionClassifier):
         self.register_buffer("malignant_mask", first.malignant_mask.clone())
         self.register_buffer("log_prior", torch.zeros_like(first.log_prior))  # the members' mean, set on assembly
         self.register_buffer("posthoc_tau", torch.tensor(initial_posthoc_tau(self.hparams.posthoc_adjustment)))
-        self.register_buffer("temperature", torch.tensor(1.0))
-        self.register_buffer("platt", torch.tensor(PLATT_IDENTITY, dtype=torch.float64))
-        self.register_buffer("threshold", torch.tensor(0.5, dtype=torch.float64))  # exact, as chosen
-        self.register_buffer("calibrated", torch.tensor(False))
-        self.operating_point: dict | None = None
-        self.quality: dict | None = None
-        self.split_ids: list[dict[str, list[str]] | None] = [None] * len(members)  # each member's training splits
-        self.split_groups: list[dict | None] = [None] * len(members)  # and their groups
+        # The ensemble's own calibration and threshold; each member's training splits and their groups.
+        self.deployment = Deployment(first.deployment.transforms)
+        self.deployment.split_ids, self.deployment.split_groups = [None] * len(members), [None] * len(members)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         for i, member in enumerate(self.members):  # members' buffers added since the ensemble was written
             for name in FITTED_BUFFERS:
                 checkpoint["state_dict"].setdefault(f"members.{i}.{name}", getattr(member, name).detach().clone())
+            member.deployment.load_entries(checkpoint, prefix=f"members.{i}.")
         self.member_paths = list(checkpoint.get("member_paths", []))
-        self.split_ids = checkpoint.get("split_ids") or [None] * len(self.members)
-        self.split_groups = checkpoint.get("split_groups") or [None] * len(self.members)
+        self.deployment.split_ids = self.deployment.split_ids or [None] * len(self.members)
+        self.deployment.split_groups = self.deployment.split_groups or [None] * len(self.members)
 
     @property
     def eval_net(self) -> nn.Module:
@@ -96,10 +92,7 @@ class LesionEnsemble(LesionClassifier):
                 "state_dict": self.state_dict(),
                 "hyper_parameters": {k: self.hparams[k] for k in ("members", "tta", "posthoc_adjustment")},
                 "member_paths": list(getattr(self, "member_paths", [])),
-                "operating_point": self.operating_point,
-                "quality": self.quality,
-                "split_ids": self.split_ids,
-                "split_groups": self.split_groups,
+                **self.deployment.entries(),
                 "pytorch-lightning_version": L.__version__,
             }
             | (extra or {}),

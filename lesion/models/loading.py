@@ -40,7 +40,7 @@ def load_calibrated(ckpt_path: str | Path | list, allow_uncalibrated: bool = Fal
     """`load_model` for the entry points that make decisions (predict.py, app.py, export.py): a model without a fitted
     temperature and threshold is refused (its decisions would use an arbitrary 0.5), or allowed with a warning."""
     model = load_model(ckpt_path)
-    if not bool(model.calibrated):
+    if not bool(model.deployment.calibrated):
         how = (
             f"ckpt_path={ckpt_path} has no fitted temperature and threshold (a DDP or fast_dev_run run, an old "
             "checkpoint, or a list of checkpoints): run `python eval.py ckpt_path=...` on it first, which fits them on "
@@ -55,8 +55,7 @@ def load_calibrated(ckpt_path: str | Path | list, allow_uncalibrated: bool = Fal
 
 def eval_transforms(model: LesionClassifier) -> LesionTransforms:
     """The evaluation-time transforms of the run that trained `model` (resize, fixed CLAHE, normalisation)."""
-    transforms = dict((model.hparams.get("data") or {}).get("transforms") or {})
-    return LesionTransforms(model.data_config, **transforms)
+    return model.deployment.eval_transforms(model.data_config)
 
 
 def assemble(
@@ -86,8 +85,8 @@ def assemble(
         member.load_state_dict(model.state_dict())
     ensemble.log_prior.copy_(torch.stack([m.log_prior for m in models]).mean(0))
     ensemble.member_paths = [str(p) for p in paths]
-    ensemble.split_ids = [m.split_ids for m in models]
-    ensemble.split_groups = [m.split_groups for m in models]
+    ensemble.deployment.split_ids = [m.split_ids for m in models]
+    ensemble.deployment.split_groups = [m.split_groups for m in models]
     return ensemble.eval()
 
 

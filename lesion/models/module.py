@@ -15,13 +15,15 @@ from torchmetrics.classification import BinaryStatScores
 
 from lesion.models.activation_cache import run_suffix
 from lesion.models.backbones import backbone_data_config, build_backbone
+from lesion.models.deployment import Deployment
 from lesion.models.optimizers import build_optimizer, build_scheduler
-from lesion.stats.calibration import PLATT_IDENTITY, platt_scale
+from lesion.stats.calibration import platt_scale
 from lesion.stats.metrics import diagnosis_collection, screening_collection
 
 SPLITS = ("train", "val", "test")
-# Buffers set after fit (calibration, the post-hoc prior): checkpoints written before one existed load with its default.
-FITTED_BUFFERS = ("temperature", "platt", "threshold", "calibrated", "log_prior", "posthoc_tau")
+# Buffers of the decision set at fit start or calibration (the post-hoc prior): checkpoints written before one existed
+# load with its default. The calibration and threshold are the Deployment's (lesion.models.deployment).
+FITTED_BUFFERS = ("log_prior", "posthoc_tau")
 log = logging.getLogger(__name__)
 
 
@@ -134,16 +136,8 @@ class LesionClassifier(L.LightningModule):
                 raise ValueError("set model.class_weights or model.malignant_weight, not both")
             self.loss_weights.copy_(1 + (malignant_weight - 1) * self.malignant_mask.float())
         self.prefix_depth = 0  # blocks whose activations arrive cached (lesion.models.activation_cache sets it)
-        # The operating point, set on validation after fit (lesion.screening.evaluation.calibrate), kept in checkpoints.
-        self.register_buffer("temperature", torch.tensor(1.0))
-        self.register_buffer("platt", torch.tensor(PLATT_IDENTITY, dtype=torch.float64))  # (a, b) on P(malignant)
-        self.register_buffer("threshold", torch.tensor(0.5, dtype=torch.float64))  # exact, as chosen
-        self.register_buffer("calibrated", torch.tensor(False))
-        self.operating_point: dict | None = None  # how the threshold was chosen (method, level, bound); checkpointed
-        self.quality: dict | None = None  # the quality gate's thresholds (lesion.serving.quality); checkpointed
-        self.split_ids: dict[str, list[str]] | None = None  # image ids per split of the training run; checkpointed
-        # the lesion / patient of each of those images (lesion.data.splits.split_groups); checkpointed
-        self.split_groups: dict | None = None
+        # Calibration, threshold, quality gate, the run's splits, eval transforms: fitted after fit, in checkpoints.
+        self.deployment = Deployment((data or {}).get("transforms"))
         self.test_outputs: list[dict] = []  # the last test run's logits per batch: train.py reports from them
         for split in SPLITS:
             setattr(self, f"{split}_metrics", screening_collection().clone(prefix=f"{split}/"))
@@ -190,7 +184,7 @@ class LesionClassifier(L.LightningModule):
             "logits": logits,
             "probs": probs,
             "p_malignant": p_malignant,
-            "malignant": p_malignant > self.threshold,
+            "malignant": p_malignant > self.deployment.threshold,
         }
 
     def scores(
@@ -201,7 +195,7 @@ class LesionClassifier(L.LightningModule):
         map (what the map is fitted on); `temperature=False` as well: as the network gives them."""
         logits = logits.float()
         if temperature:
-            logits = logits / self.temperature.to(logits.device)
+            logits = logits / self.deployment.temperature.to(logits.device)
         probs = logits.softmax(dim=-1)
         return probs, self.malignant_probability(probs, platt=platt)
 
@@ -209,7 +203,7 @@ class LesionClassifier(L.LightningModule):
         """P(malignant) from (temperature-scaled) class probabilities: the malignant classes' sum, then the stored
         Platt map (identity until calibration fits it; `platt=False`: the sum alone)."""
         p = probs[:, self.malignant_mask.to(probs.device)].sum(dim=-1)
-        return platt_scale(p, self.platt) if platt else p
+        return platt_scale(p, self.deployment.platt) if platt else p
 
     def diagnosis_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits for the multiclass decision: post-hoc adjusted for the training prior when posthoc_adjustment."""
@@ -246,16 +240,10 @@ class LesionClassifier(L.LightningModule):
         state = checkpoint["state_dict"]
         for name in FITTED_BUFFERS:
             state.setdefault(name, getattr(self, name).detach().clone())
-        self.operating_point = checkpoint.get("operating_point")
-        self.quality = checkpoint.get("quality")
-        self.split_ids = checkpoint.get("split_ids")
-        self.split_groups = checkpoint.get("split_groups")
+        self.deployment.load_entries(checkpoint)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["operating_point"] = self.operating_point
-        checkpoint["quality"] = self.quality
-        checkpoint["split_ids"] = self.split_ids  # eval.py evaluates on these splits and refuses leaks
-        checkpoint["split_groups"] = self.split_groups  # ... and their lesions or patients
+        checkpoint |= self.deployment.entries()  # eval.py evaluates on the stored splits and refuses leaks
 
     def on_fit_start(self) -> None:
         """Log the numbers training actually uses: class counts per split, sampling, loss class weights (and quiet

@@ -23,7 +23,7 @@ def log_test_predictions(loggers, model, test, read, best: str, samples: int = 1
     import wandb
 
     p = test.p_malignant(model)
-    y, called = test.y_malignant.long(), (p > float(model.threshold)).long()
+    y, called = test.y_malignant.long(), (p > float(model.deployment.threshold)).long()
     table = wandb.Table(columns=["image", "image_id", "label", "p_malignant", "decision"])
     for i in range(min(samples, len(test.image_ids))):
         image_id = test.image_ids[i]

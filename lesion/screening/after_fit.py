@@ -40,7 +40,7 @@ def after_fit(
         model, fitted_on, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"], split
     )
     if quality["enabled"]:
-        model.quality = fit_on_datamodule(model, datamodule, val, quality)
+        model.deployment.quality = fit_on_datamodule(model, datamodule, val, quality)
     val_report = split_report(model, val, datamodule.frames["val"], "val", settings)
     report |= {k: v for k, v in val_report.items() if "calibration" not in k}
     tested = test()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from lesion.models.deployment import BUFFERS
 from lesion.models.ensemble import LesionEnsemble
 from lesion.models.module import LesionClassifier
 from lesion.screening.reports import DOMAIN_KEYS
@@ -18,10 +19,13 @@ def store_operating_point(ckpt_path: str, model: LesionClassifier, extra: dict |
     """Write the model's temperature, Platt map, threshold and calibrated flag (and `extra` top-level entries) into an
     existing checkpoint file."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    for name in ("temperature", "platt", "threshold", "calibrated", "posthoc_tau"):
-        ckpt["state_dict"][name] = getattr(model, name).detach().cpu()
-    ckpt["operating_point"] = dict(model.operating_point or {})
-    ckpt["quality"] = model.quality
+    state = ckpt["state_dict"]
+    for name in BUFFERS:
+        state.pop(name, None)  # a checkpoint written before Deployment held these on the module
+        state[f"deployment.{name}"] = getattr(model.deployment, name).detach().cpu()
+    state["posthoc_tau"] = model.posthoc_tau.detach().cpu()
+    ckpt["operating_point"] = dict(model.deployment.operating_point or {})
+    ckpt["quality"] = model.deployment.quality
     torch.save(ckpt | (extra or {}), ckpt_path)
 
 
@@ -93,7 +97,7 @@ def save_adapted(model: LesionClassifier, source: str | Path, path: Path, extra:
     ckpt = torch.load(source, map_location="cpu", weights_only=True)
     ckpt = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
     ckpt["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    ckpt["operating_point"] = dict(model.operating_point or {})
-    ckpt["quality"] = model.quality
+    ckpt["operating_point"] = dict(model.deployment.operating_point or {})
+    ckpt["quality"] = model.deployment.quality
     torch.save(ckpt | extra, path)
     return path

@@ -34,27 +34,27 @@ def calibrate(
 ) -> dict:
     """Fit the temperature of the class logits on validation and (`calibrator="platt"`) a Platt map of the resulting
     P(malignant), then the threshold for `target_sensitivity` on calibrated P(malignant)
-    (`lesion.stats.operating_point.choose_operating_point`); all are stored in the model's buffers and the rules
-    that chose them in `model.operating_point`, so its checkpoints carry them. `split`: the split whose predictions
+    (`lesion.stats.operating_point.choose_operating_point`); all are stored in `model.deployment` (buffers, and the
+    rules that chose them in `operating_point`), so its checkpoints carry them. `split`: the split whose predictions
     `val` holds (val, or a separate calibration split), named by the returned `<split>_op/` figures and by
-    `model.operating_point["calibration_split"]`.
+    `model.deployment.operating_point["calibration_split"]`.
 
     Why Platt on top of the temperature: P(malignant) is a sum of softmax outputs, and one temperature fitted to the
     7-class NLL leaves that sum miscalibrated (bench/calibrators.py: val ECE of P(malignant) 0.087 with the temperature,
     0.029 with a Platt map). The map is increasing, so rankings (AUROC) stay the temperature's."""
     if calibrator not in CALIBRATORS:
         raise ValueError(f"operating_point.calibrator must be one of {CALIBRATORS}, got {calibrator!r}")
-    model.temperature.fill_(fit_temperature(val.logits, val.labels))
-    temperature = float(model.temperature)  # as stored: the scores every later decision sees
+    model.deployment.temperature.fill_(fit_temperature(val.logits, val.labels))
+    temperature = float(model.deployment.temperature)  # as stored: the scores every later decision sees
     raw = model.scores(val.logits, platt=False)[1]
     platt = fit_platt(raw, val.y_malignant) if calibrator == "platt" else PLATT_IDENTITY
-    model.platt.copy_(torch.tensor(platt, dtype=torch.float64))
+    model.deployment.platt.copy_(torch.tensor(platt, dtype=torch.float64))
     p = val.p_malignant(model)
     chosen = choose_operating_point(p, val.y_malignant, target_sensitivity, method, confidence)
     chosen |= {"calibrator": calibrator, "platt_a": platt[0], "platt_b": platt[1], "calibration_split": split}
-    model.threshold.fill_(chosen["threshold"])
-    model.calibrated.fill_(True)
-    model.operating_point = chosen
+    model.deployment.threshold.fill_(chosen["threshold"])
+    model.deployment.calibrated.fill_(True)
+    model.deployment.operating_point = chosen
     posthoc = {}
     if model.hparams.get("posthoc_adjustment") == "val" and val.logits.shape[1] > 2:
         posthoc = {"posthoc_tau": fit_posthoc_tau(model, val)}
@@ -95,10 +95,10 @@ def screening_report(
     bins: int = 15,
 ) -> dict:
     """Flat metrics: `<split>/…` at 0.5, `<split>_op/…` at the stored threshold (with CIs), calibration before/after."""
-    temperature, threshold = float(model.temperature), float(model.threshold)
+    temperature, threshold = float(model.deployment.temperature), float(model.deployment.threshold)
     p = test.p_malignant(model)
     report: dict = {"threshold": threshold, "temperature": temperature}
-    report |= {"platt_a": float(model.platt[0]), "platt_b": float(model.platt[1])}
+    report |= {"platt_a": float(model.deployment.platt[0]), "platt_b": float(model.deployment.platt[1])}
     report |= {f"{split}/{k}": v for k, v in screening_metrics(p, test.y_malignant, 0.5).items()}
     report |= {f"{split}_op/{k}": v for k, v in screening_metrics(p, test.y_malignant, threshold).items()}
     if resamples:
@@ -145,8 +145,8 @@ def training_splits(model: LesionClassifier, ckpt_path: str | list) -> list[pd.D
     """image_id/split tables of the run(s) that trained the model, one per member for an ensemble (a site model: the
     source run's, then its local parts), with the group column (lesion_id, patient_id) where the run had one: stored in
     the checkpoint (train.py), else the run's splits.csv beside its checkpoints/ folder; none when neither exists."""
-    stored = model.split_ids if isinstance(model.split_ids, list) else [model.split_ids]
-    grouped = getattr(model, "split_groups", None)
+    stored, grouped = model.deployment.split_ids, model.deployment.split_groups
+    stored = stored if isinstance(stored, list) else [stored]
     grouped = grouped if isinstance(grouped, list) else [grouped] * len(stored)
     paths = getattr(model, "member_paths", None) or (ckpt_path if isinstance(ckpt_path, list) else [ckpt_path])
     tables = []

@@ -75,18 +75,21 @@ def refit_operating_point(
     if int(local.y_malignant.sum()) == 0 or int((local.y_malignant == 0).sum()) == 0:
         raise ValueError("refitting the operating point needs malignant and benign local images")
     site = copy.deepcopy(model)
-    calibrator = (model.operating_point or {}).get("calibrator", "temperature")
+    calibrator = (model.deployment.operating_point or {}).get("calibrator", "temperature")
     if calibrator == "platt":
         raw = model.scores(local.logits, platt=False)[1]
-        site.platt.copy_(torch.tensor(fit_platt(raw, local.y_malignant), dtype=torch.float64))
+        site.deployment.platt.copy_(torch.tensor(fit_platt(raw, local.y_malignant), dtype=torch.float64))
     else:
-        site.temperature.fill_(fit_binary_temperature(local.logits, model.malignant_mask, local.y_malignant))
+        site.deployment.temperature.fill_(fit_binary_temperature(local.logits, model.malignant_mask, local.y_malignant))
     p = local.p_malignant(site)
     chosen = choose_operating_point(p, local.y_malignant, target_sensitivity, "lower_bound", confidence)
-    site.threshold.fill_(chosen["threshold"])
-    site.calibrated.fill_(True)
-    site.operating_point = chosen | {"site_refit_images": len(local.labels), "calibrator": calibrator}
-    site.operating_point |= {"platt_a": float(site.platt[0]), "platt_b": float(site.platt[1])}
+    site.deployment.threshold.fill_(chosen["threshold"])
+    site.deployment.calibrated.fill_(True)
+    site.deployment.operating_point = chosen | {"site_refit_images": len(local.labels), "calibrator": calibrator}
+    site.deployment.operating_point |= {
+        "platt_a": float(site.deployment.platt[0]),
+        "platt_b": float(site.deployment.platt[1]),
+    }
     return site, chosen | {"calibrator": calibrator}
 
 

@@ -43,7 +43,7 @@ def robustness_table(
     rows = subset(test.image_ids, test.y_malignant, max_images)
     ids = [test.image_ids[i] for i in rows]
     labels = test.labels[rows]
-    threshold = float(model.threshold)
+    threshold = float(model.deployment.threshold)
     results = []
     for name in DEGRADATIONS:
         for severity in [0, *severities]:

@@ -168,7 +168,7 @@ class Adapter:
         adapted = self.adapted(train, epochs)
         site, chosen = refit_operating_point(adapted, self.predictions(adapted, calibration), target, confidence)
         if quality.get("enabled", True):
-            site.quality = self.site_gate(site, train, calibration, quality)
+            site.deployment.quality = self.site_gate(site, train, calibration, quality)
         info = {"strategy": dict(self.strategy.__dict__), "epochs": epochs, "fold_auroc_by_epoch": curve}
         return site, info | {"operating_point": chosen}
 
@@ -182,7 +182,7 @@ class Adapter:
         }
         cal_logits = self.logits(site, calibration)
         gate = fit_quality(train.sized, lambda image: image, cal_logits, settings, len(train), features)
-        source = self.model.quality or {}
+        source = self.model.deployment.quality or {}
         if source.get("region", 1.0) == gate["region"]:
             gate |= {k: pick(gate[k], source[k]) for k, pick in LENIENT.items() if k in source}
         reference = "site photos"

@@ -30,9 +30,9 @@ class ScreeningNet(nn.Module):
         cfg = model.data_config
         self.register_buffer("mean", torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("temperature", model.temperature.detach().float().clone())
+        self.register_buffer("temperature", model.deployment.temperature.detach().float().clone())
         self.register_buffer("malignant", model.malignant_mask.detach().float().clone())
-        self.register_buffer("platt", model.platt.detach().float().clone())
+        self.register_buffer("platt", model.deployment.platt.detach().float().clone())
         settings = eval_transforms(model).preprocess_settings()
         self.constancy_power = settings.get("color_constancy")
         if self.constancy_power and settings["clahe"]:
@@ -77,10 +77,10 @@ def metadata(model: LesionClassifier, ckpt_path: str | Path = "") -> dict[str, s
         "malignant sum s [N] (a, b: platt)",
         "class_names": json.dumps(list(model.hparams.class_names)),
         "malignant_classes": json.dumps(list(model.hparams.malignant)),
-        "temperature": repr(float(model.temperature)),
-        "platt": json.dumps([float(v) for v in model.platt]),
-        "threshold": repr(float(model.threshold)),
-        "calibrated": json.dumps(bool(model.calibrated)),
+        "temperature": repr(float(model.deployment.temperature)),
+        "platt": json.dumps([float(v) for v in model.deployment.platt]),
+        "threshold": repr(float(model.deployment.threshold)),
+        "calibrated": json.dumps(bool(model.deployment.calibrated)),
         "decision": "refer when p_malignant > threshold",
         "backbone": json.dumps(dict(model.hparams.backbone)),
         "checkpoint": str(ckpt_path),

@@ -104,7 +104,7 @@ class Screener:
         self.tta = calibrated_tta(model, tta)
         self.max_pixels = max_pixels
         self.bands = dict(DEFAULT_BANDS, **(bands or {}))
-        self.threshold = float(model.threshold)
+        self.threshold = float(model.deployment.threshold)
         self.explainer = None
         if gradcam:
             from lesion.serving.explain import GradCam  # grad-cam is imported only when asked for

@@ -129,7 +129,7 @@ def model_card(
     train_dir = Path(adaptation["source_checkpoint"]).resolve().parent.parent if adaptation else run_dir
     source = eval_dir / "metrics.json" if eval_dir else run_dir / "metrics.json"
     metrics = json.loads(source.read_text()) if source.is_file() else {}
-    threshold = float(model.threshold)
+    threshold = float(model.deployment.threshold)
     backbone = dict(model.hparams.backbone)
     how_eval = f"run `python eval.py ckpt_path={ckpt_path}` and export again."
     where = (
@@ -208,7 +208,7 @@ def _calibrated_on(model, adaptation: dict | None) -> str:
         return (
             "local calibration part (fine-tuning never saw it; grouped folds of the fine-tuning part chose the epochs)"
         )
-    if (model.operating_point or {}).get("calibration_split") == "calibration":
+    if (model.deployment.operating_point or {}).get("calibration_split") == "calibration":
         return "separate calibration split (data.calibration_fraction), not the validation split that chose the epoch"
     return "validation split, which also chose the epoch (no separate calibration split: data.calibration_fraction=0)"
 
@@ -244,8 +244,8 @@ def _ood(q: dict) -> str:
 
 
 def _calibration(model) -> str:
-    a, b = (float(v) for v in model.platt)
-    text = f"temperature scaling of the class logits, T = {float(model.temperature):.4f}"
+    a, b = (float(v) for v in model.deployment.platt)
+    text = f"temperature scaling of the class logits, T = {float(model.deployment.temperature):.4f}"
     return text + (f"; Platt map of P(malignant), a = {a:.4f}, b = {b:.4f}" if (a, b) != (1.0, 0.0) else "")
 
 
