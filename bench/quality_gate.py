@@ -84,7 +84,7 @@ def main() -> None:
         data["split_file"] = str(path)
     datamodule = build_datamodule(data, model.data_config)
     datamodule.setup()
-    if not getattr(model, "quality", None) or args.ood or args.region:
+    if not model.deployment.quality or args.ood or args.region:
         trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
         settings = SETTINGS | {"ood": args.ood or SETTINGS["ood"], "region": args.region or SETTINGS["region"]}
         val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(settings))

@@ -90,7 +90,8 @@ def test_fine_tuning_moves_a_planted_camera_shift_back_and_recalibration_cannot(
     assert stored["quality"]["fitted_on"]["ood_reference"] == "source reference widened by site photos"
     # The site model loads like any checkpoint; the source checkpoint is untouched.
     assert bool(load_model(head["site_checkpoint"]).deployment.calibrated)
-    assert float(load_model(site["source"]).threshold) != float(load_model(head["site_checkpoint"]).threshold)
+    source, adapted = load_model(site["source"]), load_model(head["site_checkpoint"])
+    assert float(source.deployment.threshold) != float(adapted.deployment.threshold)
     assert "| AUROC |" in (tmp / "head" / "adaptation.md").read_text()
 
 

@@ -143,7 +143,7 @@ def test_uncalibrated_models_are_refused_until_eval_calibrates_them(members, tmp
     copy = tmp_path / "raw.calibrated.ckpt"
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["calibrated_checkpoint"] == str(copy)
     assert bool(load_model(copy).deployment.calibrated) and not bool(load_model(raw).deployment.calibrated)
-    assert float(load_model(copy).threshold) == pytest.approx(metrics["threshold"])
+    assert float(load_model(copy).deployment.threshold) == pytest.approx(metrics["threshold"])
 
 
 def test_members_with_another_input_pipeline_are_refused(members, tmp_path):

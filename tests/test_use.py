@@ -99,7 +99,7 @@ def test_predict_writes_a_row_per_file_and_a_clear_error_per_bad_file(trained, t
     good = table[table["error"].isna()]
     assert len(good) == 7 and good["p_malignant"].between(0, 1).all()
     assert {"padded.jpg", "motion.jpg", "photo.webp", "photo.heic"} <= {Path(f).name for f in good.index}
-    threshold = float(load_model(trained["ckpt"]).threshold)
+    threshold = float(load_model(trained["ckpt"]).deployment.threshold)
     assert ((good["p_malignant"] > threshold) == (good["risk_band"] == "elevated")).all()
     assert (good["decision"].isin(["refer", "no referral"])).all()
     assert (table["note"] == DISCLAIMER).all()

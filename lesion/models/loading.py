@@ -85,8 +85,8 @@ def assemble(
         member.load_state_dict(model.state_dict())
     ensemble.log_prior.copy_(torch.stack([m.log_prior for m in models]).mean(0))
     ensemble.member_paths = [str(p) for p in paths]
-    ensemble.deployment.split_ids = [m.split_ids for m in models]
-    ensemble.deployment.split_groups = [m.split_groups for m in models]
+    ensemble.deployment.split_ids = [m.deployment.split_ids for m in models]
+    ensemble.deployment.split_groups = [m.deployment.split_groups for m in models]
     return ensemble.eval()
 
 

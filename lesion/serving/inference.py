@@ -99,7 +99,7 @@ class Screener:
         self.transforms = eval_transforms(model)
         self.gate = None
         if quality and quality["enabled"]:
-            thresholds = getattr(model, "quality", None)
+            thresholds = model.deployment.quality
             self.gate = QualityGate(thresholds, self.transforms.to_input_size, quality["min_side"])
         self.tta = calibrated_tta(model, tta)
         self.max_pixels = max_pixels

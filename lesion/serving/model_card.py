@@ -215,7 +215,7 @@ def _calibrated_on(model, adaptation: dict | None) -> str:
 
 def _quality(model) -> str:
     """The quality gate's stored thresholds (lesion.serving.quality), as predict.py and app.py apply them."""
-    q = getattr(model, "quality", None)
+    q = model.deployment.quality
     if not q:
         return "_No fitted thresholds (trained before the gate): predict.py and app.py check only size and flatness._\n"
     p = q.get("percentiles", {})
