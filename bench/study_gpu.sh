@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The study comparison under the study's protocol (224 px, batch 8, Adam 1e-5, class weight 10, patience 20, <= 30
-# epochs) on one H100, within 8 minutes, stock CUDA PyTorch image (PyTorch, timm, OpenCV; no Hydra/albumentations).
-#   here, once:  .venv/bin/python bench/pack_isic2018.py        # bench/data/: ~40 MB of JPEGs + Lite0 weights
-#   on the GPU:  run(command="bash bench/study_gpu.sh", carry=["bench/data"], timeout_s=560)
-# Writes the table to stdout and study_gpu.md / study_gpu.json to $OUT (else bench/data/).
+# The study comparison under the study's protocol on one GPU, through train.py (experiment=study_gpu: 224 px, batch 8,
+# Adam 1e-5, class weights [1, 10], patience 20, <= 30 epochs, bf16-mixed + channels_last), one job per study row,
+# with the same calibration, threshold rule and report as every other run.
+#   here, once:   .venv/bin/python bench/pack_isic2018.py      # bench/data/isic2018: official layout + the CPU split
+#   on the GPU:   make install, then  bash bench/study_gpu.sh [key=value ...]
+# The sweep dir's summary.md / summary.csv / summary.png are the comparison table and chart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-export PYTHONUNBUFFERED=1
-# 8-minute envelope: ~30 s preprocessing, 400 s training budget per row (rows run concurrently), evaluation after.
-timeout 475 python bench/study_gpu.py --pack bench/data/isic2018_pack.npz --budget-s "${BUDGET_S:-400}" "$@"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi here"
+DATA=${DATA:-bench/data/isic2018}
+PY=${PY:-.venv/bin/python}
+"$PY" train.py -m experiment=study_gpu "data.root=$DATA" "data.split_file=$DATA/splits.csv" "$@"

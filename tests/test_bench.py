@@ -40,36 +40,56 @@ def test_frozen_stages_keep_no_activations_and_get_no_gradients():
     assert frozen["train_gflop_per_img"] < trainable["train_gflop_per_img"]
 
 
-def test_study_gpu_script_runs_end_to_end_on_the_cpu_at_toy_size(tmp_path):
-    from conftest import SHARED_ISIC2018
+def test_the_study_gpu_protocol_is_a_config_of_train_py_with_the_study_final_settings(tmp_path):
+    from conftest import compose_config
 
-    if not SHARED_ISIC2018.is_dir():
-        import pytest
+    gpu = compose_config("train", ["experiment=study_gpu"], tmp_path)
+    final = compose_config("train", ["experiment=study_final", "data=isic2018", "data.root=x"], tmp_path)
+    for key in ("batch_size", "eval_batch_size", "transforms"):
+        assert gpu["data"][key] == final["data"][key], key
+    assert gpu["optimizer"] == final["optimizer"] and gpu["model"]["class_weights"] == [1, 10]
+    assert gpu["callbacks"]["early_stopping"] == final["callbacks"]["early_stopping"]
+    assert gpu["trainer"]["max_epochs"] == 30 and gpu["backbone"]["input_size"] == 224
+    assert gpu["trainer"]["accelerator"] == "gpu" and gpu["trainer"]["precision"] == "bf16-mixed"
+    import yaml
 
-        pytest.skip(f"packs the real images from {SHARED_ISIC2018}, which is absent (a fresh clone)")
-    run = dict(cwd=ROOT, capture_output=True, text=True, check=True)
-    subprocess.run(
-        [sys.executable, "bench/pack_isic2018.py", "--root", str(SHARED_ISIC2018), "--out", str(tmp_path)], **run
-    )
-    rows = ["efficientnet_lite0", "resnet50_trunc_laurel_rw"]
-    cmd = [
-        sys.executable,
-        "bench/study_gpu.py",
-        "--smoke",
-        "--device",
-        "cpu",
-        "--pack",
-        str(tmp_path / "isic2018_pack.npz"),
+    def rows(name: str) -> str:  # the swept study rows (Hydra's own node is not in the composed job config)
+        return yaml.safe_load((ROOT / "conf" / "experiment" / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
+
+    assert rows("study_gpu")["study_row"] == rows("study_comparison")["study_row"]
+    assert gpu["operating_point"] == final["operating_point"]  # the same threshold rule as every train.py run
+
+
+def test_study_gpu_script_packs_the_split_and_trains_its_rows_through_train_py(tmp_path):
+    """bench/study_gpu.sh on the CPU at toy size: the pack carries the official layout and the split, and the sweep
+    trains each row with train.py on exactly that split."""
+    import pandas as pd
+    from fakes import make_isic2018
+
+    root = make_isic2018(tmp_path / "isic2018", n=84)
+    packed = tmp_path / "packed"
+    _bench(["bench/pack_isic2018.py", "--root", str(root), "--out", str(packed)], tmp_path)
+    assert len(list((packed / "ISIC2018_Task3_Training_Input").glob("*.jpg"))) == 84
+    toy = ["trainer.accelerator=cpu", "trainer.precision=32-true", "model.channels_last=false", "data.num_workers=0"]
+    toy += ["backbone.input_size=32", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.cache=false"]
+    toy += [
+        "operating_point.bootstrap_resamples=20",
+        "trainer.enable_model_summary=false",
+        "callbacks.progress_bar=null",
     ]
-    cmd += ["--cache", str(tmp_path / "cache.npy"), "--out", str(tmp_path), "--rows", *rows]
-    out = subprocess.run(cmd, **run).stdout
-    table = (tmp_path / "study_gpu.md").read_text()
-    for row in rows:
-        assert f"| {row} |" in table and "failed" not in table, out
-    assert (
-        "| efficientnet_lite0 | ImageNet |" in table
-        and "| resnet50_trunc_laurel_rw | from scratch, every stage trained |" in table
-    )
+    toy += [
+        "study_row=efficientnet_lite0,resnet50_trunc_laurel_rw",  # the command line wins over the config's rows
+        f"hydra.sweep.dir={tmp_path}/s",
+    ]
+    env = {"PY": sys.executable, "DATA": str(packed)}
+    _bench(["bench/study_gpu.sh", *toy], tmp_path, env=env, script="bash")
+    summary = (tmp_path / "s" / "summary.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.name.isdigit()) == ["0", "1"]
+    assert "efficientnet_lite0" in summary and "resnet50_trunc_laurel_rw" in summary and "failed" not in summary
+    split = pd.read_csv(packed / "splits.csv").sort_values("image_id").reset_index(drop=True)
+    for job in ("0", "1"):
+        used = pd.read_csv(tmp_path / "s" / job / "splits.csv").sort_values("image_id").reset_index(drop=True)
+        assert used[["image_id", "split"]].equals(split[["image_id", "split"]])
 
 
 def test_overhead_script_interleaves_rounds_and_prints_the_ratio_table(tmp_path):
