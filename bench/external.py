@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lesion.models.loading import load_model
-from lesion.models.module import tta_mode
+from lesion.models.tta import tta_mode
 from lesion.serving.inference import Screener
 from lesion.stats.metrics import screening_metrics
 from lesion.stats.operating_point import bootstrap_ci

@@ -30,7 +30,7 @@ from external import folder_cases  # noqa: E402
 from metadata_fusion import paired_auroc_difference  # noqa: E402
 from own_split import DEFAULT_ROOT, own_split_datamodule  # noqa: E402
 
-from lesion.models.module import TTA_VIEWS, dihedral_views  # noqa: E402
+from lesion.models.tta import TTA_VIEWS, dihedral_views  # noqa: E402
 from lesion.serving.inference import Screener  # noqa: E402
 from lesion.stats.operating_point import bootstrap_ci  # noqa: E402
 

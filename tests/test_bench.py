@@ -329,7 +329,7 @@ def test_quality_gate_calibrators_and_metadata_fusion_scripts_run_on_a_trained_c
     from tta_views import mode_scores, view_logits
 
     from lesion.models.loading import load_model
-    from lesion.models.module import tta_logits
+    from lesion.models.tta import tta_logits
 
     model = load_model(ckpt)
     x = torch.rand(5, 3, 32, 32)

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from conftest import TINY, compose_config
 
 from lesion.models.backbones import build_backbone
-from lesion.models.module import LesionClassifier, tta_logits
+from lesion.models.module import LesionClassifier
 from lesion.models.optimizers import build_optimizer, build_scheduler
+from lesion.models.tta import tta_logits
 from train import train
 
 LITE = {"model_name": "tf_efficientnet_lite0", "input_size": 32, "pretrained": False}

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from lesion.models.deployment import Deployment
-from lesion.models.module import FITTED_BUFFERS, LesionClassifier, initial_posthoc_tau, tta_mode
+from lesion.models.module import FITTED_BUFFERS, LesionClassifier, initial_posthoc_tau
+from lesion.models.tta import tta_mode
 
 ENSEMBLE_KEY = "members"  # a checkpoint whose hyperparameters hold this key is an ensemble
 

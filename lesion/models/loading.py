@@ -10,7 +10,8 @@ import torch
 
 from lesion.data.transforms import LesionTransforms
 from lesion.models.ensemble import ENSEMBLE_KEY, LesionEnsemble
-from lesion.models.module import TTA_VIEWS, LesionClassifier, tta_mode
+from lesion.models.module import LesionClassifier
+from lesion.models.tta import TTA_VIEWS, tta_mode
 
 log = logging.getLogger(__name__)
 

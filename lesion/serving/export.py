@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from lesion.models.loading import eval_transforms
-from lesion.models.module import LesionClassifier, tta_logits, tta_mode
+from lesion.models.module import LesionClassifier
+from lesion.models.tta import tta_logits, tta_mode
 
 FORMATS = ("onnx", "torchscript")
 

@@ -13,7 +13,8 @@ import torch
 
 from lesion.data.readers import BadImageError, decode
 from lesion.models.loading import eval_transforms
-from lesion.models.module import LesionClassifier, tta_mode
+from lesion.models.module import LesionClassifier
+from lesion.models.tta import tta_mode
 
 log = logging.getLogger(__name__)
 DISCLAIMER = (
