@@ -13,7 +13,7 @@ PY=${PY:-.venv/bin/python}
 BASE=(experiment=isic2018_cpu_baseline "data.root=$ROOT" callbacks.progress_bar=null)
 mkdir -p "$OUT"
 declare -A ROW
-ROW[baseline_224]="trainer.max_epochs=2 trainer.limit_train_batches=0.7"                       # the old baseline, 224x224
+ROW[baseline_224]="trainer.max_epochs=2 trainer.limit_train_batches=0.7"                       # the baseline, 224x224
 ROW[native_150x200]="backbone.input_size=[150,200] trainer.max_epochs=3"                            # + native 150x200
 ROW[adamw_ema]="${ROW[native_150x200]} optimizer=adamw scheduler=warmup_cosine optimizer.lr=5e-4 model.label_smoothing=0.1 model.ema_decay=0.999"
 ROW[balanced_ce]="${ROW[adamw_ema]} model.malignant_weight=null model.class_weights=balanced"         # + balanced 7-class CE
