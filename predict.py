@@ -42,22 +42,26 @@ def run_predict(config: dict) -> list[Result]:
         config.get("bands"),
         config.get("quality"),
         config.get("crop", "none"),
+        config.get("overlay_side"),
     )
     files = input_files(Path(config["input"]))
     out = Path(config["paths"]["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=len(files), desc="screening", unit="img", disable=len(files) < 2) as progress:
-        results = screener.screen_files(files, config["batch_size"], progress)
     if config["gradcam"]:
         (out / "gradcam").mkdir(exist_ok=True)
-    rows = []
-    for i, result in enumerate(results):
-        row = result.row()
-        if result.overlay is not None:
-            path = out / "gradcam" / f"{i:04d}_{Path(result.file).stem}.png"
-            cv2.imwrite(str(path), cv2.cvtColor(result.overlay, cv2.COLOR_RGB2BGR))
-            row["gradcam"] = str(path)
-        rows.append(row)
+    results, rows = [], []
+    with tqdm(total=len(files), desc="screening", unit="img", disable=len(files) < 2) as progress:
+        # Streamed: each overlay is written as its batch is done and let go, so a folder of any size runs in the
+        # memory of one batch.
+        for i, result in enumerate(screener.iter_files(files, config["batch_size"], progress)):
+            row = result.row()
+            if result.overlay is not None:
+                path = out / "gradcam" / f"{i:04d}_{Path(result.file).stem}.png"
+                cv2.imwrite(str(path), cv2.cvtColor(result.overlay, cv2.COLOR_RGB2BGR))
+                row["gradcam"] = str(path)
+                result.overlay = None
+            results.append(result)
+            rows.append(row)
     pd.DataFrame(rows).to_csv(out / "predictions.csv", index=False)
     summary = {
         "disclaimer": DISCLAIMER,

@@ -292,6 +292,28 @@ def test_app_load_bench_reports_latency_status_codes_and_rss(trained):
     assert "answered (200) per second" in out and "peak RSS" in out
 
 
+def test_memory_benches_report_rss_against_requests_and_photos(trained, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = os.environ | {"NO_ALBUMENTATIONS_UPDATE": "1"}
+    cmd = [sys.executable, "bench/app_memory.py", "--ckpt", trained["ckpt"], "--requests", "12", "--max-queue", "1"]
+    cmd += ["--port", "8791", "--plot", str(tmp_path / "app.png")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    phases = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith(("| seq", "| con"))]
+    assert phases == ["sequential", "concurrent"]
+    assert "peak" in done.stdout and (tmp_path / "app.png").is_file()
+    cmd = [sys.executable, "bench/predict_memory.py", "--ckpt", trained["ckpt"], "--photos", "12"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith("| 12 |")]
+    assert len(row.strip("|").split("|")) == 6
+
+
 def test_web_page_in_a_real_browser(trained, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip(

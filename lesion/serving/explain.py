@@ -56,7 +56,10 @@ class GradCam:
         self.model = model.eval()
         size = tuple(model.data_config["input_size"][1:])
         self.layer = last_feature_map(model.eval_net, size)
-        self.cam = GradCAM(model=model, target_layers=[self.layer])
+        # The evaluation network on the photo as it is, not the model under its TTA: one forward and backward pass
+        # instead of one per view (4 or 8), whose saved activations cost ~0.4 GB at 225x300 for EfficientNet-Lite0
+        # (bench/app_memory.py), and one activation map for the hook instead of one per view.
+        self.cam = GradCAM(model=model.eval_net, target_layers=[self.layer])
         self.cam.compute_input_gradient = True  # a map even when every layer below is frozen
         self.target = MalignantScore(model.malignant_mask.cpu())
 

@@ -4,10 +4,12 @@ a plain-language risk band, the checkpoint's own TTA and Grad-CAM. Shared by pre
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -88,9 +90,12 @@ class Screener:
         bands: dict[str, str] | None = None,
         quality: dict | None = None,
         crop: str = "none",
+        overlay_side: int | None = None,
     ):
         """quality: predict.yaml / app.yaml `quality` (enabled, min_side); the thresholds are the checkpoint's.
-        crop: `none`, or `center`: the centred square of each photo (for photos nobody framed)."""
+        crop: `none`, or `center`: the centred square of each photo (for photos nobody framed).
+        overlay_side: the Grad-CAM overlay's longest side in pixels (the photo shrunk to it first); None: the photo's
+        own size. A 12-megapixel overlay costs ~0.5 GB of float arrays while it is drawn and a ~20 MB PNG."""
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
         self.crop = crop
@@ -106,7 +111,7 @@ class Screener:
         self.max_pixels = max_pixels
         self.bands = dict(DEFAULT_BANDS, **(bands or {}))
         self.threshold = float(model.deployment.threshold)
-        self.explainer = None
+        self.explainer, self.overlay_side = None, overlay_side
         if gradcam:
             from lesion.serving.explain import GradCam  # grad-cam is imported only when asked for
 
@@ -173,7 +178,7 @@ class Screener:
                 continue
             results[i] = self.describe(names[i], float(probabilities[j]))
             if self.explainer is not None:
-                results[i].overlay = self.explainer.overlay(images[i], batch[j])
+                results[i].overlay = self.explainer.overlay(shrunk(images[i], self.overlay_side), batch[j])
         return results
 
     @staticmethod
@@ -181,23 +186,40 @@ class Screener:
         return Result(file=name, decision="retake", quality=refused[0], message=refused[1])
 
     def screen_files(self, paths: list[Path], batch_size: int = 16, progress=None) -> list[Result]:
-        """Every file gets a Result: bad ones carry their error and the rest are still screened."""
-        results: dict[int, Result] = {}
-        pending: list[tuple[int, np.ndarray, str]] = []
+        """Every file gets a Result, in order: bad ones carry their error and the rest are still screened."""
+        return list(self.iter_files(paths, batch_size, progress))
 
-        def flush() -> None:
-            out = self([im for _, im, _ in pending], [n for _, _, n in pending])
-            results.update({i: r for (i, _, _), r in zip(pending, out)})
+    def iter_files(self, paths: list[Path], batch_size: int = 16, progress=None) -> Iterator[Result]:
+        """`screen_files` as a stream: a Result per file, in order, as each batch is done; at most `batch_size`
+        decoded photos are held at once, so a folder of any size runs in the memory of one batch (predict.py writes
+        each overlay and lets it go)."""
+        pending: list[tuple[np.ndarray, str]] = []
+        done: list[Result | None] = []  # the batch's results in file order; None: a photo still pending
+
+        def flush() -> Iterator[Result]:
+            out = iter(self([im for im, _ in pending], [n for _, n in pending]))
+            yield from (r if r is not None else next(out) for r in done)
             pending.clear()
+            done.clear()
 
-        for i, path in enumerate(paths):
+        for path in paths:
             try:
-                pending.append((i, self.read(path.read_bytes(), str(path)), str(path)))
+                pending.append((self.read(path.read_bytes(), str(path)), str(path)))
+                done.append(None)
             except (BadImageError, OSError) as err:
-                results[i] = Result(file=str(path), error=str(err))
+                done.append(Result(file=str(path), error=str(err)))
             if len(pending) == batch_size:
-                flush()
+                yield from flush()
             if progress is not None:
                 progress.update(1)
-        flush()
-        return [results[i] for i in range(len(paths))]
+        yield from flush()
+
+
+def shrunk(image: np.ndarray, side: int | None) -> np.ndarray:
+    """The photo with its longest side at most `side` pixels (area averaging); unchanged when smaller or None."""
+    longest = max(image.shape[:2])
+    if side is None or longest <= side:
+        return image
+    scale = side / longest
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
