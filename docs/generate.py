@@ -83,7 +83,7 @@ def memory_page() -> str:
            "client / max_queue + 1) | seconds |", "|---|---:|---:|---:|---:|---:|---|---:|"]  # fmt: skip
     predict = ["| run (command, commit, date) | photos | start MB | peak MB | end MB | slope MB / 100 photos | "
                "seconds |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in sorted(runs, key=lambda r: (r["kind"], r["commit"] != "aecab1e")):
+    for r in sorted(runs, key=lambda r: (r["kind"], "before" not in r["name"])):  # before, then after
         f, run = r["figures"], f"{r['name']}: `{r['command']}` ({r['commit'] or 'this change'}, {r['date']})"
         if r["kind"] == "app":
             slopes = f"{f['sequential_slope_mb_per_100']:+.1f} / {f['concurrent_slope_mb_per_100']:+.1f}"
