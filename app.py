@@ -20,15 +20,7 @@ log = logging.getLogger("lesion")
 def build_app(config: dict):
     """Load the model once and wrap it in the web app."""
     model = load_calibrated(config["ckpt_path"], config["allow_uncalibrated"])
-    screener = Screener(
-        model,
-        config["tta"],
-        config["gradcam"],
-        config["max_pixels"],
-        config.get("bands"),
-        config.get("quality"),
-        overlay_side=config["overlay_side"],
-    )
+    screener = Screener.from_config(model, config)
     name = f"{model.hparams.backbone['model_name']} ({Path(str(config['ckpt_path'])).name})"
     return create_app(screener, int(config["max_upload_mb"] * 1_000_000), name, config["max_queue"])
 

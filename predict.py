@@ -34,16 +34,7 @@ def input_files(path: Path) -> list[Path]:
 def run_predict(config: dict) -> list[Result]:
     """Screen every input file; write predictions.csv/.json and Grad-CAM overlays to the run dir."""
     model = load_calibrated(config["ckpt_path"], config["allow_uncalibrated"])
-    screener = Screener(
-        model,
-        config["tta"],
-        config["gradcam"],
-        config["max_pixels"],
-        config.get("bands"),
-        config.get("quality"),
-        config.get("crop", "none"),
-        config.get("overlay_side"),
-    )
+    screener = Screener.from_config(model, config)
     files = input_files(Path(config["input"]))
     out = Path(config["paths"]["output_dir"])
     out.mkdir(parents=True, exist_ok=True)

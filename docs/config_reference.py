@@ -118,21 +118,22 @@ def reference() -> str:
         "(`python train.py backbone=resnet50_trunc`).",
         "",
     ]
+    known = comments()
     top = sorted(p for p in CONF.glob("*.yaml"))
     groups = sorted(p for p in CONF.iterdir() if p.is_dir())
     out += ["## Entry points", ""]
     for path in top:
-        out += section(path, f"`{path.stem}.py`" if (ROOT / f"{path.stem}.py").exists() else path.name)
+        out += section(path, f"`{path.stem}.py`" if (ROOT / f"{path.stem}.py").exists() else path.name, known)
     for group in groups:
         out += [f"## `{group.name}/`", ""]
         for path in sorted(group.glob("*.yaml")):
-            out += section(path, f"`{group.name}={path.stem}`", level="###")
+            out += section(path, f"`{group.name}={path.stem}`", known)
     return "\n".join(out).rstrip() + "\n"
 
 
-def section(path: Path, title: str, level: str = "###") -> list[str]:
+def section(path: Path, title: str, known: dict[str, str], level: str = "###") -> list[str]:
+    """A file's heading and its keys' table; `known`: every composed key's comment (`comments()`, read once)."""
     header, found = keys(path)
-    known = comments()
     out = [f"{level} {title}", "", f"`{path.relative_to(ROOT)}`" + (f": {escape(header)}" if header else ""), ""]
     rows = [k for k in found if k.path.split(".")[-1] != "defaults"]
     if rows:

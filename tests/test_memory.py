@@ -74,6 +74,8 @@ def test_overlays_are_drawn_at_the_display_size_not_the_photos():
     screener = Screener(small_model(), gradcam=True, overlay_side=200)
     (result,) = screener([np.full((900, 1200, 3), 120, np.uint8)], ["big.jpg"])
     assert result.overlay.shape == (150, 200, 3)
+    with pytest.raises(ValueError, match="overlay_side=0"):
+        Screener(small_model(), gradcam=True, overlay_side=0)
 
 
 def test_predict_streams_a_folder_holding_one_batch_at_a_time(tmp_path):

@@ -98,6 +98,12 @@ class Screener:
         own size. A 12-megapixel overlay costs ~0.5 GB of float arrays while it is drawn and a ~20 MB PNG."""
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+        if overlay_side is not None and (
+            isinstance(overlay_side, bool) or not isinstance(overlay_side, int) or overlay_side < 1
+        ):
+            raise ValueError(
+                f"overlay_side={overlay_side!r}: give the overlay's longest side in pixels (e.g. 1024), or null"
+            )
         self.crop = crop
         from lesion.serving.quality import QualityGate
 
@@ -116,6 +122,21 @@ class Screener:
             from lesion.serving.explain import GradCam  # grad-cam is imported only when asked for
 
             self.explainer = GradCam(model)
+
+    @classmethod
+    def from_config(cls, model: LesionClassifier, config: dict) -> Screener:
+        """The screener an entry point's config asks for (predict.yaml, app.yaml: tta, gradcam, max_pixels, bands,
+        quality, and where they have them, crop and overlay_side)."""
+        return cls(
+            model,
+            config["tta"],
+            config["gradcam"],
+            config["max_pixels"],
+            config.get("bands"),
+            config.get("quality"),
+            config.get("crop", "none"),
+            config.get("overlay_side"),
+        )
 
     def read(self, data: bytes, name: str) -> np.ndarray:
         """Encoded bytes -> RGB uint8 (cropped as `crop` says), or BadImageError naming `name` (empty, not an image,
