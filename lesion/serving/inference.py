@@ -95,7 +95,7 @@ class Screener:
         """quality: predict.yaml / app.yaml `quality` (enabled, min_side); the thresholds are the checkpoint's.
         crop: `none`, or `center`: the centred square of each photo (for photos nobody framed).
         overlay_side: the Grad-CAM overlay's longest side in pixels (the photo shrunk to it first); None: the photo's
-        own size. A 12-megapixel overlay costs ~0.5 GB of float arrays while it is drawn and a ~20 MB PNG."""
+        own size (a 12-megapixel overlay is drawn from float copies of the photo, 144 MB each)."""
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
         if overlay_side is not None and (
