@@ -18,6 +18,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SHARED_ISIC2018 = ROOT.parent / "shared" / "data" / "isic2018"
+SHARED_ISIC2024 = ROOT.parent / "shared" / "data" / "isic2024_sample"
 
 # Small enough for 2 CPU cores; the backbone input size is overridden per test where it matters.
 TINY = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
-import h5py
 import numpy as np
 import pandas as pd
 
@@ -65,46 +64,14 @@ def make_ham10000(root: Path, n: int = 84) -> Path:
 
 
 def make_isic2024(root: Path, patients: int = 20, per_patient: int = 12, hdf5: bool = True) -> Path:
-    """train-metadata.csv with realistic columns (train-only ones included) and JPEG bytes in train-image.hdf5."""
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for p in range(patients):
-        for j in range(per_patient):
-            k = p * per_patient + j
-            target = int(j == 0 and p % 2 == 0)  # one malignant lesion in every other patient
-            rows.append(
-                {
-                    "isic_id": f"ISIC_{9000000 + k}",
-                    "target": target,
-                    "patient_id": f"IP_{p:07d}",
-                    "age_approx": 40 + p,
-                    "sex": ["male", "female"][p % 2],
-                    "anatom_site_general": "posterior torso",
-                    "clin_size_long_diam_mm": 3.5,
-                    "tbp_lv_A": 20.1,
-                    "tbp_lv_B": 28.3,
-                    "tbp_lv_L": 45.0,
-                    "tbp_lv_H": 52.0,
-                    "lesion_id": f"IL_{k}" if target else None,
-                    "iddx_full": "Malignant::Melanoma" if target else "Benign",
-                    "iddx_1": "Malignant" if target else "Benign",
-                    "mel_mitotic_index": None,
-                    "mel_thick_mm": 0.3 if target else None,
-                    "tbp_lv_dnn_lesion_confidence": 97.0,
-                }
-            )
-    meta = pd.DataFrame(rows)
-    meta.to_csv(root / "train-metadata.csv", index=False)
-    if hdf5:
-        with h5py.File(root / "train-image.hdf5", "w") as f:
-            for k, image_id in enumerate(meta["isic_id"]):
-                f.create_dataset(image_id, data=np.void(jpeg(k)))
-    else:
-        folder = root / "train-image" / "image"
-        folder.mkdir(parents=True)
-        for k, image_id in enumerate(meta["isic_id"]):
-            (folder / f"{image_id}.jpg").write_bytes(jpeg(k))
-    return root
+    """The Kaggle layout (train-metadata.csv with all 55 real columns, crops in train-image.hdf5 or
+    train-image/image/) from the synthetic SLICE-3D generator: patients * per_patient lesions, one malignant lesion
+    in every other patient."""
+    from lesion.data.slice3d import slice3d_table, write_slice3d
+
+    n = patients * per_patient
+    table = slice3d_table(n, patients, max(2, patients // 2), seed=patients)
+    return write_slice3d(root, table, hdf5=hdf5, folder=not hdf5)
 
 
 def make_folder(root: Path, classes: tuple[str, ...] = ("benign", "malignant"), per_class: int = 20, splits=()) -> Path:

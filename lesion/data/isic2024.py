@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,20 @@ from lesion.data.datamodule import LesionDataModule
 from lesion.data.readers import FileReader, Hdf5Reader, read_table
 from lesion.data.splits import assign_folds
 
+log = logging.getLogger("lesion")
+
+# Every column of the challenge's train-metadata.csv, in its order (ISIC 2024 Challenge, Kaggle isic-2024-challenge).
+COLUMNS = (
+    "isic_id", "target", "patient_id", "age_approx", "sex", "anatom_site_general", "clin_size_long_diam_mm",
+    "image_type", "tbp_tile_type", "tbp_lv_A", "tbp_lv_Aext", "tbp_lv_B", "tbp_lv_Bext", "tbp_lv_C", "tbp_lv_Cext",
+    "tbp_lv_H", "tbp_lv_Hext", "tbp_lv_L", "tbp_lv_Lext", "tbp_lv_areaMM2", "tbp_lv_area_perim_ratio",
+    "tbp_lv_color_std_mean", "tbp_lv_deltaA", "tbp_lv_deltaB", "tbp_lv_deltaL", "tbp_lv_deltaLB",
+    "tbp_lv_deltaLBnorm", "tbp_lv_eccentricity", "tbp_lv_location", "tbp_lv_location_simple", "tbp_lv_minorAxisMM",
+    "tbp_lv_nevi_confidence", "tbp_lv_norm_border", "tbp_lv_norm_color", "tbp_lv_perimeterMM",
+    "tbp_lv_radial_color_std_max", "tbp_lv_stdL", "tbp_lv_stdLExt", "tbp_lv_symm_2axis", "tbp_lv_symm_2axis_angle",
+    "tbp_lv_x", "tbp_lv_y", "tbp_lv_z", "attribution", "copyright_license", "lesion_id", "iddx_full", "iddx_1",
+    "iddx_2", "iddx_3", "iddx_4", "iddx_5", "mel_mitotic_index", "mel_thick_mm", "tbp_lv_dnn_lesion_confidence",
+)  # fmt: skip
 # Columns present only in the training metadata (labels, or derived from histopathology): they must never reach a
 # model input. `target` becomes `label` and is dropped with the rest.
 TRAIN_ONLY = (
@@ -26,6 +41,8 @@ TRAIN_ONLY = (
     "mel_thick_mm",
     "tbp_lv_dnn_lesion_confidence",
 )
+# The columns of the challenge's test-metadata.csv: all a model may read.
+TEST_COLUMNS = tuple(c for c in COLUMNS if c not in TRAIN_ONLY)
 
 
 class Isic2024DataModule(LesionDataModule):
@@ -47,7 +64,10 @@ class Isic2024DataModule(LesionDataModule):
         bad = table.index[~labels.isin([0, 1])]
         if len(bad):
             raise ValueError(f"{self.root / 'train-metadata.csv'}: target must be 0 or 1; rows {list(bad[:20] + 2)}")
-        frame = table.drop(columns=[c for c in TRAIN_ONLY if c in table.columns])
+        unknown = [c for c in table.columns if c not in COLUMNS]
+        if unknown:  # a column the challenge's test metadata lacks could be a label in disguise: never a feature
+            log.info("%s: columns not in the challenge's metadata, kept from every model input: %s", self.root, unknown)
+        frame = table[[c for c in table.columns if c in TEST_COLUMNS]].copy()
         frame.insert(0, "image_id", table["isic_id"].astype(str))
         frame["label"] = labels.to_numpy(np.int64)
         return frame
