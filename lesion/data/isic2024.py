@@ -53,6 +53,7 @@ class Isic2024DataModule(LesionDataModule):
     classes = ("benign", "malignant")
     malignant = ("malignant",)
     group_column = "patient_id"
+    train_only = TRAIN_ONLY  # never a feature of the stack (stack.py refuses them by name)
 
     def __init__(self, data_config: dict, root: str, fold: int = 0, num_folds: int = 5, **kwargs):
         super().__init__(data_config, **kwargs)

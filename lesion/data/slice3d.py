@@ -43,7 +43,7 @@ SITES = {  # anatom_site_general -> (tbp_lv_location_simple, tbp_lv_location) ch
 }
 CLINICS = ["Memorial Sloan Kettering Cancer Center", "ACEMID MIA", "University Hospital of Basel"]
 # How strongly each planted part separates malignant from benign lesions (in the noise's standard deviations).
-SIGNAL = {"image": 1.5, "tabular": 1.2, "relative": 2.0, "leak": 6.0}
+SIGNAL = {"image": 1.2, "tabular": 0.5, "relative": 1.0, "leak": 6.0}
 
 
 def slice3d_table(n: int, patients: int, positives: int, seed: int = 0, signal: dict | None = None) -> pd.DataFrame:
@@ -173,3 +173,27 @@ def write_slice3d(
         if h5 is not None:
             h5.close()
     return root
+
+
+def simulated_scores(table: pd.DataFrame, num_folds: int = 5, noise: float = 1.0, seed: int = 0) -> pd.DataFrame:
+    """The scores table an out-of-fold sweep (train.py -m experiment=isic2024_oof) would write for this set, with
+    an image model that reads the planted image signal through N(0, noise) noise: the same held-out test patients
+    and patient-grouped folds as data=isic2024 (lesion.data.splits.assign_folds), split "train" with its fold for
+    every out-of-fold row. For the stack's tests and benchmark, where no image model is trained."""
+    from lesion.data.splits import assign_folds
+
+    frame = table.rename(columns={"isic_id": "image_id", "target": "label"})
+    split, fold = None, np.full(len(frame), -1)
+    for k in range(num_folds):
+        split = assign_folds(frame, k, num_folds, "patient_id", 0.15, seed).to_numpy()
+        fold[split == "val"] = k
+    rng = np.random.default_rng(seed + 1)
+    return pd.DataFrame(
+        {
+            "image_id": frame["image_id"],
+            "split": np.where(split == "test", "test", "train"),
+            "fold": np.where(split == "test", np.nan, fold),
+            "y_malignant": frame["label"],
+            "image_score": table["image_signal"] + rng.normal(0, noise, len(table)),
+        }
+    )

@@ -207,3 +207,16 @@ def plot_reliability(p_malignant: dict[str, torch.Tensor], target: torch.Tensor,
     _finish(
         fig, ax, path, "mean predicted P(malignant)", "observed malignant fraction", "Reliability diagram", "upper left"
     )
+
+
+def plot_importance(gain, path: Path, top: int = 30) -> None:
+    """The stack's `top` features by total split gain (a pandas Series, largest first), as horizontal bars."""
+    shown = gain.head(top)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.22 * len(shown) + 1.2))
+    ax.barh(shown.index, shown.to_numpy() / max(gain.sum(), 1e-12))
+    ax.set_xlabel("share of the trees' total split gain")
+    ax.set_title(f"The stack's {len(shown)} most used features")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
