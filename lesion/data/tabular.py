@@ -4,6 +4,8 @@ lesion's whole vector lies from theirs (the "ugly duckling" sign)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -57,20 +59,19 @@ def patient_relative(numeric: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
 
 
 def ugly_duckling(vectors: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """How far each row lies from its patient's other lesions: Euclidean distance from the patient's median vector,
-    columns standardised over all rows (missing values at the column's median), over the square root of the width,
-    divided by the patient's median such distance. NaN for a patient with fewer than three lesions."""
-    x = np.asarray(vectors, np.float64)
-    median = np.nanmedian(x, axis=0)
-    x = np.where(np.isnan(x), median, x)
-    x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
-    frame = pd.DataFrame(x)
-    centre = frame.groupby(groups, sort=False).transform("median").to_numpy()
-    distance = pd.Series(np.sqrt(((x - centre) ** 2).mean(1)))
-    by = distance.groupby(groups, sort=False)
-    scale = by.transform("median").to_numpy()
-    out = distance.to_numpy() / np.where(scale > 0, scale, np.nan)
-    return np.where(by.transform("size").to_numpy() >= 3, out, np.nan)
+    """How far each row lies from its patient's other lesions: the root mean square, over the columns, of the row's
+    z-score among the patient's lesions (a column constant within the patient, or missing, is skipped). Computed
+    from the patient's own lesions alone, so a lesion scores the same in any table that holds its patient. NaN for
+    a patient with fewer than three lesions."""
+    frame = pd.DataFrame(np.asarray(vectors, np.float64))
+    grouped = frame.groupby(np.asarray(groups), sort=False)
+    mean, std = grouped.transform("mean"), grouped.transform("std")
+    z = ((frame - mean) / std.where(std > 0)).to_numpy()
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row with every column skipped is NaN, as it should be
+        out = np.sqrt(np.nanmean(z**2, axis=1))
+    size = pd.Series(np.asarray(groups)).map(pd.Series(np.asarray(groups)).value_counts()).to_numpy()
+    return np.where(size >= 3, out, np.nan)
 
 
 def feature_columns(frame: pd.DataFrame, named, forbidden: tuple[str, ...] = ()) -> list[str]:
