@@ -1,13 +1,12 @@
-"""The tabular stack on a synthetic SLICE-3D whose answer is planted: it recovers the image, tabular and patient-relative
-signal, never reads the leak, and stack.py writes a stack that scores new lesions as it scored them; the patient
-figures against hand-computed values."""
+"""The tabular stack on a synthetic SLICE-3D whose answer is planted: it recovers the image, tabular and
+patient-relative signal, never reads the leak, and stack.py writes a stack that scores new lesions as it scored
+them; the patient figures against hand-computed values."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
