@@ -24,6 +24,7 @@ from lesion.runs.trainer import EpochHistory, ImagesSeen, build_trainer, resume_
 from lesion.screening.after_fit import after_fit
 from lesion.screening.checkpoints import store_operating_point
 from lesion.screening.predictions import predictions_of
+from lesion.screening.scores import score_table
 
 log = logging.getLogger("lesion")
 
@@ -96,6 +97,9 @@ def train(config: dict) -> dict:
     }
     history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
     metrics |= history.at_best() if history else {}
+    if config["scores"]["write"] and trainer.is_global_zero:  # per-image scores for a tabular stack (stack.py)
+        table = score_table(model, datamodule, trainer, config["data"].get("fold"), config["scores"]["embedding"])
+        table.to_csv(out / "scores.csv", index=False)
     if test is not None:
         dashboard.log_test_predictions(trainer.loggers, model, test, datamodule.reader(), best)
     if trainer.is_global_zero:

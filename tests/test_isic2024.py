@@ -4,12 +4,15 @@ from every model input, patient-grouped folds, the generator's schema against th
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SHARED_ISIC2024, TINY, compose_config
+from conftest import ROOT, SHARED_ISIC2024, TINY, compose_config
+from fakes import make_isic2024
 
 from eval import evaluate
 from lesion.data import build_datamodule
@@ -18,6 +21,9 @@ from lesion.data.readers import Hdf5Reader
 from lesion.data.slice3d import slice3d_table, write_slice3d
 from lesion.data.splits import crossing_groups
 from lesion.models.backbones import backbone_data_config
+from lesion.models.trees import TreeStack
+from lesion.runs.oof import out_of_fold_table
+from lesion.screening.scores import COLUMNS as SCORE_COLUMNS
 from predict import run_predict
 from train import train
 
@@ -130,3 +136,49 @@ def test_one_training_step_on_the_real_tiles_then_eval_and_predict_score_them(tm
     table = pd.read_csv(tmp_path / "predict" / "predictions.csv")
     assert len(table) == 50 and table["error"].isna().all() and table["p_malignant"].between(0, 1).all()
     assert json.loads((tmp_path / "predict" / "predictions.json").read_text())["predictions"]
+
+
+def test_a_fold_sweep_writes_every_training_images_out_of_fold_score_and_the_stack_reads_it(tmp_path):
+    data = make_isic2024(tmp_path / "data", patients=24, per_patient=10)
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "train.py", "-m", "experiment=isic2024_oof", f"data.root={data}", "data.fold=0,1,2"]
+    command += ["data.num_folds=3", "backbone.pretrained=false", "backbone.input_size=64", "trainer.max_epochs=1"]
+    command += ["trainer.limit_train_batches=2", "data.num_workers=0", "data.batch_size=8", "data.neg_ratio=3"]
+    command += ["callbacks.progress_bar=null", "operating_point.bootstrap_resamples=20", f"hydra.sweep.dir={sweep}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_csv(sweep / "oof_scores.csv", dtype={"image_id": str}).set_index("image_id")
+    metadata = pd.read_csv(data / "train-metadata.csv").set_index("isic_id")
+    assert sorted(table.index) == sorted(metadata.index)  # every image once
+    assert (table["y_malignant"] == metadata.loc[table.index, "target"]).all()
+    for fold in range(3):
+        splits = pd.read_csv(sweep / str(fold) / "splits.csv", dtype={"image_id": str}).set_index("image_id")
+        validated = splits.index[splits["split"] == "val"]
+        assert (table.loc[validated, "fold"] == fold).all()  # scored by the model that did not train on it
+        assert (table.loc[validated, "split"] == "train").all()
+        own = pd.read_csv(sweep / str(fold) / "scores.csv", dtype={"image_id": str}).set_index("image_id")
+        test = own.index[own["split"] == "test"]
+        np.testing.assert_allclose(table.loc[test, f"score_fold{fold}"], own.loc[test, "image_score"])
+    test = table[table["split"] == "test"]
+    np.testing.assert_allclose(test["image_score"], test[[f"score_fold{k}" for k in range(3)]].mean(axis=1))
+    assert table["image_ud"].notna().mean() > 0.8  # patients with three or more lesions in a split have one
+    run = tmp_path / "stack"
+    command = [sys.executable, "stack.py", f"data.root={data}", f"scores={sweep / 'oof_scores.csv'}", "rounds=30"]
+    done = subprocess.run(command + ["bootstrap.resamples=20", f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stack = TreeStack.load(run / "stack.json")
+    assert {"image_score", "image_ugly_duckling", "tbp_lv_H_pz", "patient_lesions"} <= set(stack.columns)
+    assert not set(stack.columns) & set(TRAIN_ONLY)
+
+
+def test_the_out_of_fold_table_refuses_a_missing_or_repeated_fold(tmp_path):
+    for k in (0, 2, 2):
+        job = tmp_path / f"job{k}_{len(list(tmp_path.iterdir()))}"
+        job.mkdir()
+        rows = [(f"v{k}", "val", k, 0, 0.1, np.nan), ("t", "test", k, 1, 0.5, np.nan)]
+        pd.DataFrame(rows, columns=list(SCORE_COLUMNS)).to_csv(job / "scores.csv", index=False)
+    jobs = sorted(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="fold 2 was scored by two jobs"):
+        out_of_fold_table(jobs, 3)
+    with pytest.raises(ValueError, match=r"no scores.csv for fold\(s\) \[1\] of 3.*data.fold=1"):
+        out_of_fold_table(jobs[:2], 3)
