@@ -1,8 +1,9 @@
 """python bench/isic2024_scale.py [--workdir /tmp/lesion-isic2024] [--sizes 40106 401059]
 
-ISIC-2024-scale data pipeline benchmark: synthetic SLICE-3D sets (about 130 px JPEG crops in one HDF5 file, a metadata
-CSV with 1,042 patients and 393 positives at full size), then, per size, in a fresh process: datamodule set-up time,
-loader throughput with 2 workers over one undersampled training epoch, and peak RSS (main process + workers).
+ISIC-2024-scale data pipeline benchmark: synthetic SLICE-3D sets (lesion.data.slice3d: 89-171 px JPEG crops in one
+HDF5 file, the real 55-column metadata CSV, 1,042 patients and 393 positives at full size), then, per size, in a
+fresh process: datamodule set-up time, loader throughput with 2 workers over one undersampled training epoch, and
+peak RSS (main process + workers).
 """
 
 from __future__ import annotations
@@ -16,63 +17,18 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
-import h5py
-import numpy as np
-import pandas as pd
-from tqdm import tqdm
+from lesion.data.slice3d import slice3d_table, write_slice3d
 
 FULL, PATIENTS, POSITIVES = 401_059, 1_042, 393
 
 
-def crop(rng: np.random.Generator, size: int = 130) -> bytes:
-    """A lesion-like crop: skin tone, a darker irregular blob, noise; JPEG quality 90 like the challenge crops."""
-    skin = rng.uniform([150, 110, 90], [235, 190, 170])
-    image = np.ones((size, size, 3), np.float32) * skin
-    yy, xx = np.mgrid[:size, :size] / size - 0.5
-    angle = np.arctan2(yy, xx)
-    radius = 0.18 + 0.05 * np.sin(angle * rng.integers(2, 6) + rng.uniform(0, 6))
-    blob = (np.sqrt(xx**2 + yy**2) < radius).astype(np.float32)
-    image = image * (1 - 0.55 * cv2.GaussianBlur(blob, (9, 9), 3)[..., None])
-    image += rng.normal(0, 6, image.shape)
-    return cv2.imencode(".jpg", np.clip(image, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-
-
 def generate(root: Path, n: int, seed: int = 0) -> Path:
-    """train-image.hdf5 + train-metadata.csv with n images; patients and positives scale with n."""
+    """The synthetic SLICE-3D generator's Kaggle layout with n images (patients and positives scale with n); 1,024
+    rendered crops are shared across ids (decoding cost is what matters here)."""
     if (root / "train-metadata.csv").is_file():
         return root
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    pool = [crop(rng) for _ in range(1024)]  # decoding cost is what matters; bytes repeat across ids
-    patients = max(2, round(PATIENTS * n / FULL))
-    positives = max(2, round(POSITIVES * n / FULL))
-    ids = np.array([f"ISIC_{i:07d}" for i in range(n)])
-    patient = rng.integers(0, patients, n)
-    target = np.zeros(n, np.int64)
-    target[rng.choice(n, positives, replace=False)] = 1
-    meta = pd.DataFrame(
-        {
-            "isic_id": ids,
-            "target": target,
-            "patient_id": [f"IP_{p:07d}" for p in patient],
-            "age_approx": rng.integers(20, 85, n) // 5 * 5,
-            "sex": rng.choice(["male", "female"], n),
-            "anatom_site_general": rng.choice(
-                ["head/neck", "upper extremity", "posterior torso", "lower extremity"], n
-            ),
-            **{f"tbp_lv_{c}": rng.normal(30, 8, n).round(3) for c in ("A", "B", "C", "H", "L", "Lext", "areaMM2")},
-            "lesion_id": np.where(target == 1, [f"IL_{i}" for i in range(n)], None),
-            "iddx_full": np.where(target == 1, "Malignant::Melanoma", "Benign"),
-            "mel_thick_mm": np.where(target == 1, 0.4, np.nan),
-            "tbp_lv_dnn_lesion_confidence": rng.uniform(0, 100, n).round(2),
-        }
-    )
-    with h5py.File(root / "train-image.hdf5", "w") as f:
-        for i, image_id in enumerate(tqdm(ids, desc=f"writing {n:,} JPEGs", unit="img", mininterval=5)):
-            f.create_dataset(image_id, data=np.void(pool[i % len(pool)]))
-    meta.to_csv(root / "train-metadata.csv", index=False)
-    return root
+    patients, positives = max(2, round(PATIENTS * n / FULL)), max(2, round(POSITIVES * n / FULL))
+    return write_slice3d(root, slice3d_table(n, patients, positives, seed), pool=1024, seed=seed)
 
 
 def measure(root: Path) -> dict:

@@ -1,14 +1,16 @@
 """python bench/metadata_fusion.py CKPT [CKPT ...] [--root ../shared/data/isic2018] [--resamples 1000] [--out F.json]
+[--set key=value ...]
 
 Does what a clinic knows of the patient (age, sex, body site: HAM10000_metadata.csv) add to the image's screening
-score? For each checkpoint, on the lesion-disjoint split of the run that trained it:
-- a metadata prior: logistic regression of malignant vs benign on the train split's metadata alone (age and age², an
-  unknown-age flag, sex, one-hot body site; no image);
-- a fusion: logistic regression on the val split of [logit of the image's calibrated P(malignant), the prior's
-  logit] (two weights and a bias, fitted where the operating point is fitted);
-- test AUROC (stratified bootstrap 95% CI) of the image score, the prior alone and the fusion, and a paired bootstrap
-  CI of fusion minus image (the same resamples for both, so the shared noise of the split cancels).
-The image score is unchanged by the fusion where metadata is missing; this measures the gain where it is present.
+score? The framework's one way to combine them is the tabular stack (stack.py). For each checkpoint, on the
+lesion-disjoint split of the run that trained it:
+- the image model's raw log-odds of P(malignant) for every val and test image (lesion.screening.scores: the table
+  `python train.py scores.write=true` writes);
+- stack.py on them with features=[age, sex, localization]: LightGBM cross-fitted on val (5 lesion-grouped folds; the
+  image model never trained on val), calibrated and given its threshold there, applied to test; and the same stack
+  without the image score (what the metadata alone says);
+- test AUROC with bootstrap CIs over lesions (a lesion's images resampled together) of the image score, the
+  metadata trees and the stack, and the paired CI of stack minus image on the same resamples.
 """
 
 from __future__ import annotations
@@ -16,87 +18,57 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from own_split import DEFAULT_ROOT, own_split_predictions  # noqa: E402
+from own_split import DEFAULT_ROOT, ROOT, own_split_predictions  # noqa: E402
 
-from lesion.stats.operating_point import bootstrap_ci  # noqa: E402
+from lesion.runs.config import to_plain  # noqa: E402
+from lesion.screening.scores import scores_frame  # noqa: E402
+from lesion.stats.patients import paired_difference, patient_figures  # noqa: E402
+from stack import run_stack  # noqa: E402
 
-COLUMNS = ("age", "sex", "localization")
-
-
-def metadata_features(frame: pd.DataFrame, sites: list[str]) -> np.ndarray:
-    """Age in decades and its square, an unknown-age flag, sex (male, female; else neither), one-hot body site
-    (`sites`, the train split's; an unseen site is all zeros)."""
-    age = pd.to_numeric(frame["age"], errors="coerce").to_numpy(float)
-    unknown = np.isnan(age)
-    decades = np.where(unknown, 5.0, age / 10)
-    columns = [decades, decades**2 / 10, unknown.astype(float)]
-    columns += [(frame["sex"] == s).to_numpy(float) for s in ("male", "female")]
-    columns += [(frame["localization"] == s).to_numpy(float) for s in sites]
-    return np.stack(columns, axis=1)
+FEATURES = ("age", "sex", "localization")
 
 
-def split_metadata(datamodule, split: str, image_ids: list[str]) -> pd.DataFrame:
-    frame = datamodule.frames[split]
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"the {split} split has no {missing} columns: --root must hold HAM10000_metadata.csv "
-            "(lesion_id,image_id,dx,dx_type,age,sex,localization) beside the ISIC 2018 layout"
-        )
-    return frame.set_index("image_id").loc[image_ids, list(COLUMNS)].reset_index()
+def stacked(root: str, scores: Path, out: Path, resamples: int, image: bool, extra: list[str]) -> pd.DataFrame:
+    """stack.py's run on the scores table; its stack_scores.csv."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = ["data=isic2018", f"data.root={root}", f"scores={scores}", f"features=[{','.join(FEATURES)}]"]
+    overrides += ["patient_relative=false", "ugly_duckling=false", "engineered=false", "ablation=false"]
+    overrides += [f"image_score={str(image).lower()}", f"bootstrap.resamples={resamples}", f"paths.output_dir={out}"]
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        run_stack(to_plain(compose("stack", overrides + extra)))
+    return pd.read_csv(out / "stack_scores.csv", dtype={"image_id": str}).set_index("image_id")
 
 
-def paired_auroc_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, resamples: int, seed: int = 0):
-    """Mean and 95% CI of AUROC(a) - AUROC(b) over stratified bootstrap resamples shared by both scores."""
-    rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    diffs = []
-    for _ in range(resamples):
-        i = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
-        diffs.append(roc_auc_score(y[i], a[i]) - roc_auc_score(y[i], b[i]))
-    return float(np.mean(diffs)), np.percentile(diffs, [2.5, 97.5]).tolist()
-
-
-def fusion_report(ckpt: str, root: str, resamples: int) -> dict:
+def fusion_report(ckpt: str, root: str, resamples: int, extra: list[str] = ()) -> dict:
     model, datamodule, predictions = own_split_predictions(ckpt, root)
-    train = datamodule.frames["train"]
-    meta_train = split_metadata(datamodule, "train", train["image_id"].tolist())
-    sites = sorted(meta_train["localization"].dropna().astype(str).unique())
-    y_train = model.is_malignant(torch.tensor(train["label"].to_numpy(int))).numpy()
-    prior = LogisticRegression(C=1.0, max_iter=5000).fit(metadata_features(meta_train, sites), y_train)
-    scores = {}
-    for split in ("val", "test"):
-        preds = predictions[split]
-        p = preds.p_malignant(model).double().clamp(1e-6, 1 - 1e-6).numpy()
-        meta = split_metadata(datamodule, split, preds.image_ids)
-        prior_logit = prior.decision_function(metadata_features(meta, sites))
-        scores[split] = (preds.y_malignant.numpy(), np.log(p / (1 - p)), prior_logit)
-    y_val, image_val, prior_val = scores["val"]
-    fusion = LogisticRegression(C=1e6, max_iter=5000).fit(np.stack([image_val, prior_val], 1), y_val)
-    y, image, prior_test = scores["test"]
-    fused_val = fusion.decision_function(np.stack([image_val, prior_val], 1))
-    fused = fusion.decision_function(np.stack([image, prior_test], 1))
-    report = {"checkpoint": str(ckpt), "val_images": len(y_val), "test_images": len(y)}
-    report["fusion_weights"] = {"image": float(fusion.coef_[0, 0]), "prior": float(fusion.coef_[0, 1])}
-    named = {"image": (image_val, image), "prior": (prior_val, prior_test), "fused": (fused_val, fused)}
-    for name, (val_score, score) in named.items():
-        report[f"val/{name}_auroc"] = float(roc_auc_score(y_val, val_score))
-        report[f"test/{name}_auroc"] = float(roc_auc_score(y, score))
-        ci = bootstrap_ci(torch.from_numpy(score), torch.from_numpy(y), 0.0, resamples)["auroc"]
-        report[f"test/{name}_auroc_ci"] = list(ci)
-    mean, ci = paired_auroc_difference(y, fused, image, resamples)
-    report |= {"test/fused_minus_image": mean, "test/fused_minus_image_ci": ci}
-    return report
+    scores = scores_frame(model, predictions, datamodule.frames, None).set_index("image_id")
+    missing = [c for c in FEATURES if c not in datamodule.frames["test"].columns]
+    if missing:
+        raise ValueError(f"the data has no {missing} columns: --root must hold HAM10000_metadata.csv beside the layout")
+    with tempfile.TemporaryDirectory(prefix="lesion-fusion-") as tmp:
+        scores.reset_index().to_csv(Path(tmp) / "scores.csv", index=False)
+        fused = stacked(root, Path(tmp) / "scores.csv", Path(tmp) / "stack", resamples, True, list(extra))
+        metadata = stacked(root, Path(tmp) / "scores.csv", Path(tmp) / "metadata", resamples, False, list(extra))
+    test = scores[scores["split"] == "test"]
+    frame = pd.concat(datamodule.frames.values()).assign(image_id=lambda f: f["image_id"].astype(str))
+    lesions = frame.set_index("image_id").loc[test.index, "lesion_id"].to_numpy()
+    y = test["y_malignant"].to_numpy()
+    named = {"image": test["image_score"], "metadata": metadata.loc[test.index, "p_malignant"]}
+    named["stacked"] = fused.loc[test.index, "p_malignant"]
+    report = {"checkpoint": str(ckpt), "val_images": int((scores["split"] == "val").sum()), "test_images": len(y)}
+    for name, score in named.items():
+        got = patient_figures(score.to_numpy(), y, lesions, resamples)
+        report[f"test/{name}_auroc"], report[f"test/{name}_auroc_ci"] = got["auroc"], got["auroc_ci"]
+    paired = paired_difference(named["stacked"].to_numpy(), named["image"].to_numpy(), y, lesions, "auroc", resamples)
+    return report | {"test/stacked_minus_image": paired["difference"], "test/stacked_minus_image_ci": paired["ci"]}
 
 
 def main() -> None:
@@ -105,21 +77,22 @@ def main() -> None:
     parser.add_argument("--root", default=DEFAULT_ROOT)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--set", nargs="*", default=[], help="stack.py overrides, e.g. trees.min_data_in_leaf=5")
     args = parser.parse_args()
-    reports = [fusion_report(ckpt, args.root, args.resamples) for ckpt in args.ckpts]
-    header = ["checkpoint", "test AUROC: image (CI)", "metadata prior alone", "image + metadata (CI)"]
-    print("| " + " | ".join(header + ["fused - image (paired CI)"]) + " |")
+    reports = [fusion_report(ckpt, args.root, args.resamples, args.set) for ckpt in args.ckpts]
+    header = ["checkpoint", "test AUROC: image (CI)", "metadata trees alone", "stack: image + metadata (CI)"]
+    print("| " + " | ".join(header + ["stack - image (paired CI)"]) + " |")
     print("|---|---|---|---|---|")
     for r in reports:
         cells = [r["checkpoint"]]
-        for name in ("image", "prior", "fused"):
+        for name in ("image", "metadata", "stacked"):
             low, high = r[f"test/{name}_auroc_ci"]
             cells.append(f"{r[f'test/{name}_auroc']:.4f} ({low:.3f}-{high:.3f})")
-        low, high = r["test/fused_minus_image_ci"]
-        cells.append(f"{r['test/fused_minus_image']:+.4f} ({low:+.4f} to {high:+.4f})")
+        low, high = r["test/stacked_minus_image_ci"]
+        cells.append(f"{r['test/stacked_minus_image']:+.4f} ({low:+.4f} to {high:+.4f})")
         print("| " + " | ".join(cells) + " |")
     if args.out:
-        args.out.write_text(json.dumps(reports, indent=2))
+        args.out.write_text(json.dumps(reports, indent=2) + "\n")
 
 
 if __name__ == "__main__":

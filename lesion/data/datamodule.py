@@ -85,6 +85,7 @@ class LesionDataModule(L.LightningDataModule, ABC):
     classes: tuple[str, ...] = ()
     malignant: tuple[str, ...] = ()
     group_column: str | None = None
+    train_only: tuple[str, ...] = ()  # frame columns that tell the label (stack.py never reads them)
 
     def __init__(
         self,

@@ -26,6 +26,7 @@ class Ham10000DataModule(LesionDataModule):
     localization, dx_type) stays in the split frames for the fairness report."""
 
     group_column = "lesion_id"
+    train_only = ("diagnosis", "dx", "dx_type")  # the answer, and how it was confirmed: never a stack feature
 
     def __init__(self, data_config: dict, root: str, task: str = "binary", **kwargs):
         super().__init__(data_config, **kwargs)

@@ -38,6 +38,7 @@ class Isic2018DataModule(LesionDataModule):
     """
 
     group_column = "lesion_id"
+    train_only = ("diagnosis", "dx", "dx_type")  # the answer, and how it was confirmed: never a stack feature
 
     def __init__(self, data_config: dict, root: str, task: str = "binary", download: bool = False, **kwargs):
         super().__init__(data_config, **kwargs)
