@@ -50,7 +50,8 @@ def measure(workdir: Path, ablation: bool, resamples: int) -> dict:
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     keep = ("oof/pauc80", "oof/auroc", "oof/top15_sensitivity", "test/pauc80", "test/auroc", "features")
-    return {"seconds": round(seconds, 1), "peak_rss_mb": round(peak)} | {k: metrics.get(k) for k in keep}
+    figures = {"seconds": round(seconds, 1), "peak_rss_mb": round(peak)} | {k: metrics.get(k) for k in keep}
+    return figures | {"ablation_rows": metrics.get("ablation", [])}
 
 
 def main() -> None:

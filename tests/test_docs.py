@@ -64,10 +64,13 @@ def test_every_readme_command_block_is_marked_toy_or_real_data():
 
 
 def _entry(command: str) -> tuple[str, list[str]]:
-    """`python train.py a=1 -m` -> ("train", ["a=1"]); placeholders <...> become a path."""
+    """`python train.py -m a=1,2` -> ("train", ["a=1"]); placeholders <...> become a path."""
     words = shlex.split(command.replace("<", "PLACEHOLDER_").replace(">", ""))
     assert words[0] == "python" and words[1].endswith(".py"), command
-    return words[1].removesuffix(".py"), [w for w in words[2:] if w != "-m"]
+    overrides = [w for w in words[2:] if w != "-m"]
+    if "-m" in words:  # a multirun: each job composes one value of every swept key; the first stands for all
+        overrides = [o if "[" in o else o.split(",")[0] for o in overrides]
+    return words[1].removesuffix(".py"), overrides
 
 
 def test_readme_real_data_commands_compose_with_the_configs(tmp_path):
