@@ -1,4 +1,4 @@
-"""python stack.py data=isic2024 data.root=... scores=<sweep dir>/oof_scores.csv [features=auto] [ablation=true]"""
+"""python stack.py data=isic2024 data.root=... scores=<sweep_dir>/oof_scores.csv [features=auto] [ablation=true]"""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ transposed image) on the checkpoint's own val and test splits and, with --extern
 from another clinic. Each mode's score is the uncalibrated P(malignant) of the mean logits over its views (one view,
 flip: the first 4, dihedral: all 8), as `tta_logits` computes it; a temperature or Platt map fitted afterwards would
 not change the ranking much (the framework's reports use the calibrated one). Per split: AUROC of each mode with a
-stratified bootstrap 95% CI, and a paired CI of each mode minus the one with fewer views (the same resamples for
+stratified bootstrap 95% CI, and a paired CI of each mode minus the one with fewer views (the same image resamples for
 both, so the split's shared noise cancels). Choose on val; test and external are measured, never tuned on.
 Cost: 8 forward passes per image (a flip checkpoint's test pass runs 4).
 """
@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
@@ -27,12 +28,12 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from external import folder_cases  # noqa: E402
-from metadata_fusion import paired_auroc_difference  # noqa: E402
 from own_split import DEFAULT_ROOT, own_split_datamodule  # noqa: E402
 
 from lesion.models.tta import TTA_VIEWS, dihedral_views  # noqa: E402
 from lesion.serving.inference import Screener  # noqa: E402
 from lesion.stats.operating_point import bootstrap_ci  # noqa: E402
+from lesion.stats.patients import paired_difference  # noqa: E402
 
 # mode -> how many of dihedral_views' views it averages (each mode's views begin with those of the modes before it)
 MODES = {"one": 1} | {mode: len(views(torch.zeros(1, 1, 2, 3))) for mode, views in TTA_VIEWS.items()}
@@ -84,8 +85,10 @@ def split_report(model, logits: torch.Tensor, y: torch.Tensor, resamples: int) -
         report[f"{mode}_auroc_ci"] = list(bootstrap_ci(p.double(), y, 0.5, resamples)["auroc"])
     names = list(scores)
     for fewer, more in zip(names, names[1:]):
-        mean, ci = paired_auroc_difference(y.numpy(), scores[more].numpy(), scores[fewer].numpy(), resamples)
-        report[f"{more}_minus_{fewer}"], report[f"{more}_minus_{fewer}_ci"] = mean, ci
+        # images resampled alike for both modes (each image its own group), so their shared noise cancels
+        paired = paired_difference(scores[more].numpy(), scores[fewer].numpy(), y.numpy(), np.arange(len(y)), "auroc",
+                                   resamples)  # fmt: skip
+        report[f"{more}_minus_{fewer}"], report[f"{more}_minus_{fewer}_ci"] = paired["difference"], paired["ci"]
     return report
 
 
