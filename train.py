@@ -48,6 +48,8 @@ def train(config: dict) -> dict:
         )
     ckpt_path = resume_checkpoint(config)
     trainer = build_trainer(config, ckpt_path)
+    if config["scores"]["write"] and trainer.world_size > 1:  # each rank would score only its share of val and test
+        raise ValueError("scores.write=true scores val and test in one process: train with trainer.devices=1")
     out = Path(config["paths"]["output_dir"])
     out.mkdir(parents=True, exist_ok=True)  # Hydra makes it; callers composing the config themselves may not
     datamodule.setup("fit")
