@@ -148,3 +148,34 @@ def test_patient_relative_features_and_the_ugly_duckling_by_hand():
     vectors[5] += 6  # patient 0's odd one out
     ud = ugly_duckling(vectors, np.array([0] * 8 + [1] * 2 + [2] * 2))
     assert np.nanargmax(ud[:8]) == 5 and np.isnan(ud[8:]).all()  # fewer than three lesions: no "others" to compare
+
+
+def test_a_users_own_csv_metadata_feeds_the_stack_and_its_label_column_never_does(tmp_path):
+    # A clinic's CSV (the csv layout) where a patient's age and a "lesion grew" flag carry the signal the image score
+    # lacks; the stack is fitted on val and measured on test, as with a run's scores.csv.
+    rng = np.random.default_rng(7)
+    n = 600
+    y = (rng.random(n) < 0.2).astype(int)
+    table = pd.DataFrame({"image": [f"img/{i}.jpg" for i in range(n)], "patient": [f"p{i // 3}" for i in range(n)]})
+    table["dx"] = np.where(y == 1, "melanoma", "nevus")
+    table["age"] = 40 + 25 * y + rng.normal(0, 8, n)
+    table["grew"] = np.where(rng.random(n) < 0.3 + 0.5 * y, "yes", "no")
+    table.to_csv(tmp_path / "clinic.csv", index=False)
+    scores = pd.DataFrame({"image_id": table["image"].str.removesuffix(".jpg")})  # the csv layout's image ids
+    scores["split"] = np.where(np.arange(n) < 420, "val", "test")
+    scores["y_malignant"], scores["image_score"] = y, 0.5 * y + rng.normal(0, 1, n)
+    scores.to_csv(tmp_path / "scores.csv", index=False)
+    data = ["data=csv", f"data.root={tmp_path}", "data.csv=clinic.csv", "data.label_column=dx"]
+    data += ["data.malignant=[melanoma]", "data.group_column=patient", f"scores={tmp_path / 'scores.csv'}"]
+    config = compose_config("stack", data + ["features=[age,grew]", "rounds=100", "bootstrap.resamples=50"], tmp_path)
+    config["trees"]["min_data_in_leaf"] = 10
+    from stack import run_stack
+
+    metrics = run_stack(config)
+    image = pd.read_csv(tmp_path / "scores.csv").query("split == 'test'")
+    assert metrics["test/auroc"] > roc_auc_score(image["y_malignant"], image["image_score"]) + 0.1
+    assert metrics["test_lesions"] == 180 and metrics["fitted_lesions"] == 420
+    for label in ("dx", "diagnosis"):  # the user's label column, and the frame's copy of it
+        config["features"] = ["age", label]
+        with pytest.raises(ValueError, match=rf"\['{label}'\]: only the training metadata"):
+            run_stack(config)

@@ -41,7 +41,7 @@ class CsvDataModule(LesionDataModule):
         self.path = self.root / csv if not Path(csv).is_absolute() else Path(csv)
         self.image_column, self.label_column, self.split_column = image_column, label_column, split_column
         self.group_column = group_column
-        self.train_only = (label_column,)  # the answer, in the user's column: never a stack feature
+        self.train_only = (label_column, "diagnosis")  # the answer (its column, and the frame's copy): never a feature
         required = [image_column, label_column] + [c for c in (split_column, group_column) if c]
         self.table = read_table(self.path, required, "data.csv")
         self.table[label_column] = self.table[label_column].astype(str).str.strip()

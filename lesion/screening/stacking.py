@@ -57,8 +57,9 @@ def join(frame: pd.DataFrame, scores: pd.DataFrame, group_column: str | None) ->
         raise ValueError(f"{len(unknown)} scored image ids are not in the data (e.g. {unknown[:5]}): check data.root")
     frame = frame.assign(image_id=frame["image_id"].astype(str)).drop(columns=["split", "fold"], errors="ignore")
     table = scores.merge(frame, on="image_id", how="left", validate="one_to_one")
-    table["patient"] = table[group_column].astype(str) if group_column else table["image_id"]
-    return table.reset_index(drop=True)
+    patient = table[group_column].astype(str) if group_column else table["image_id"]
+    table = table.drop(columns=[group_column] if group_column else [])  # an id, never a feature
+    return table.assign(patient=patient).reset_index(drop=True)
 
 
 def folds_of(table: pd.DataFrame, fit: np.ndarray, count: int, seed: int) -> np.ndarray:
