@@ -48,7 +48,8 @@ def run_stack(config: dict) -> dict:
         (out / "ablation.md").write_text("# The stack's ablation (same folds)\n\n" + ablation_markdown(rows) + "\n")
         metrics["ablation"] = rows.to_dict("records")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    log.info("stack written to %s: out-of-fold pAUC80 %.4f", out, metrics.get("oof/pauc80", float("nan")))
+    shown = {k: round(v, 4) for k, v in metrics.items() if k.split("/")[-1] in ("pauc80", "auroc", "top15_sensitivity")}
+    log.info("stack written to %s: %s%s", out, shown, "\n" + ablation_markdown(rows) if config["ablation"] else "")
     return metrics
 
 
