@@ -71,6 +71,7 @@ def make_isic2024(root: Path, patients: int = 20, per_patient: int = 12, hdf5: b
 
     n = patients * per_patient
     table = slice3d_table(n, patients, max(2, patients // 2), seed=patients)
+    table["isic_id"] = [f"ISIC_{9000000 + k}" for k in range(n)]  # known ids, for tests that damage one
     return write_slice3d(root, table, hdf5=hdf5, folder=not hdf5)
 
 
