@@ -362,3 +362,25 @@ def test_quality_gate_calibrators_and_metadata_fusion_scripts_run_on_a_trained_c
         r = views[split]
         assert all(0 <= r[f"{m}_auroc_ci"][0] <= r[f"{m}_auroc_ci"][1] <= 1 for m in scores), r
         assert r["views_per_second"] > 0 and -1 <= r["dihedral_minus_flip"] <= 1
+
+
+def test_make_slice3d_writes_the_kaggle_layout_with_its_truth_outside_and_the_stack_bench_runs(tmp_path):
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    root, truth = tmp_path / "slice3d", tmp_path / "truth.csv"
+    args = ["bench/make_slice3d.py", str(root), "--rows", "300", "--patients", "20", "--positives", "15"]
+    out = _bench(args + ["--truth", str(truth)], tmp_path)
+    assert "300 lesions of 20 patients (15 malignant)" in out
+    assert sorted(p.name for p in root.iterdir()) == ["train-image.hdf5", "train-metadata.csv"]
+    planted = pd.read_csv(truth)
+    assert "image_signal" not in pd.read_csv(root / "train-metadata.csv").columns
+    assert roc_auc_score(planted["target"], planted["image_signal"]) > 0.7
+    again = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode != 0 and "already holds a train-metadata.csv" in again.stderr
+    # bench/stack_scale.py at a toy size: its timing line and its record
+    args = ["bench/stack_scale.py", "--rows", "3000", "--patients", "60", "--positives", "60", "--resamples", "10"]
+    out = _bench(args + ["--workdir", str(tmp_path / "stack"), "--out", str(tmp_path / "scale.json")], tmp_path)
+    assert "3,000 lesions x 154 features, 5 folds:" in out
+    record = json.loads((tmp_path / "scale.json").read_text())
+    assert record["peak_rss_mb"] > 0 and record["seconds"] > 0 and 0 < record["oof/pauc80"] <= 0.2
