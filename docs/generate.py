@@ -141,7 +141,9 @@ def stack_page() -> str:
         elif r["kind"] == "end_to_end":
             end_to_end.append(f"{run}: {f['lesions']:,} lesions of {f['patients']} patients, {f['positives']} "
                               f"malignant; the fold sweep {f['sweep_seconds'] / 60:.0f} min, the stack and its "
-                              f"ablation {f['stack_seconds']:.0f} s.\n")  # fmt: skip
+                              f"ablation {f['stack_seconds']:.0f} s. The image models' out-of-fold AUROC "
+                              f"{f['image_oof_auroc']:.3f}, against {f['planted_image_signal_auroc']:.3f} for the "
+                              "planted image signal itself (a perfect reader of the crops).\n")  # fmt: skip
             end_to_end += [VARIANT_HEAD, *_variant_rows(f["ablation_rows"]), ""]
         else:
             low, high = f["test/stacked_minus_image_ci"]
