@@ -30,10 +30,9 @@ def run_stack(config: dict) -> dict:
     table = join(datamodule.load_frame(), read_scores(config["scores"]), datamodule.group_column)
     fitted = fit_stack(table, config, forbidden)
     stack, resamples = fitted["stack"], config["bootstrap"]["resamples"]
-    a, b = stack.deployment["platt"]
-    p = 1 / (1 + np.exp(-(a * fitted["logits"] + b)))
+    p = stack.calibrated(fitted["logits"])
     metrics = figures(table, p, resamples, stack.deployment["threshold"])
-    metrics |= {"threshold": stack.deployment["threshold"], "platt": [a, b], "features": len(stack.columns)}
+    metrics |= {k: stack.deployment[k] for k in ("threshold", "platt")} | {"features": len(stack.columns)}
     metrics |= {"fitted_lesions": int(fitted["fit"].sum()), "test_lesions": int(fitted["test"].sum())}
     stack.save(out / "stack.json")
     written = table[["image_id", "split", "patient", "y_malignant"]].assign(p_malignant=p)
@@ -43,7 +42,7 @@ def run_stack(config: dict) -> dict:
     fitted["importance"].rename("gain").to_csv(out / "importance.csv")
     plot_importance(fitted["importance"], out / "importance.png")
     if config["ablation"]:
-        rows = ablation(table, config, fitted, resamples, forbidden)
+        rows = ablation(table, config, fitted, resamples)
         rows.to_csv(out / "ablation.csv", index=False)
         (out / "ablation.md").write_text("# The stack's ablation (same folds)\n\n" + ablation_markdown(rows) + "\n")
         metrics["ablation"] = rows.to_dict("records")

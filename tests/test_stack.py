@@ -20,7 +20,7 @@ from lesion.data.tabular import feature_columns, patient_relative, ugly_duckling
 from lesion.models.trees import TreeStack
 from lesion.screening.stacking import ablation, fit_stack, join, stack_scores
 from lesion.stats.metrics import partial_auroc
-from lesion.stats.patients import auroc, paired_difference, patient_figures, pauc80, top_k_sensitivity
+from lesion.stats.patients import paired_difference, patient_figures, pauc80, top_k_sensitivity
 
 
 def settings(tmp_path, *overrides) -> dict:
@@ -120,7 +120,7 @@ def test_patient_figures_agree_with_the_references_and_resample_patients():
     scores = target + rng.normal(0, 1, 400)
     import torch
 
-    assert auroc(scores, target) == pytest.approx(roc_auc_score(target, scores))
+    assert patient_figures(scores, target, groups, 0)["auroc"] == pytest.approx(roc_auc_score(target, scores))
     assert pauc80(scores, target) == pytest.approx(float(partial_auroc(torch.tensor(scores), torch.tensor(target))))
     figures = patient_figures(scores, target, groups, resamples=200)
     for name in ("pauc80", "auroc", "top15_sensitivity"):

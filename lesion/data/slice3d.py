@@ -69,8 +69,8 @@ def slice3d_table(n: int, patients: int, positives: int, seed: int = 0, signal: 
     frame["tbp_lv_norm_color"] = np.clip(frame["tbp_lv_norm_color"] + s["tabular"] * 2.5 * y, 0, 10)
     frame["tbp_lv_symm_2axis"] = np.clip(frame["tbp_lv_symm_2axis"] + s["tabular"] * 0.13 * y, 0.05, 0.8)
     # The ugly duckling: a patient's lesions share a hue and texture; a malignant one departs from them.
-    for column, spread in (("tbp_lv_H", 1.5), ("tbp_lv_stdL", 0.5)):
-        baseline = rng.normal(NUMERIC.get(column, (52.0, 8.0))[0], 8.0 if column == "tbp_lv_H" else 2.0, patients)
+    for column, centre, between, spread in (("tbp_lv_H", 52.0, 8.0, 1.5), ("tbp_lv_stdL", 2.5, 2.0, 0.5)):
+        baseline = rng.normal(centre, between, patients)  # each patient's own; lesions scatter `spread` around it
         frame[column] = np.clip(baseline[patient] + rng.normal(0, spread, n) + s["relative"] * spread * y, 0, None)
     frame["image_type"] = "TBP tile: close-up"
     frame["tbp_tile_type"] = rng.choice(["3D: white", "3D: XP"], n, p=[0.6, 0.4])

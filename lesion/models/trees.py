@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+
+from lesion.stats.calibration import platt_scale
 
 
 def fit_trees(x: pd.DataFrame, y: np.ndarray, params: dict, rounds: int, seed: int = 0):
@@ -44,9 +47,13 @@ class TreeStack:
         return tree_logits(self.boosters, x)
 
     def p_malignant(self, x: pd.DataFrame) -> np.ndarray:
-        """Calibrated P(malignant): the Platt map a * logit + b of the stack's log-odds."""
-        a, b = self.deployment["platt"]
-        return 1 / (1 + np.exp(-(a * self.logits(x) + b)))
+        """Calibrated P(malignant) of the lesions in `x`."""
+        return self.calibrated(self.logits(x))
+
+    def calibrated(self, logits: np.ndarray) -> np.ndarray:
+        """The stored Platt map (lesion.stats.calibration.platt_scale) of the stack's log-odds."""
+        p = torch.sigmoid(torch.as_tensor(logits, dtype=torch.float64))
+        return platt_scale(p, self.deployment["platt"]).numpy()
 
     def save(self, path: str | Path) -> Path:
         data = {

@@ -4,21 +4,17 @@ operating point on their out-of-fold scores, and measured on held-out patients."
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
-from lesion.data.tabular import ENGINEERED, feature_columns, patient_relative, tabular_features
+from lesion.data.tabular import feature_columns, patient_relative, tabular_features
 from lesion.models.trees import TreeStack, fit_trees, importance, tree_logits
-from lesion.stats.calibration import fit_platt
+from lesion.stats.calibration import fit_platt, platt_scale
 from lesion.stats.operating_point import choose_operating_point
 from lesion.stats.patients import patient_figures
-
-log = logging.getLogger("lesion")
 
 SCORE_COLUMNS = ("image_id", "split", "y_malignant")  # a scores table's required columns (train.py's scores.csv)
 # The ablation, on the same folds: what each row gives the trees (None: the image score itself, no trees).
@@ -109,13 +105,14 @@ def fit_stack(table: pd.DataFrame, settings: dict, forbidden: tuple[str, ...] = 
                                          errors="ignore"), settings["features"], forbidden)  # fmt: skip
     image = settings["image_score"] and "image_score" in table.columns
     variant = {"image": image, "relative": settings["patient_relative"], "duckling": settings["ugly_duckling"]}
+    variant["engineered"] = settings["engineered"]
     x = features(table, columns, settings, variant)
     y = table["y_malignant"].to_numpy(int)
     folds = folds_of(table, fit, settings["folds"], settings["seed"])
     oof, boosters = cross_fit(x[fit], y[fit], folds, settings, "stack")
     p_oof = torch.sigmoid(torch.from_numpy(oof))
     platt = fit_platt(p_oof, torch.from_numpy(y[fit]))
-    calibrated = torch.sigmoid(platt[0] * torch.from_numpy(oof) + platt[1])
+    calibrated = platt_scale(p_oof, platt)
     op = settings["operating_point"]
     point = choose_operating_point(calibrated, torch.from_numpy(y[fit]), op["target_sensitivity"], op["method"],
                                    op["confidence"])  # fmt: skip
@@ -136,7 +133,7 @@ def fit_stack(table: pd.DataFrame, settings: dict, forbidden: tuple[str, ...] = 
     }
 
 
-def ablation(table: pd.DataFrame, settings: dict, fitted: dict, resamples: int, forbidden=()) -> pd.DataFrame:
+def ablation(table: pd.DataFrame, settings: dict, fitted: dict, resamples: int) -> pd.DataFrame:
     """Every VARIANTS row on the same folds: out-of-fold figures of the fitted rows, and held-out test figures,
     each with bootstrap CIs over patients."""
     fit, test, folds = fitted["fit"], fitted["test"], fitted["folds"]
@@ -179,6 +176,4 @@ def stack_scores(stack: TreeStack, table: pd.DataFrame) -> np.ndarray:
     """Calibrated P(malignant) of a fitted stack (stack.json) for new lesions: `table` as `join` builds it (the
     data's columns, image_score where the stack reads one, `patient`). Patient context comes from the lesions of
     each patient in `table`, so score a patient's lesions together."""
-    settings = {"engineered": any(c in stack.columns for c in ENGINEERED)}
-    x = features(table, stack.settings["columns"], settings, stack.settings)
-    return stack.p_malignant(x)
+    return stack.p_malignant(features(table, stack.settings["columns"], stack.settings, stack.settings))

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import roc_auc_score
 
 from lesion.stats.metrics import partial_auroc
 
@@ -20,14 +21,6 @@ def top_k_sensitivity(scores: np.ndarray, target: np.ndarray, groups: np.ndarray
     return float((order.to_numpy()[positive] <= k).mean())
 
 
-def auroc(scores: np.ndarray, target: np.ndarray) -> float:
-    """Mann-Whitney AUROC from mid-ranks (ties count one half)."""
-    ranks = pd.Series(scores).rank().to_numpy()
-    positive = np.asarray(target) == 1
-    n_pos, n_neg = positive.sum(), (~positive).sum()
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def pauc80(scores: np.ndarray, target: np.ndarray) -> float:
     """The ISIC 2024 partial AUC above 80% sensitivity (lesion.stats.metrics.partial_auroc; maximum 0.2)."""
     return float(partial_auroc(torch.tensor(np.asarray(scores, np.float64)), torch.tensor(np.asarray(target))))
@@ -35,7 +28,7 @@ def pauc80(scores: np.ndarray, target: np.ndarray) -> float:
 
 FIGURES: dict[str, Callable] = {
     "pauc80": lambda s, y, g: pauc80(s, y),
-    "auroc": lambda s, y, g: auroc(s, y),
+    "auroc": lambda s, y, g: roc_auc_score(y, s),
     "top15_sensitivity": lambda s, y, g: top_k_sensitivity(s, y, g, 15),
 }
 
