@@ -83,14 +83,12 @@ def feature_columns(frame: pd.DataFrame, named, forbidden: tuple[str, ...] = ())
     leaking = [c for c in named if c in forbidden or c == "label"]
     if leaking:
         raise ValueError(
-            f"stack.features names {leaking}: only the training metadata has them (they carry the label), so a "
-            "model fitted on them would fail on new lesions; remove them from stack.features"
+            f"features names {leaking}: only the training metadata has them (they carry the label), so a "
+            "model fitted on them would fail on new lesions; remove them from features (stack.py features=[...])"
         )
     missing = [c for c in named if c not in frame.columns]
     if missing:
-        raise KeyError(
-            f"stack.features names {missing}, which the data has no column for; it has {list(frame.columns)}"
-        )
+        raise KeyError(f"features names {missing}, which the data has no column for; it has {list(frame.columns)}")
     return named
 
 
@@ -109,9 +107,7 @@ def tabular_features(
         numeric = pd.concat([numeric, engineered(frame)], axis=1)
     parts = [numeric, base[text]]
     if (relative or duckling) and groups is None:
-        raise ValueError(
-            "patient context (stack.patient_relative, stack.ugly_duckling) needs the data's patient column"
-        )
+        raise ValueError("patient context (patient_relative, ugly_duckling) needs the data's patient column")
     if relative:
         parts.append(patient_relative(numeric, groups))
     if duckling:

@@ -50,7 +50,10 @@ def join(frame: pd.DataFrame, scores: pd.DataFrame, group_column: str | None) ->
     error, never a dropped row."""
     unknown = sorted(set(scores["image_id"]) - set(frame["image_id"].astype(str)))
     if unknown:
-        raise ValueError(f"{len(unknown)} scored image ids are not in the data (e.g. {unknown[:5]}): check data.root")
+        raise ValueError(
+            f"{len(unknown)} image ids of the scores table are not in the data (e.g. {unknown[:5]}): scores= and "
+            "data.root must name the same images (the sweep's data.root)"
+        )
     frame = frame.assign(image_id=frame["image_id"].astype(str)).drop(columns=["split", "fold"], errors="ignore")
     table = scores.merge(frame, on="image_id", how="left", validate="one_to_one")
     patient = table[group_column].astype(str) if group_column else table["image_id"]
