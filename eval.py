@@ -16,7 +16,13 @@ from lesion.models.loading import load_model
 from lesion.runs import dashboard
 from lesion.runs.config import to_plain
 from lesion.screening.after_fit import after_fit, split_report
-from lesion.screening.checkpoints import in_domain_figures, in_domain_metrics, save_calibrated, save_site
+from lesion.screening.checkpoints import (
+    checkpoints_compared,
+    in_domain_figures,
+    in_domain_metrics,
+    save_calibrated,
+    save_site,
+)
 from lesion.screening.evaluation import (
     per_class_table,
     refuse_leaks,
@@ -60,7 +66,8 @@ def evaluate(config: dict) -> dict:
     else:  # an operating point fitted here (never on external data: _refuse_external says why), stored in a copy
         _refuse_external(datamodule, ckpt)
         log.warning("%s has no stored operating point: choosing it on the calibration split or val now", ckpt)
-        report, _ = after_fit(model, datamodule, trainer, config, lambda: test, store=_store(model, config, out))
+        settings = config | {"checkpoints_compared": checkpoints_compared(ckpt)}
+        report, _ = after_fit(model, datamodule, trainer, settings, lambda: test, store=_store(model, config, out))
     report |= {
         f"operating_point/{k}": v for k, v in (model.deployment.operating_point or {}).items() if k != "threshold"
     }

@@ -80,8 +80,10 @@ def train(config: dict) -> dict:
         return predictions_of(model.test_outputs, model)  # the report reads trainer.test's outputs: no second pass
 
     report, test = {}, None
+    history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
     if calibrating:
         settings = {"operating_point": config["operating_point"], "quality": config["quality"]}
+        settings["checkpoints_compared"] = history.compared() if history else 1  # val chose among them
         store = (lambda _: store_operating_point(best, model)) if best else None
         report, test = after_fit(model, datamodule, trainer, settings, run_test, store)
     else:
@@ -97,7 +99,6 @@ def train(config: dict) -> dict:
         "train_images": seen.total,
         "train_img_per_s": round(seen.total / seconds, 1),
     }
-    history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
     metrics |= history.at_best() if history else {}
     if config["scores"]["write"] and trainer.is_global_zero:  # per-image scores for a tabular stack (stack.py)
         table = score_table(model, datamodule, trainer, config["data"].get("fold"), config["scores"]["embedding"])

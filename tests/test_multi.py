@@ -184,3 +184,25 @@ def test_the_in_domain_vs_external_table_has_a_column_per_source():
     assert header == f"| metric | in-domain test | external | {parts} |"
     auroc = next(line for line in table.splitlines() if line.startswith("| AUROC"))
     assert auroc == "| AUROC | 0.900 | 0.800 | 0.710 (0.600-0.800) | 0.850 |"
+
+
+def test_the_runs_calibration_split_is_carved_from_each_source_and_survives_its_split_file(roots, tmp_path):
+    # experiment=isic2018_cpu_best sets data.calibration_fraction; with data=multi every source gives its share
+    config = multi_config(roots, tmp_path, "data.calibration_fraction=0.1")
+    dm = build_datamodule(config["data"], DATA_CONFIG)
+    dm.setup()
+    assert dm.calibration_split == "calibration"
+    calibration = dm.frames["calibration"]
+    assert set(calibration["source"]) == {"isic2018", "pad_ufes_20"} and calibration["label"].nunique() > 1
+    for key, column in (("isic2018", "lesion_id"), ("pad_ufes_20", "patient_id")):
+        part = {s: f[f["source"] == key] for s, f in dm.frames.items()}
+        assert crossing_groups(part, column) == set()  # no lesion or patient on two sides, calibration included
+    dm.save_splits(tmp_path / "splits.csv")
+    again = build_datamodule(
+        multi_config(roots, tmp_path, "data.calibration_fraction=0.1", f"data.split_file={tmp_path / 'splits.csv'}")[
+            "data"
+        ],
+        DATA_CONFIG,
+    )
+    again.setup()
+    assert set(again.frames["calibration"]["image_id"]) == set(calibration["image_id"])

@@ -10,7 +10,7 @@ import pandas as pd
 
 from lesion.data.datamodule import LesionDataModule
 from lesion.data.samplers import DrawSampler
-from lesion.data.splits import SPLITS, _first
+from lesion.data.splits import CALIBRATION, SPLITS, _first
 
 SOURCE_KEYS = ("weight", "modality", "class_map")  # a source block's own keys; the rest builds its datamodule
 
@@ -73,14 +73,9 @@ class MultiDataModule(LesionDataModule):
             weighted = [k for k, s in sources.items() if s.weight is not None]
             if weighted:
                 raise ValueError(f"data.sampler / data.neg_ratio and source weights ({weighted}) both set: use one")
-        carved = [k for k, s in sources.items() if s.datamodule.calibration_fraction] + (
-            ["data"] if self.calibration_fraction else []
-        )
-        if carved:
-            raise ValueError(
-                f"data.calibration_fraction is set ({', '.join(carved)}), which data=multi does not carve yet: drop it "
-                "(the val split then calibrates, as it chooses the epoch)"
-            )
+        for source in sources.values():  # the run's calibration split is carved from each source, like its val
+            if self.calibration_fraction and not source.datamodule.calibration_fraction:
+                source.datamodule.calibration_fraction = self.calibration_fraction
         self.sources, self.task = sources, task
         if task == "binary":
             self.classes, self.malignant = ("benign", "malignant"), ("malignant",)
@@ -96,7 +91,7 @@ class MultiDataModule(LesionDataModule):
         parts = []
         for key, source in self.sources.items():
             source.datamodule.setup()
-            for split in SPLITS:
+            for split in (s for s in (*SPLITS, CALIBRATION) if s in source.datamodule.frames):
                 part = source.datamodule.frames[split].copy()
                 part["label"] = self._mapping[key][part["label"].to_numpy(int)]
                 part["split"], part["source"], part["modality"] = split, key, source.modality or key

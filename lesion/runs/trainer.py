@@ -75,6 +75,10 @@ class EpochHistory(Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.rows = list(state_dict["rows"])
 
+    def compared(self) -> int:
+        """How many validated checkpoints the monitored score chose among (at least 1)."""
+        return max(1, sum("score" in r for r in self.rows))
+
     def at_best(self) -> dict:
         """`best_epoch`, `train_loss_at_best`, `val_loss_at_best` for the epoch with the best monitored score."""
         scored = [r for r in self.rows if "score" in r]

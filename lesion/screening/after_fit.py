@@ -31,14 +31,17 @@ def after_fit(
     (`store(report)`: train.py into the best checkpoint, eval.py into a calibrated copy; what it returns joins the
     report). Returns the report and the test predictions.
 
-    settings: `operating_point`, `quality`, and optionally `bootstrap` ({resamples, level}) and `calibration` ({bins});
-    without them, `operating_point.bootstrap_resamples`, 95% intervals and 15 bins."""
+    settings: `operating_point`, `quality`, and optionally `bootstrap` ({resamples, level}), `calibration` ({bins})
+    and `checkpoints_compared` (how many validated checkpoints val chose among; 1 when not given); without them,
+    `operating_point.bootstrap_resamples`, 95% intervals and 15 bins."""
     op, quality = settings["operating_point"], settings["quality"]
     val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(quality))
     fitted_on, split = calibration_predictions(model, datamodule, trainer, val)
-    report = calibrate(
-        model, fitted_on, op["target_sensitivity"], op["method"], op["confidence"], op["calibrator"], split
-    )
+    compared = int(settings.get("checkpoints_compared") or 1) if split == "val" else 1
+    confidence = certified_confidence(op, compared)
+    report = calibrate(model, fitted_on, op["target_sensitivity"], op["method"], confidence, op["calibrator"], split)
+    model.deployment.operating_point |= {"confidence_asked": op["confidence"], "checkpoints_compared": compared}
+    report |= {"operating_point/confidence_asked": op["confidence"], "operating_point/checkpoints_compared": compared}
     if quality["enabled"]:
         model.deployment.quality = fit_on_datamodule(model, datamodule, val, quality)
     val_report = split_report(model, val, datamodule.frames["val"], "val", settings)
@@ -64,6 +67,17 @@ def split_report(
         p = predictions.p_malignant(model)
         report |= subgroup_report(p, predictions.y_malignant, report["threshold"], rows, split, resamples, level, bins)
     return report
+
+
+def certified_confidence(op: dict, compared: int) -> float:
+    """The level the threshold is certified at so that `operating_point.confidence` holds for the checkpoint chosen:
+    as asked when the certifying split chose nothing (a calibration split, or one checkpoint), else corrected for the
+    `compared` checkpoints val chose among (Bonferroni: each certified at 1 - (1 - confidence) / compared, so the chosen
+    one misses with probability at most 1 - confidence whichever it is; bench/calibration_split.py measures it).
+    `operating_point.correct_for_selection=false` turns the correction off (the promise then erodes with the choice)."""
+    if compared <= 1 or not op.get("correct_for_selection", True) or op["method"] != "lower_bound":
+        return op["confidence"]
+    return 1 - (1 - op["confidence"]) / compared
 
 
 def calibration_predictions(

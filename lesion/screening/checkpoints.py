@@ -4,6 +4,7 @@ a site's recalibrated copy), and the in-domain test figures an external evaluati
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -101,3 +102,15 @@ def save_adapted(model: LesionClassifier, source: str | Path, path: Path, extra:
     ckpt["quality"] = model.deployment.quality
     torch.save(ckpt | extra, path)
     return path
+
+
+def checkpoints_compared(ckpt: str | list) -> int:
+    """How many validated checkpoints the run behind `ckpt` chose it among (its EpochHistory, which Lightning keeps in
+    the file): the selection the lower bound is corrected for when val certifies its threshold. A list (an ensemble):
+    the members' choices together (their product: every combination could have been the one kept). 1 when the file
+    records no history."""
+    if isinstance(ckpt, list):
+        return math.prod(checkpoints_compared(c) for c in ckpt)
+    states = torch.load(ckpt, map_location="cpu", weights_only=True).get("callbacks") or {}
+    rows = next((state.get("rows", []) for key, state in states.items() if key.startswith("EpochHistory")), [])
+    return max(1, sum("score" in row for row in rows))
