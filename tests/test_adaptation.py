@@ -137,6 +137,11 @@ def test_the_site_model_card_shows_the_source_and_the_local_figures_and_names_ex
     assert f"| AUROC | {head['source/test/auroc']:.3f} (" in card  # the source model on the same local photos
     row = next(line for line in card.splitlines() if f"`{other}`" in line)
     assert row.startswith("| `csv` at") and f"| 24 | {outside['test/auroc']:.3f} (" in row
+    # Every sentence about data from what the checkpoints record: source and site are PAD-UFES-20 clinical photos
+    assert "- Source `csv`: PAD-UFES-20; modality: clinical; who is in it: smartphone photos" in card
+    assert "- Adapted to the site data `csv`: PAD-UFES-20; modality: clinical" in card
+    assert "it saw clinical images only" in card and "site's own local test part" in card
+    assert "HAM10000" not in card and "Vienna" not in card and "dermoscopic" not in card
 
 
 def test_the_source_models_card_does_not_take_an_adaptation_run_for_its_test_split(site, head, tmp_path):

@@ -108,6 +108,7 @@ class LesionDataModule(L.LightningDataModule, ABC):
         external: bool = False,
         train_sizes: list | None = None,
         calibration_fraction: float = 0.0,
+        provenance: dict | None = None,
     ):
         super().__init__()
         if on_bad_image not in ("error", "skip"):
@@ -134,6 +135,8 @@ class LesionDataModule(L.LightningDataModule, ABC):
         if calibration_fraction and external:
             raise ValueError("data.external=true makes every image a test image: drop data.calibration_fraction")
         self.calibration_fraction = float(calibration_fraction or 0.0)
+        # dataset, modality, population: what the images are and who is in them, for the model card (data is data)
+        self.provenance = dict(provenance or {})
         self.frames: dict[str, pd.DataFrame] | None = None
         self._cache: ImageCache | None = None
 

@@ -11,6 +11,7 @@ import pandas as pd
 from lesion.models.module import LesionClassifier
 from lesion.serving.adaptation import site_adaptation, site_section
 from lesion.serving.inference import DISCLAIMER
+from lesion.serving.provenance import modality_scope, population_limits, source_line, test_limit, training_sources
 
 OP_METRICS = [("auroc", "AUROC"), ("pauc80", "pAUC80 (TPR >= 0.8)"), ("recall", "sensitivity"),
               ("specificity", "specificity")]  # fmt: skip
@@ -85,10 +86,17 @@ def _metrics_table(metrics: dict) -> str:
     return "\n".join(r for r in rows if r)
 
 
-def _training_data(model: LesionClassifier, run_dir: Path) -> str:
+def _training_data(model: LesionClassifier, run_dir: Path, adaptation: dict | None = None) -> str:
     data = dict(model.hparams.get("data") or {})
-    lines = [
-        f"- Dataset: `{data.get('name', 'unknown')}` (task `{data.get('task', 'binary')}`), root `{data.get('root')}`.",
+    sources = training_sources(data)
+    lines = [f"- Source {source_line(key, provenance)}." for key, provenance in sources]
+    if adaptation:
+        site = adaptation.get("data") or {}
+        for key, provenance in training_sources(site):
+            lines.append(f"- Adapted to the site data {source_line(key, provenance)} (root `{site.get('root')}`).")
+    lines += [
+        f"- Data config: `{data.get('name', 'unknown')}` (task `{data.get('task', 'binary')}`), root "
+        f"`{data.get('root')}`.",
         f"- Classes: {', '.join(model.hparams.class_names)}; malignant: {', '.join(model.hparams.malignant)}.",
     ]
     splits = run_dir / "splits.csv"
@@ -156,6 +164,7 @@ def model_card(
             f"{metrics['test_calibration/brier_after']:.3f}.\n"
         )
     files = "".join(f"- `{p}`\n" for p in exported or [])
+    sources = training_sources(model.hparams.get("data"))
     return f"""# Model card: lesion screening model ({backbone.get("model_name")})
 
 > {DISCLAIMER}
@@ -174,13 +183,13 @@ def model_card(
 
 ## Out-of-scope use
 - Diagnosis, or ruling a lesion out: a "low" result must never stop anyone from seeing a doctor.
-- Use without clinical validation on the target population, camera and setting (this model was trained on
-  dermoscopic images; phone photos differ in light, focus and framing).
+- Use without clinical validation on the target population, camera and setting.
+{modality_scope(sources)}
 - Children, mucosa, nails, scalp under hair, and skin types the training data barely covers (see fairness).
 - Any image that is not a single skin lesion.
 
 ## Training data
-{_training_data(model, train_dir)}
+{_training_data(model, train_dir, adaptation)}
 
 ## Metrics at the operating point
 {metrics_text}{calibration}
@@ -191,12 +200,12 @@ def model_card(
 ## Quality gate
 {_quality(model)}
 ## Limitations
-- Test metrics come from a split of the same collection as the training data: they overstate performance on new
-  clinics, cameras and populations.
-- HAM10000/ISIC 2018 is mostly light skin from European centres; darker skin tones are rare or absent, and the
-  skin-tone estimate (ITA) is a proxy, not a Fitzpatrick assessment.
-- Groups marked underpowered in the fairness table have too few malignant or benign images to be judged.
-- The threshold was chosen for a target sensitivity on validation data; on other data the sensitivity can be lower.
+- {test_limit(adaptation, eval_dir, len(sources))}
+{population_limits(sources)}
+- The skin-tone estimate of the fairness report (ITA) is a proxy, not a Fitzpatrick assessment; groups marked
+  underpowered there have too few malignant or benign images to be judged.
+- The threshold was certified for a target sensitivity on the {_calibrated_on(model, adaptation)}; on other data
+  the sensitivity can be lower.
 - Grad-CAM maps show where the score came from, not why, and can be misleading.
 """
 
@@ -208,8 +217,17 @@ def _calibrated_on(model, adaptation: dict | None) -> str:
         return (
             "local calibration part (fine-tuning never saw it; grouped folds of the fine-tuning part chose the epochs)"
         )
-    if (model.deployment.operating_point or {}).get("calibration_split") == "calibration":
+    op = model.deployment.operating_point or {}
+    if op.get("calibration_split") == "calibration":
         return "separate calibration split (data.calibration_fraction), not the validation split that chose the epoch"
+    compared, asked = op.get("checkpoints_compared"), op.get("confidence_asked")
+    if compared == 1:
+        return "validation split (one checkpoint: it chose nothing)"
+    if compared and asked is not None and op.get("confidence") not in (None, asked):
+        return (
+            f"validation split, which also chose the epoch among {compared} checkpoints: certified at "
+            f"{op['confidence']:.4f} (Bonferroni), so the {asked:.0%} promise holds for the one chosen"
+        )
     return "validation split, which also chose the epoch (no separate calibration split: data.calibration_fraction=0)"
 
 
