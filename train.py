@@ -84,6 +84,7 @@ def train(config: dict) -> dict:
     if calibrating:
         settings = {"operating_point": config["operating_point"], "quality": config["quality"]}
         settings["checkpoints_compared"] = history.compared() if history else 1  # val chose among them
+        settings["predictions"] = out / "predictions.csv"  # each split's scores, before any report is built
         store = (lambda _: store_operating_point(best, model)) if best else None
         report, test = after_fit(model, datamodule, trainer, settings, run_test, store)
     else:

@@ -86,6 +86,7 @@ class LesionDataModule(L.LightningDataModule, ABC):
     malignant: tuple[str, ...] = ()
     group_column: str | None = None
     train_only: tuple[str, ...] = ()  # frame columns that tell the label (stack.py never reads them)
+    declared_groups: tuple[str, ...] = ()  # frame columns the data itself sets as groupings (reported per part)
 
     def __init__(
         self,

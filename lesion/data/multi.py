@@ -55,6 +55,8 @@ class MultiDataModule(LesionDataModule):
     share the rest in proportion to their images), so 200 phone photos are not drowned by 7,000 dermoscopy images.
     """
 
+    declared_groups = ("source", "modality")  # set by load_frame: reported per part however small
+
     def __init__(
         self,
         data_config: dict,

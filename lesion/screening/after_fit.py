@@ -10,7 +10,7 @@ import pandas as pd
 
 from lesion.models.module import LesionClassifier
 from lesion.screening.evaluation import calibrate, screening_report
-from lesion.screening.predictions import Predictions, predict
+from lesion.screening.predictions import Predictions, predict, write_predictions
 from lesion.screening.quality import fit_on_datamodule
 from lesion.stats.quality import fits_features
 from lesion.stats.subgroups import aligned, subgroup_report
@@ -31,9 +31,10 @@ def after_fit(
     (`store(report)`: train.py into the best checkpoint, eval.py into a calibrated copy; what it returns joins the
     report). Returns the report and the test predictions.
 
-    settings: `operating_point`, `quality`, and optionally `bootstrap` ({resamples, level}), `calibration` ({bins})
-    and `checkpoints_compared` (how many validated checkpoints val chose among; 1 when not given); without them,
-    `operating_point.bootstrap_resamples`, 95% intervals and 15 bins."""
+    settings: `operating_point`, `quality`, and optionally `bootstrap` ({resamples, level}), `calibration` ({bins}),
+    `checkpoints_compared` (how many validated checkpoints val chose among; 1 when not given) and `predictions` (a
+    predictions.csv path: each split's scores are written there as soon as they are calibrated, before any report);
+    without them, `operating_point.bootstrap_resamples`, 95% intervals and 15 bins."""
     op, quality = settings["operating_point"], settings["quality"]
     val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(quality))
     fitted_on, split = calibration_predictions(model, datamodule, trainer, val)
@@ -42,22 +43,36 @@ def after_fit(
     report = calibrate(model, fitted_on, op["target_sensitivity"], op["method"], confidence, op["calibrator"], split)
     model.deployment.operating_point |= {"confidence_asked": op["confidence"], "checkpoints_compared": compared}
     report |= {"operating_point/confidence_asked": op["confidence"], "operating_point/checkpoints_compared": compared}
+    written = settings.get("predictions")
+    if written:
+        write_predictions(written, "val", val, model, append=False)
+        if split != "val":
+            write_predictions(written, split, fitted_on, model, append=True)
     if quality["enabled"]:
         model.deployment.quality = fit_on_datamodule(model, datamodule, val, quality)
-    val_report = split_report(model, val, datamodule.frames["val"], "val", settings)
+    declared = datamodule.declared_groups
+    val_report = split_report(model, val, datamodule.frames["val"], "val", settings, declared)
     report |= {k: v for k, v in val_report.items() if "calibration" not in k}
     tested = test()
-    report |= split_report(model, tested, datamodule.frames["test"], "test", settings)
+    if written:
+        write_predictions(written, "test", tested, model, append=True)
+    report |= split_report(model, tested, datamodule.frames["test"], "test", settings, declared)
     if store is not None:
         report |= store(report) or {}
     return report, tested
 
 
 def split_report(
-    model: LesionClassifier, predictions: Predictions, frame: pd.DataFrame | None, split: str, settings: dict
+    model: LesionClassifier,
+    predictions: Predictions,
+    frame: pd.DataFrame | None,
+    split: str,
+    settings: dict,
+    declared: tuple[str, ...] = (),
 ) -> dict:
     """A split's screening report at the stored operating point (lesion.screening.evaluation.screening_report) and,
-    where the split's frame names sources or modalities, the same figures for each."""
+    where the split's frame names sources or modalities, the same figures for each (lesion.stats.subgroups: a column
+    the data `declared`, or one whose every part holds a handful of images)."""
     boot = settings.get("bootstrap") or {"resamples": settings["operating_point"].get("bootstrap_resamples", 1000)}
     resamples, level = boot["resamples"], boot.get("level", 0.95)
     bins = (settings.get("calibration") or {}).get("bins", 15)
@@ -65,7 +80,8 @@ def split_report(
     if frame is not None:
         rows = aligned(frame, predictions.image_ids)
         p = predictions.p_malignant(model)
-        report |= subgroup_report(p, predictions.y_malignant, report["threshold"], rows, split, resamples, level, bins)
+        y, threshold = predictions.y_malignant, report["threshold"]
+        report |= subgroup_report(p, y, threshold, rows, split, resamples, level, bins, declared)
     return report
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
@@ -56,3 +58,25 @@ def predictions_of(batches: list[dict], model: LesionClassifier, binary_labels: 
         y_malignant=labels.long().cpu() if binary_labels else model.is_malignant(labels).cpu(),
         binary_labels=binary_labels,
     )
+
+
+def write_predictions(path: Path, split: str, predictions: Predictions, model: LesionClassifier, append: bool) -> None:
+    """One row per image of `split` in `path` (predictions.csv): image_id, split, label (a class name), malignant (0/1),
+    P(malignant) as the network gives it and calibrated with the model's stored calibration, and whether it is
+    referred at the stored threshold. Written as soon as a split is scored, before any report is built, so a report
+    that fails later loses no prediction; `append`: add to the file (else start it)."""
+    names = ["benign", "malignant"] if predictions.binary_labels else list(model.hparams.class_names)
+    p = predictions.p_malignant(model)
+    rows = pd.DataFrame(
+        {
+            "image_id": predictions.image_ids,
+            "split": split,
+            "label": [names[int(i)] for i in predictions.labels],
+            "malignant": predictions.y_malignant.long().numpy(),
+            "p_malignant_uncalibrated": predictions.p_malignant(model, calibrated=False).double().numpy(),
+            "p_malignant": p.double().numpy(),
+            "referred": (p > model.deployment.threshold).numpy(),
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(path, mode="a" if append else "w", header=not (append and path.is_file()), index=False)
