@@ -28,7 +28,8 @@ from lesion.screening.evaluation import (
     refuse_leaks,
     training_splits,
 )
-from lesion.screening.predictions import predict
+from lesion.screening.failures import Reports
+from lesion.screening.predictions import predict, write_predictions
 from lesion.screening.recalibration import recalibrate, recalibration_table
 from lesion.screening.reports import (
     LABELS,
@@ -61,38 +62,50 @@ def evaluate(config: dict) -> dict:
         raise ValueError("recalibrate.enabled=true refits on a site's own labelled set: add data.external=true")
     trainer = L.Trainer(**config["trainer"], logger=False, default_root_dir=str(out))
     test = predict(model, datamodule.test_dataloader(), trainer, binary_labels=binary)
+    declared = datamodule.declared_groups
     if bool(model.deployment.calibrated):
-        report = split_report(model, test, datamodule.frames["test"], "test", config)
+        write_predictions(out / "predictions.csv", "test", test, model, append=False)  # before any report
+        report = split_report(model, test, datamodule.frames["test"], "test", config, declared)
     else:  # an operating point fitted here (never on external data: _refuse_external says why), stored in a copy
         _refuse_external(datamodule, ckpt)
         log.warning("%s has no stored operating point: choosing it on the calibration split or val now", ckpt)
-        settings = config | {"checkpoints_compared": checkpoints_compared(ckpt)}
+        settings = config | {"checkpoints_compared": checkpoints_compared(ckpt), "predictions": out / "predictions.csv"}
         report, _ = after_fit(model, datamodule, trainer, settings, lambda: test, store=_store(model, config, out))
     report |= {
         f"operating_point/{k}": v for k, v in (model.deployment.operating_point or {}).items() if k != "threshold"
     }
     p = test.p_malignant(model)
-    if subgroup_table(report):
-        (out / "subgroups.md").write_text("# Test figures per source and modality\n\n" + subgroup_table(report))
-    _plots(model, test, p, report, out, _name(ckpt), binary)
+    failed = Reports(out)  # each report below: one that fails is named, the others and every file are kept
+    with failed.report("subgroups"):
+        if subgroup_table(report):
+            (out / "subgroups.md").write_text("# Test figures per source and modality\n\n" + subgroup_table(report))
+    with failed.report("plots"):
+        _plots(model, test, p, report, out, _name(ckpt), binary)
     if external:
-        report |= _domain_shift(model, test, ckpt, report, config, out)
+        with failed.report("domain shift"):
+            report |= _domain_shift(model, test, ckpt, report, config, out)
     if config["fairness"]["enabled"]:
-        _fairness(datamodule, test, p, report["threshold"], config["fairness"], out)
+        with failed.report("fairness"):
+            _fairness(datamodule, test, p, report["threshold"], config["fairness"], out)
     if config["robustness"]["enabled"]:
-        rob = config["robustness"]
-        table = robustness_table(model, datamodule, trainer, test, rob["severities"], rob["max_images"])
-        table.to_csv(out / "robustness.csv", index=False)
-        (out / "robustness.md").write_text("# Robustness to phone-camera conditions\n\n" + markdown_table(table) + "\n")
-        plot_robustness(table, out / "robustness.png")
+        with failed.report("robustness"):
+            rob = config["robustness"]
+            table = robustness_table(model, datamodule, trainer, test, rob["severities"], rob["max_images"])
+            table.to_csv(out / "robustness.csv", index=False)
+            (out / "robustness.md").write_text(
+                "# Robustness to phone-camera conditions\n\n" + markdown_table(table) + "\n"
+            )
+            plot_robustness(table, out / "robustness.png")
     data = dict(config.get("data") or model.hparams.data or {})  # what was evaluated, named for the model card
     written = {"data": {"name": data.get("name"), "root": data.get("root"), "external": bool(external)}}
+    written |= {"report_errors": failed.errors} if failed.errors else {}
     (out / "metrics.json").write_text(json.dumps(report | {"checkpoint": ckpt} | written, indent=2, sort_keys=True))
     loggers = [instantiate(block) for block in (config.get("logger") or {}).values()]
     dashboard.log_eval_artifacts(loggers, out, report)
     dashboard.finish(loggers)
     log.info(_summary(report))
     log.info("evaluation written to %s", out)
+    failed.raise_if_any()
     return report
 
 

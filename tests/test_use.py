@@ -573,3 +573,50 @@ def test_predict_crop_center_screens_the_centred_square(trained, tmp_path):
     assert results["wide.png"].p_malignant == pytest.approx(results["square.png"].p_malignant, abs=1e-6)
     with pytest.raises(ValueError, match="crop must be one of"):
         Screener(load_model(trained["ckpt"]), crop="left")
+
+
+def clinic_csv(root: Path, n: int = 40) -> Path:
+    """A clinic's CSV: its `source` column holds a provenance path per image (one image each), its `modality` column
+    two groupings whose names hold `/`."""
+    (root / "photos").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        (root / "photos" / f"p{i}.jpg").write_bytes(jpeg(900 + i, 40))
+        camera = "clinic/phone A" if i < n // 2 else "clinic/phone B"
+        rows.append((f"photos/p{i}.jpg", ["benign", "malignant"][i % 2], f"archive/2024/batch_{i}/p{i}.jpg", camera))
+    pd.DataFrame(rows, columns=["image", "label", "source", "modality"]).to_csv(root / "clinic.csv", index=False)
+    return root
+
+
+def external_csv_overrides(trained, root: Path) -> list[str]:
+    return [f"ckpt_path={trained['ckpt']}", "data=csv", f"data.root={root}", "data.csv=clinic.csv"] + [
+        "data.external=true", "data.num_workers=0", "bootstrap.resamples=20", "robustness.enabled=false",
+    ]  # fmt: skip
+
+
+def test_a_csv_whose_source_values_are_paths_is_evaluated_and_reports_only_real_groupings(trained, tmp_path):
+    root = clinic_csv(tmp_path / "clinic")
+    overrides = [*external_csv_overrides(trained, root), "fairness.enabled=false"]
+    report = evaluate(compose_config("eval", overrides, tmp_path / "ev"))
+    written = pd.read_csv(tmp_path / "ev" / "predictions.csv")
+    assert len(written) == 40 and set(written["image_id"]) == {f"photos/p{i}" for i in range(40)}
+    assert written["referred"].tolist() == (written["p_malignant"] > report["threshold"]).tolist()
+    assert not [k for k in report if k.startswith("test_by_source")]  # 40 parts of one image: not a grouping
+    assert report["test_by_modality/clinic%2Fphone A/images"] == 20  # a part name holding / stays one part
+    assert "| modality | clinic/phone B | 20 | 10 |" in (tmp_path / "ev" / "subgroups.md").read_text()
+
+
+def test_a_report_that_fails_is_named_and_every_other_file_is_kept(trained, tmp_path, monkeypatch):
+    import eval as eval_py
+
+    def broken(*args, **kwargs):
+        raise KeyError("images")
+
+    monkeypatch.setattr(eval_py, "_fairness", broken)
+    root = clinic_csv(tmp_path / "clinic")
+    with pytest.raises(RuntimeError, match=r"1 report\(s\) failed: fairness \(KeyError: 'images'\)"):
+        evaluate(compose_config("eval", [*external_csv_overrides(trained, root), "fairness.enabled=true"], tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["report_errors"] == {"fairness": "KeyError: 'images'"} and "test/auroc" in metrics
+    assert len(pd.read_csv(tmp_path / "predictions.csv")) == 40
+    assert (tmp_path / "roc.png").is_file() and (tmp_path / "domain_shift.md").is_file()
