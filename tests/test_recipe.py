@@ -363,3 +363,21 @@ def test_posthoc_adjustment_val_chooses_the_tau_with_the_best_val_balanced_accur
     assert torch.equal(decided, (logits - float(model.posthoc_tau) * prior.log()).argmax(-1))
     with pytest.raises(ValueError, match="posthoc_adjustment"):
         LesionClassifier(backbone=LITE, class_names=["a", "b", "c"], malignant=["c"], posthoc_adjustment="auto")
+
+
+def test_the_studys_class_weight_reaches_the_hard_label_loss_through_train_py(tmp_path):
+    # No mixup, no smoothing: hard labels, the study's setting; class_weights [1, 10] (apple, orange)
+    overrides = [*TINY, "model.class_weights=[1,10]", "callbacks.extra=[{_target_:spies.LossSpy}]"]
+    train(compose_config("train", overrides, tmp_path))
+    spy = torch.load(tmp_path / "spy.pt", weights_only=True)
+    assert spy["loss_weights"].tolist() == [1.0, 10.0]
+    calls = [c for c in spy["calls"] if c["targets"].ndim == 1]
+    both = [c for c in calls if len(set(c["targets"].tolist())) == 2]
+    assert calls == spy["calls"] and both, "premise: hard-label batches holding both classes"
+    weight = torch.tensor([1.0, 10.0])
+    for call in calls:  # the loss the module computed is the 10x-weighted cross-entropy
+        assert call["loss"] == pytest.approx(
+            float(F.cross_entropy(call["logits"], call["targets"], weight=weight)), 1e-5
+        )
+    # ... which differs from the unweighted one on those batches (planted: the weight is 10, not near 1)
+    assert max(abs(call["loss"] - float(F.cross_entropy(call["logits"], call["targets"]))) for call in both) > 1e-3

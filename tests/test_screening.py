@@ -568,3 +568,45 @@ def test_a_checkpoint_written_before_platt_loads_with_the_identity_map(tmp_path)
     assert old.deployment.platt.tolist() == [1.0, 0.0] and float(old.deployment.threshold) == pytest.approx(
         trained["threshold"]
     )
+
+
+@pytest.mark.parametrize(
+    "edge, above, below",
+    [(55, "very light", "light"), (41, "light", "intermediate"), (28, "intermediate", "tan"), (10, "tan", "brown"),
+     (-30, "brown", "dark")],
+)  # fmt: skip
+def test_ita_bands_change_exactly_at_the_published_edges(edge, above, below):
+    # Chardon et al. 1991 / Del Bino 2013: very light > 55 > light > 41 > intermediate > 28 > tan > 10 > brown > -30
+    assert ita_category(edge + 0.01) == above and ita_category(edge - 0.01) == below
+
+
+def test_the_lower_bound_is_certified_at_the_confidence_the_config_asks(tmp_path):
+    from scipy.stats import beta
+
+    # 40 oranges in val: enough positives that 0.6 and 0.95 need different numbers of them detected
+    overrides = [*TINY, "data.num_val=80", "operating_point.confidence=0.6", "operating_point.target_sensitivity=0.8"]
+    metrics = train(compose_config("train", overrides, tmp_path))
+    n = metrics["operating_point/val_positives"]
+
+    def needed(confidence: float) -> int:
+        k = np.arange(1, n + 1)
+        return int(np.nonzero(beta.ppf(1 - confidence, k, n - k + 1) >= 0.8)[0][0]) + 1
+
+    assert n == 40 and needed(0.6) != needed(0.95)  # premise: the level changes the threshold
+    assert metrics["operating_point/confidence"] == 0.6 and metrics["operating_point/checkpoints_compared"] == 1
+    assert metrics["operating_point/val_detected"] == needed(0.6)
+    written = pd.read_csv(tmp_path / "predictions.csv").query("split == 'val'")
+    detected = int(((written["p_malignant"] > metrics["threshold"]) & (written["malignant"] == 1)).sum())
+    assert detected == needed(0.6)  # the stored threshold detects exactly that many of val's oranges
+
+
+def test_val_that_chose_the_epoch_certifies_at_the_bonferroni_level_and_a_calibration_split_does_not(tmp_path):
+    overrides = [*TINY, "trainer.max_epochs=3", "data.num_val=16"]
+    chose = train(compose_config("train", overrides, tmp_path / "val"))
+    assert chose["operating_point/checkpoints_compared"] == 3
+    assert chose["operating_point/confidence"] == pytest.approx(1 - 0.05 / 3)
+    off = train(compose_config("train", [*overrides, "operating_point.correct_for_selection=false"], tmp_path / "off"))
+    assert off["operating_point/confidence"] == 0.95
+    carved = train(compose_config("train", [*overrides, "data.calibration_fraction=0.2"], tmp_path / "cal"))
+    assert carved["operating_point/calibration_split"] == "calibration"
+    assert carved["operating_point/confidence"] == 0.95 and carved["operating_point/checkpoints_compared"] == 1

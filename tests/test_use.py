@@ -620,3 +620,61 @@ def test_a_report_that_fails_is_named_and_every_other_file_is_kept(trained, tmp_
     assert metrics["report_errors"] == {"fairness": "KeyError: 'images'"} and "test/auroc" in metrics
     assert len(pd.read_csv(tmp_path / "predictions.csv")) == 40
     assert (tmp_path / "roc.png").is_file() and (tmp_path / "domain_shift.md").is_file()
+
+
+def test_app_py_bounds_its_queue_at_the_configured_max_queue(trained, monkeypatch):
+    import threading
+    import time
+
+    import httpx
+
+    from app import build_app
+    from lesion.serving.webapp import serving
+
+    screen = Screener.__call__
+
+    def slow(self, images, names):  # one second a photo: the requests below all arrive while the first is checked
+        time.sleep(1.0)
+        return screen(self, images, names)
+
+    monkeypatch.setattr(Screener, "__call__", slow)
+    config = compose_config("app", [f"ckpt_path={trained['ckpt']}", "max_queue=1", "gradcam=false"], Path("/tmp/app"))
+    answers = []
+    with serving(build_app(config)) as url:  # app.py's own wiring, from the composed config
+
+        def post() -> None:
+            response = httpx.post(f"{url}/api/screen", content=jpeg(1, size=20), headers={"Content-Type": "image/jpeg"})
+            answers.append(response.status_code)
+
+        threads = [threading.Thread(target=post) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.05)
+        for thread in threads:
+            thread.join(timeout=60)
+    assert sorted(answers) == [200, 200, 503, 503]  # max_queue=1: one checked, one waiting (the default 8 takes all)
+
+
+def test_the_exported_graph_carries_the_ema_weights_the_recipe_evaluates_with(tmp_path):
+    run = tmp_path / "run"
+    train(compose_config("train", [*TINY, "model.ema_decay=0.9"], run))
+    best = json.loads((run / "metrics.json").read_text())["best_checkpoint"]
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    for key, value in ckpt["state_dict"].items():  # plant: the EMA's weights far from the trained ones
+        if key.startswith("ema.module.") and value.is_floating_point() and value.ndim > 1:
+            ckpt["state_dict"][key] = value + 0.5 * torch.randn(value.shape, generator=generator)
+    planted = tmp_path / "planted.ckpt"
+    torch.save(ckpt, planted)
+    written = run_export(compose_config("export", [f"ckpt_path={planted}", "card=false"], tmp_path / "x"))
+    model = load_model(str(planted))
+    images = torch.rand(16, *model.data_config["input_size"], generator=generator)
+    normalized = (images - torch.tensor(model.data_config["mean"]).view(1, 3, 1, 1)) / torch.tensor(
+        model.data_config["std"]
+    ).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ema, raw = (model.scores(net.eval()(normalized))[1].numpy() for net in (model.ema.module, model.net))
+    assert np.abs(ema - raw).max() > 0.05, "premise: the planted EMA scores differ from the raw weights'"
+    session = ort.InferenceSession(written["model"], providers=["CPUExecutionProvider"])
+    _, exported = session.run(None, {"image": images.numpy()})
+    assert np.abs(exported - ema).max() <= 1e-4  # the EMA, as eval.py and predict.py use it
