@@ -161,3 +161,18 @@ def test_adapt_composes_with_every_strategy_onto_its_dataclass(strategy, tmp_pat
     # the parameter names it trains exist in the recipe's network (EfficientNet-Lite0)
     net = build_backbone(**compose_config("train", ["backbone.pretrained=false"], tmp_path)["backbone"], num_classes=7)
     assert bool(trained_parameters(net, chosen.train)) == bool(chosen.train)
+
+
+def test_the_recipe_certifies_on_a_calibration_split_it_carves_alone_and_with_phone_photos(tmp_path):
+    from fakes import make_isic2018, make_pad
+
+    from lesion.data import build_datamodule
+
+    isic, pad = make_isic2018(tmp_path / "isic", n=140), make_pad(tmp_path / "pad", patients=40)
+    data_config = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
+    multi = ["data=multi", f"data.sources.isic2018.root={isic}", f"data.sources.pad_ufes_20.root={pad}"]
+    for overrides in ([f"data.root={isic}"], multi):
+        config = compose_config("train", ["experiment=isic2018_cpu_best", *overrides], tmp_path / "run")
+        assert config["data"]["calibration_fraction"] == 0.1
+        datamodule = build_datamodule({**config["data"], "num_workers": 0, "cache": False}, data_config)
+        assert datamodule.calibration_split == "calibration" and len(datamodule.frames["calibration"])
