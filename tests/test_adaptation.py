@@ -181,3 +181,26 @@ def test_batchnorm_statistics_are_re_estimated_as_plain_averages_over_the_local_
         inputs = torch.cat([net[0](b) for b in batches])
     torch.testing.assert_close(net[1].running_mean, inputs.mean((0, 2, 3)), rtol=1e-5, atol=1e-5)
     assert not net[1].training and net[1].momentum == 0.1 and not net[2].training
+
+
+def test_adapt_py_keys_reach_the_site_checkpoint(site, tmp_path):
+    from scipy.stats import beta
+
+    keys = ["strategy=head", "strategy.lr=0.02", "strategy.max_epochs=3", "strategy.batch_size=4"]
+    keys += ["strategy.weight_decay=0.5", "strategy.train=[classifier]", "strategy.bn_stats=false"]
+    keys += ["operating_point.target_sensitivity=0.6", "operating_point.confidence=0.7"]
+    overrides = [f"ckpt_path={site['source']}", f"data.root={site['root']}", *SITE, *keys]
+    metrics = adapt(compose_config("adapt", overrides, tmp_path))
+    info = torch.load(metrics["site_checkpoint"], map_location="cpu", weights_only=True)["adaptation"]
+    asked = {"lr": 0.02, "max_epochs": 3, "batch_size": 4, "weight_decay": 0.5, "train": ["classifier"]}
+    assert {k: info["strategy"][k] for k in asked} == asked and info["strategy"]["bn_stats"] is False
+    assert 0 <= info["epochs"] <= 3  # the folds choose within strategy.max_epochs
+    source, adapted = load_model(site["source"]), load_model(metrics["site_checkpoint"])
+    before = dict(source.eval_net.named_parameters())
+    moved = [n for n, p in adapted.eval_net.named_parameters() if not torch.equal(p, before[n])]
+    assert all(n.startswith("classifier") for n in moved)  # strategy.train: nothing else moves
+    op = adapted.deployment.operating_point
+    n = op["val_positives"]
+    k = np.arange(1, n + 1)
+    needed = int(np.nonzero(beta.ppf(1 - 0.7, k, n - k + 1) >= 0.6)[0][0]) + 1
+    assert op["target_sensitivity"] == 0.6 and op["confidence"] == 0.7 and op["val_detected"] == needed

@@ -610,3 +610,19 @@ def test_val_that_chose_the_epoch_certifies_at_the_bonferroni_level_and_a_calibr
     carved = train(compose_config("train", [*overrides, "data.calibration_fraction=0.2"], tmp_path / "cal"))
     assert carved["operating_point/calibration_split"] == "calibration"
     assert carved["operating_point/confidence"] == 0.95 and carved["operating_point/checkpoints_compared"] == 1
+
+
+def test_train_py_quality_and_calibrator_keys_reach_the_stored_gate_and_calibration(tmp_path):
+    quality = ["quality.region=0.7", "quality.sharpness_percentile=5", "quality.exposure_percentile=90"]
+    quality += ["quality.exposure_floor=0.6", "quality.ood_percentile=80", "quality.ood_components=3"]
+    quality += ["quality.max_images=6", "quality.min_side=33", "operating_point.calibrator=temperature"]
+    train(compose_config("train", [*TINY, "data.num_val=16", *quality], tmp_path))
+    best = json.loads((tmp_path / "metrics.json").read_text())["best_checkpoint"]
+    model = LesionClassifier.load_from_checkpoint(best, weights_only=True)
+    gate = model.deployment.quality
+    assert gate["region"] == 0.7 and gate["min_side"] == 33
+    assert gate["percentiles"] == {"sharpness_percentile": 5, "exposure_percentile": 90, "ood_percentile": 80}
+    assert gate["max_highlights"] >= 0.6 and gate["max_shadows"] >= 0.6  # the floor over the percentile
+    assert gate["fitted_on"]["training_images"] == 6 and gate["feature_residual"]["components"] == 3
+    assert tuple(model.deployment.platt.tolist()) == (1.0, 0.0)  # calibrator=temperature: no Platt map
+    assert model.deployment.operating_point["calibrator"] == "temperature"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import struct
 import zlib
@@ -14,6 +16,7 @@ import pytest
 import torch
 from conftest import SHARED_ISIC2018, TINY, compose_config
 from fakes import jpeg
+from PIL import Image
 
 from eval import evaluate
 from export import run_export
@@ -678,3 +681,43 @@ def test_the_exported_graph_carries_the_ema_weights_the_recipe_evaluates_with(tm
     session = ort.InferenceSession(written["model"], providers=["CPUExecutionProvider"])
     _, exported = session.run(None, {"image": images.numpy()})
     assert np.abs(exported - ema).max() <= 1e-4  # the EMA, as eval.py and predict.py use it
+
+
+def test_predict_py_keys_reach_its_answers(trained, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(5):
+        (photos / f"spot{i}.jpg").write_bytes(jpeg(20 + i, size=120))
+    base = [f"ckpt_path={trained['ckpt']}", f"input={photos}", "quality.enabled=false"]
+    bands = ["bands.low=LOW-TEXT", "bands.elevated=HIGH-TEXT", "overlay_side=48", "batch_size=2"]
+    run_predict(compose_config("predict", [*base, *bands], tmp_path / "a"))
+    run_predict(compose_config("predict", [*base, "gradcam=false"], tmp_path / "b"))
+    a, b = (pd.read_csv(tmp_path / d / "predictions.csv").set_index("file").sort_index() for d in ("a", "b"))
+    assert (a["message"] == a["risk_band"].map({"low": "LOW-TEXT", "elevated": "HIGH-TEXT"})).all()
+    np.testing.assert_allclose(a["p_malignant"], b["p_malignant"], atol=1e-6)  # batches of 2: the same scores
+    assert all(max(Image.open(p).size) == 48 for p in a["gradcam"])  # overlay_side
+    assert "gradcam" not in b and not (tmp_path / "b" / "gradcam").exists()  # gradcam=false: no overlays
+
+
+def test_app_py_keys_reach_its_answers(trained, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app import build_app
+
+    overrides = [f"ckpt_path={trained['ckpt']}", "quality.enabled=false", "bands.low=LOW-TEXT"]
+    overrides += ["bands.elevated=HIGH-TEXT", "overlay_side=40", "max_pixels=20000"]
+    client = TestClient(build_app(compose_config("app", overrides, tmp_path)))
+    ok = client.post("/api/screen", content=jpeg(1, size=120), headers={"Content-Type": "image/jpeg"}).json()
+    assert ok["message"] == {"low": "LOW-TEXT", "elevated": "HIGH-TEXT"}[ok["risk_band"]]
+    overlay = Image.open(io.BytesIO(base64.b64decode(ok["overlay"].split(",", 1)[1])))
+    assert max(overlay.size) == 40
+    big = client.post("/api/screen", content=jpeg(2, size=160), headers={"Content-Type": "image/jpeg"})
+    assert big.status_code == 400 and "20,000" in big.json()["error"]  # 25,600 pixels: over max_pixels
+    uncalibrated = tmp_path / "uncalibrated.ckpt"
+    ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    ckpt["state_dict"]["deployment.calibrated"] = torch.tensor(False)
+    torch.save(ckpt, uncalibrated)
+    refused = [f"ckpt_path={uncalibrated}", "quality.enabled=false"]
+    with pytest.raises(ValueError, match="allow_uncalibrated"):
+        build_app(compose_config("app", refused, tmp_path / "r"))
+    build_app(compose_config("app", [*refused, "allow_uncalibrated=true"], tmp_path / "u"))
