@@ -292,7 +292,7 @@ MUTATIONS = (
         "                source.datamodule.calibration_fraction = self.calibration_fraction\n",
         "                pass\n",
         (
-            "tests/test_configs.py::test_the_recipe_certifies_on_a_calibration_split_it_carves_alone_and_with_phone_photos",
+            "tests/test_multi.py::test_the_runs_calibration_split_is_carved_from_each_source_and_survives_its_split_file",
         ),
     ),
     Mutation(
