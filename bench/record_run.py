@@ -22,6 +22,7 @@ KEEP += ("test_op/specificity_ci", "threshold", "best_val_score", "fit_seconds",
 KEEP += ("test_op/tp", "test_op/fn", "test_op/fp", "test_op/tn", "strategy", "epochs", "counts")
 KEEP += ("val_op/recall", "calibration_op/recall", "operating_point/calibration_split", "operating_point/val_positives")
 KEEP += ("operating_point/val_detected", "operating_point/sensitivity_lower_bound", "target_sensitivity")
+KEEP += ("operating_point/confidence", "operating_point/confidence_asked", "operating_point/checkpoints_compared")
 
 
 def record(name: str, metrics: Path, command: str, commit: str | None = None) -> dict:
@@ -64,7 +65,15 @@ def operating_point_table(records: list[dict]) -> str:
     for r in records:
         f = r["figures"]
         split = f.get("operating_point/calibration_split", "val")
-        split = "val (also chose the epoch)" if split == "val" else "separate calibration split"
+        compared = f.get("operating_point/checkpoints_compared") or 1
+        corrected = (
+            split == "val"
+            and compared > 1
+            and f.get("operating_point/confidence")
+            != f.get("operating_point/confidence_asked", f.get("operating_point/confidence"))
+        )
+        split = "separate calibration split" if split != "val" else "val (also chose the epoch)"
+        split += f", corrected for {compared} epochs" if corrected else ""
         found = f"{f.get('operating_point/val_positives')} ({f.get('operating_point/val_detected')})"
         bound, target = f.get("operating_point/sensitivity_lower_bound"), f.get("target_sensitivity")
         row = [split, found, f"{bound:.3f}", f"{target}", f"{f['threshold']:.4f}", f"{f['val_op/recall']:.3f}"]

@@ -384,3 +384,41 @@ def test_make_slice3d_writes_the_kaggle_layout_with_its_truth_outside_and_the_st
     assert "3,000 lesions x 154 features, 5 folds:" in out
     record = json.loads((tmp_path / "scale.json").read_text())
     assert record["peak_rss_mb"] > 0 and record["seconds"] > 0 and 0 < record["oof/pauc80"] <= 0.2
+
+
+def test_certification_rules_fit_each_rule_on_its_own_split_and_score_the_test_split(tmp_path):
+    import numpy as np
+    import pandas as pd
+    from scipy.stats import beta
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, n in (("val", 400), ("calibration", 300), ("test", 400)):
+        y = np.arange(n) % 4 == 0  # a quarter malignant
+        p = 1 / (1 + np.exp(-(rng.normal(size=n) + 2.0 * y - 1)))
+        rows += [
+            (f"{split}_{i}", split, "x", int(m), float(s), float(s), bool(s > 0.5))
+            for i, (m, s) in enumerate(zip(y, p))
+        ]
+    columns = ["image_id", "split", "label", "malignant", "p_malignant_uncalibrated", "p_malignant", "referred"]
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame(rows, columns=columns).to_csv(run / "predictions.csv", index=False)
+    metrics = {"target_sensitivity": 0.8, "operating_point/confidence": 0.95, "epochs": 4}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    _bench(["bench/certification_rules.py", str(run), "--resamples", "50", "--out", str(tmp_path / "rules")], tmp_path)
+    found = {r["rule"]: r for r in json.loads((tmp_path / "rules.json").read_text())["rows"]}
+    assert list(found) == ["val, uncorrected", "val, corrected for 4 epochs", "calibration split"]
+
+    def needed(n: int, confidence: float) -> int:
+        k = np.arange(1, n + 1)
+        return int(np.nonzero(beta.ppf(1 - confidence, k, n - k + 1) >= 0.8)[0][0]) + 1
+
+    assert (found["val, uncorrected"]["positives"], found["val, uncorrected"]["detected"]) == (100, needed(100, 0.95))
+    assert found["val, corrected for 4 epochs"]["detected"] == needed(100, 1 - 0.05 / 4) > needed(100, 0.95)
+    assert (found["calibration split"]["positives"], found["calibration split"]["detected"]) == (75, needed(75, 0.95))
+    test = pd.DataFrame(rows, columns=columns).query("split == 'test'")
+    for rule in found.values():  # each rule's test figures at its own threshold
+        referred = test["p_malignant"] > rule["threshold"]
+        assert rule["test_recall"] == pytest.approx(referred[test["malignant"] == 1].mean())
+        assert rule["test_specificity"] == pytest.approx(1 - referred[test["malignant"] == 0].mean())
