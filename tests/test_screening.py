@@ -304,6 +304,8 @@ def test_a_calibration_split_alone_sets_the_threshold_and_the_card_says_so(tmp_p
     assert float(model.deployment.threshold) == pytest.approx(chosen["threshold"], abs=1e-7)
     card = model_card(model, Path(best), None)
     assert "separate calibration split (data.calibration_fraction), not the validation split" in card
+    bound = f"the lower bound reached {chosen['sensitivity_lower_bound']:.3f} from {chosen['val_positives']} malignant"
+    assert bound in card  # what the promise rests on, and how many images
 
 
 def test_temperature_stays_bounded_and_keeps_the_ranking_of_scores_without_signal():

@@ -147,7 +147,7 @@ def model_card(
     )
     metrics_text = (
         f"{where}, from `{source}`. Operating threshold {threshold:.4f} on calibrated P(malignant), chosen on the"
-        f" {_calibrated_on(model, adaptation)} for sensitivity >= its target; bootstrap"
+        f" {_calibrated_on(model, adaptation)} for sensitivity >= its target{_certificate(model)}; bootstrap"
         f" 95% confidence intervals.\n\n{_metrics_table(metrics)}\n"
         if metrics
         else f"_No metrics found: {how_eval}_\n"
@@ -229,6 +229,19 @@ def _calibrated_on(model, adaptation: dict | None) -> str:
             f"{op['confidence']:.4f} (Bonferroni), so the {asked:.0%} promise holds for the one chosen"
         )
     return "validation split, which also chose the epoch (no separate calibration split: data.calibration_fraction=0)"
+
+
+def _certificate(model) -> str:
+    """What the threshold certifies and from how many malignant images (the price of a promise is the images it needs
+    and the specificity a lower threshold costs: docs/screening.md)."""
+    op = model.deployment.operating_point or {}
+    if op.get("method") != "lower_bound" or op.get("sensitivity_lower_bound") is None:
+        return ""
+    return (
+        f" ({op.get('target_sensitivity')} with {op['confidence']:.4g} confidence: the lower bound reached "
+        f"{op['sensitivity_lower_bound']:.3f} from {op.get('val_positives')} malignant images, {op.get('val_detected')}"
+        " detected)"
+    )
 
 
 def _quality(model) -> str:
