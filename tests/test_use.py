@@ -244,20 +244,15 @@ def test_app_checks_type_size_and_bytes(trained, tmp_path):
     assert big.status_code == 413 and "limit" in big.json()["error"]
 
 
-def test_app_bounds_its_queue_with_503_and_retry_after(trained):
+def posted_together(app, count: int) -> list:
+    """`count` photos posted to the served `app` 50 ms apart, each from its own thread; the responses."""
     import threading
     import time
 
     import httpx
 
-    from lesion.serving.webapp import create_app, serving
+    from lesion.serving.webapp import serving
 
-    class SlowScreener(Screener):  # one second a photo: the requests below all arrive while the first is checked
-        def __call__(self, images, names):
-            time.sleep(1.0)
-            return super().__call__(images, names)
-
-    app = create_app(SlowScreener(load_model(trained["ckpt"])), max_queue=1)
     answers = []
     with serving(app) as url:
 
@@ -265,12 +260,26 @@ def test_app_bounds_its_queue_with_503_and_retry_after(trained):
             response = httpx.post(f"{url}/api/screen", content=jpeg(1, size=20), headers={"Content-Type": "image/jpeg"})
             answers.append(response)
 
-        threads = [threading.Thread(target=post) for _ in range(5)]
+        threads = [threading.Thread(target=post) for _ in range(count)]
         for thread in threads:
             thread.start()
             time.sleep(0.05)
         for thread in threads:
             thread.join(timeout=60)
+    return answers
+
+
+def test_app_bounds_its_queue_with_503_and_retry_after(trained):
+    import time
+
+    from lesion.serving.webapp import create_app
+
+    class SlowScreener(Screener):  # one second a photo: the requests below all arrive while the first is checked
+        def __call__(self, images, names):
+            time.sleep(1.0)
+            return super().__call__(images, names)
+
+    answers = posted_together(create_app(SlowScreener(load_model(trained["ckpt"])), max_queue=1), 5)
     codes = sorted(r.status_code for r in answers)
     assert codes == [200, 200, 503, 503, 503]  # one checked, one waiting, the rest refused
     busy = next(r for r in answers if r.status_code == 503)
@@ -625,14 +634,10 @@ def test_a_report_that_fails_is_named_and_every_other_file_is_kept(trained, tmp_
     assert (tmp_path / "roc.png").is_file() and (tmp_path / "domain_shift.md").is_file()
 
 
-def test_app_py_bounds_its_queue_at_the_configured_max_queue(trained, monkeypatch):
-    import threading
+def test_app_py_bounds_its_queue_at_the_configured_max_queue(trained, monkeypatch, tmp_path):
     import time
 
-    import httpx
-
     from app import build_app
-    from lesion.serving.webapp import serving
 
     screen = Screener.__call__
 
@@ -641,21 +646,10 @@ def test_app_py_bounds_its_queue_at_the_configured_max_queue(trained, monkeypatc
         return screen(self, images, names)
 
     monkeypatch.setattr(Screener, "__call__", slow)
-    config = compose_config("app", [f"ckpt_path={trained['ckpt']}", "max_queue=1", "gradcam=false"], Path("/tmp/app"))
-    answers = []
-    with serving(build_app(config)) as url:  # app.py's own wiring, from the composed config
-
-        def post() -> None:
-            response = httpx.post(f"{url}/api/screen", content=jpeg(1, size=20), headers={"Content-Type": "image/jpeg"})
-            answers.append(response.status_code)
-
-        threads = [threading.Thread(target=post) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-            time.sleep(0.05)
-        for thread in threads:
-            thread.join(timeout=60)
-    assert sorted(answers) == [200, 200, 503, 503]  # max_queue=1: one checked, one waiting (the default 8 takes all)
+    config = compose_config("app", [f"ckpt_path={trained['ckpt']}", "max_queue=1", "gradcam=false"], tmp_path)
+    answers = posted_together(build_app(config), 4)  # app.py's own wiring, from the composed config
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [200, 200, 503, 503]  # max_queue=1: one checked, one waiting (the default 8 takes all)
 
 
 def test_the_exported_graph_carries_the_ema_weights_the_recipe_evaluates_with(tmp_path):
