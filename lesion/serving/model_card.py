@@ -219,7 +219,10 @@ def _calibrated_on(model, adaptation: dict | None) -> str:
         )
     op = model.deployment.operating_point or {}
     if op.get("calibration_split") == "calibration":
-        return "separate calibration split (data.calibration_fraction), not the validation split that chose the epoch"
+        return (
+            "separate calibration split (data.calibration_fraction), not the validation split that chose the epoch "
+            "(its images were held out of training to keep the promise: see the splits under Training data)"
+        )
     compared, asked = op.get("checkpoints_compared"), op.get("confidence_asked")
     if compared == 1:
         return "validation split (one checkpoint: it chose nothing)"
