@@ -241,7 +241,9 @@ def test_eval_end_to_end_writes_every_artifact(tmp_path):
     stored = torch.load(best, map_location="cpu", weights_only=False)["operating_point"]
     assert (
         stored["method"] == "lower_bound"
-        and stored["confidence"] == 0.95
+        and stored["confidence_asked"] == 0.95
+        and stored["checkpoints_compared"] == 2  # val chose between 2 epochs and certifies: Bonferroni
+        and stored["confidence"] == pytest.approx(1 - 0.05 / 2)
         and model.deployment.operating_point == stored
     )
     assert trained["operating_point/sensitivity_lower_bound"] == pytest.approx(stored["sensitivity_lower_bound"])
@@ -249,6 +251,7 @@ def test_eval_end_to_end_writes_every_artifact(tmp_path):
     report = evaluate(compose_config("eval", overrides, ev))
     for name in (
         "metrics.json",
+        "predictions.csv",
         "confusion_matrix.md",
         "confusion_matrix.png",
         "confusion_matrix_op.png",
