@@ -106,9 +106,9 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(
-            json.dumps({"date": date.today().isoformat(), "names": names, "rows": rows}, indent=2)
-        )
+        command = "python bench/certification_rules.py " + " ".join(args.runs)
+        record = {"command": command, "date": date.today().isoformat(), "names": names, "rows": rows}
+        out.with_suffix(".json").write_text(json.dumps(record, indent=2))
         out.with_suffix(".md").write_text(f"# The threshold certified three ways on the same models\n\n{text}")
 
 
