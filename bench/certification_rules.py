@@ -107,7 +107,8 @@ def main() -> None:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         command = "python bench/certification_rules.py " + " ".join(args.runs)
-        record = {"command": command, "date": date.today().isoformat(), "names": names, "rows": rows}
+        name = "the threshold certified three ways on the same models"
+        record = {"name": name, "command": command, "date": date.today().isoformat(), "names": names, "rows": rows}
         out.with_suffix(".json").write_text(json.dumps(record, indent=2))
         out.with_suffix(".md").write_text(f"# The threshold certified three ways on the same models\n\n{text}")
 
