@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from lesion.data import build_datamodule
 from lesion.models.adaptation import Strategy
 from lesion.models.loading import load_model
+from lesion.runs.allocator import retain_freed_memory
 from lesion.runs.config import to_plain
 from lesion.screening.checkpoints import in_domain_figures, in_domain_metrics, save_adapted
 from lesion.screening.evaluation import refuse_leaks, training_splits
@@ -26,6 +27,7 @@ log = logging.getLogger("lesion")
 def adapt(config: dict) -> dict:
     """Adapt a checkpoint to a site's labelled photos; writes site.ckpt, adaptation.md, metrics.json and splits.csv
     (the local parts) to the run dir and returns the figures."""
+    retain_freed_memory(config["allocator"]["retain_mb"])
     L.seed_everything(config["seed"], workers=True)
     ckpt = config["ckpt_path"]
     if isinstance(ckpt, list):

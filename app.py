@@ -10,6 +10,7 @@ import uvicorn
 from omegaconf import DictConfig
 
 from lesion.models.loading import load_calibrated
+from lesion.runs.allocator import retain_freed_memory
 from lesion.runs.config import to_plain
 from lesion.serving.inference import Screener
 from lesion.serving.webapp import create_app
@@ -19,6 +20,7 @@ log = logging.getLogger("lesion")
 
 def build_app(config: dict):
     """Load the model once and wrap it in the web app."""
+    retain_freed_memory(config["allocator"]["retain_mb"])
     model = load_calibrated(config["ckpt_path"], config["allow_uncalibrated"])
     screener = Screener.from_config(model, config)
     name = f"{model.hparams.backbone['model_name']} ({Path(str(config['ckpt_path'])).name})"

@@ -14,7 +14,9 @@ from omegaconf import DictConfig
 from lesion.data import build_datamodule
 from lesion.models.loading import load_model
 from lesion.runs import dashboard
+from lesion.runs.allocator import retain_freed_memory
 from lesion.runs.config import to_plain
+from lesion.runs.trainer import lightning_args
 from lesion.screening.after_fit import after_fit, split_report
 from lesion.screening.checkpoints import (
     checkpoints_compared,
@@ -52,6 +54,7 @@ log = logging.getLogger("lesion")
 def evaluate(config: dict) -> dict:
     """Test-split screening report: metrics at 0.5 and at the operating point with CIs, calibration, confusion
     tables, ROC/PR/reliability plots, fairness and robustness; every artifact lands in the run dir."""
+    retain_freed_memory(config["allocator"]["retain_mb"])
     ckpt = config["ckpt_path"]
     model = load_model(ckpt, config.get("tta"), config.get("posthoc_adjustment"))
     out = Path(config["paths"]["output_dir"])
@@ -60,7 +63,7 @@ def evaluate(config: dict) -> dict:
     external = getattr(datamodule, "external", False)
     if config["recalibrate"]["enabled"] and not external:
         raise ValueError("recalibrate.enabled=true refits on a site's own labelled set: add data.external=true")
-    trainer = L.Trainer(**config["trainer"], logger=False, default_root_dir=str(out))
+    trainer = L.Trainer(**lightning_args(config["trainer"]), logger=False, default_root_dir=str(out))
     test = predict(model, datamodule.test_dataloader(), trainer, binary_labels=binary)
     declared = datamodule.declared_groups
     if bool(model.deployment.calibrated):

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from lesion.models.loading import load_calibrated
+from lesion.runs.allocator import retain_freed_memory
 from lesion.runs.config import to_plain
 from lesion.serving.inference import DISCLAIMER, Result, Screener
 
@@ -33,6 +34,7 @@ def input_files(path: Path) -> list[Path]:
 
 def run_predict(config: dict) -> list[Result]:
     """Screen every input file; write predictions.csv/.json and Grad-CAM overlays to the run dir."""
+    retain_freed_memory(config["allocator"]["retain_mb"])
     model = load_calibrated(config["ckpt_path"], config["allow_uncalibrated"])
     screener = Screener.from_config(model, config)
     files = input_files(Path(config["input"]))

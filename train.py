@@ -18,6 +18,7 @@ from lesion.models.activation_cache import ActivationCache
 from lesion.models.backbones import backbone_data_config
 from lesion.models.module import LesionClassifier
 from lesion.runs import dashboard
+from lesion.runs.allocator import retain_freed_memory
 from lesion.runs.config import in_multirun, to_plain
 from lesion.runs.sweeps import run_job
 from lesion.runs.trainer import EpochHistory, ImagesSeen, build_trainer, resume_checkpoint
@@ -31,6 +32,7 @@ log = logging.getLogger("lesion")
 
 def train(config: dict) -> dict:
     """Fit, test the best checkpoint, calibrate it on val, and write the metrics to `metrics.json` in the run dir."""
+    retain_freed_memory(config["allocator"]["retain_mb"])
     L.seed_everything(config["seed"], workers=True)
     datamodule = build_datamodule(config["data"], backbone_data_config(**config["backbone"]))
     classes = {"class_names": list(datamodule.classes), "malignant": list(datamodule.malignant)}
@@ -63,7 +65,7 @@ def train(config: dict) -> dict:
         logger.log_hyperparams({"config": config})
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    seconds = time.perf_counter() - start
+    seconds, fitted = time.perf_counter() - start, time.perf_counter()
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     # Test and calibration read images: cached activations allow no test-time augmentation (identical otherwise).
     datamodule = getattr(datamodule, "inner", datamodule)
@@ -99,6 +101,7 @@ def train(config: dict) -> dict:
         "fit_seconds": round(seconds, 1),
         "train_images": seen.total,
         "train_img_per_s": round(seen.total / seconds, 1),
+        "after_fit_seconds": round(time.perf_counter() - fitted, 1),  # calibration, gate, test, reports
     }
     metrics |= history.at_best() if history else {}
     if config["scores"]["write"] and trainer.is_global_zero:  # per-image scores for a tabular stack (stack.py)

@@ -326,6 +326,27 @@ MUTATIONS = (
             "tests/test_model_card.py::test_an_isic2024_models_card_says_3d_total_body_crops_and_nothing_of_ham10000",
         ),
     ),
+    Mutation(
+        "the allocator's settings never reach glibc",
+        "lesion/runs/allocator.py",
+        "        libc.mallopt(param, ctypes.c_int(value))",
+        "        True",
+        ("tests/test_speed_options.py::test_a_freed_buffer_is_reused_without_page_faults_when_retained",),
+    ),
+    Mutation(
+        "train.py ignores allocator.retain_mb",
+        "train.py",
+        '    retain_freed_memory(config["allocator"]["retain_mb"])',
+        "",
+        ("tests/test_speed_options.py::test_each_entry_point_applies_the_configured_allocator_first",),
+    ),
+    Mutation(
+        "precision auto assumes bf16",
+        "lesion/runs/precision.py",
+        '        chosen = "bf16-mixed" if supported else "32-true"',
+        '        chosen = "bf16-mixed"',
+        ("tests/test_speed_options.py::test_auto_precision_is_bf16_only_where_the_cpu_has_bf16",),
+    ),
 )
 
 

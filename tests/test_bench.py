@@ -426,3 +426,20 @@ def test_certification_rules_fit_each_rule_on_its_own_split_and_score_the_test_s
         referred = test["p_malignant"] > rule["threshold"]
         assert rule["test_recall"] == pytest.approx(referred[test["malignant"] == 1].mean())
         assert rule["test_specificity"] == pytest.approx(1 - referred[test["malignant"] == 0].mean())
+
+
+def test_evaluation_profile_prints_each_stage_against_the_training_step(tmp_path):
+    from fakes import make_isic2018
+
+    root = make_isic2018(tmp_path / "isic2018", n=84)
+    tiny = ["backbone.input_size=[48,64]", "data.batch_size=4", "data.eval_batch_size=4", "data.num_workers=0"]
+    args = ["bench/evaluation.py", "--root", str(root), "--images", "8", "--precisions", "32-true", "--override", *tiny]
+    out = _bench(args + ["--out", str(tmp_path / "stages.json")], tmp_path)
+    header = next(line for line in out.splitlines() if line.startswith("| stage |"))
+    assert "retain_mb=0, 32-true" in header and "retain_mb=2048, 32-true" in header
+    for stage in ("decode + preprocess", "forward, TTA", "whole (trainer.predict)", "predict.py (Screener)"):
+        (row,) = [line for line in out.splitlines() if line.startswith(f"| {stage} |")]
+        cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+        assert len(cells) == 2 and all(float(c.split()[0]) > 0 for c in cells)
+    recorded = json.loads((tmp_path / "stages.json").read_text())
+    assert [r["retain_mb"] for r in recorded["results"]] == [0, 2048] and recorded["results"][0]["views"] == 4

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
 from lesion.runs.loggers import ResumableCSVLogger, wandb_run_id
+from lesion.runs.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,17 @@ def build_trainer(config: dict, ckpt_path: str | None = None) -> L.Trainer:
             logger.resume_from(_resumed_epoch(ckpt_path))
         loggers.append(logger)
     return L.Trainer(
-        **config["trainer"], callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir)
+        **lightning_args(config["trainer"]),
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=str(output_dir),
     )
+
+
+def lightning_args(trainer: dict) -> dict:
+    """The `trainer` block as Lightning's Trainer arguments, its precision resolved for this machine (`auto`)."""
+    precision = resolve_precision(trainer.get("precision", "32-true"), trainer.get("accelerator", "auto"))
+    return trainer | {"precision": precision}
 
 
 def _resumed_epoch(ckpt_path: str) -> int:

@@ -3,6 +3,8 @@ score the test split, report val and test at the operating point, and store the 
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 
 import lightning as L
@@ -14,6 +16,8 @@ from lesion.screening.predictions import Predictions, predict, write_predictions
 from lesion.screening.quality import fit_on_datamodule
 from lesion.stats.quality import fits_features
 from lesion.stats.subgroups import aligned, subgroup_report
+
+log = logging.getLogger("lesion")
 
 
 def after_fit(
@@ -36,8 +40,11 @@ def after_fit(
     predictions.csv path: each split's scores are written there as soon as they are calibrated, before any report);
     without them, `operating_point.bootstrap_resamples`, 95% intervals and 15 bins."""
     op, quality = settings["operating_point"], settings["quality"]
+    stages = Stages()
     val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(quality))
+    stages.done("val scored", len(val.image_ids))
     fitted_on, split = calibration_predictions(model, datamodule, trainer, val)
+    stages.done(f"{split} scored", len(fitted_on.image_ids) if split != "val" else None)
     compared = int(settings.get("checkpoints_compared") or 1) if split == "val" else 1
     confidence = certified_confidence(op, compared)
     report = calibrate(model, fitted_on, op["target_sensitivity"], op["method"], confidence, op["calibrator"], split)
@@ -48,18 +55,39 @@ def after_fit(
         write_predictions(written, "val", val, model, append=False)
         if split != "val":
             write_predictions(written, split, fitted_on, model, append=True)
+    stages.done("calibrated")
     if quality["enabled"]:
         model.deployment.quality = fit_on_datamodule(model, datamodule, val, quality)
+        stages.done("quality gate fitted")
     declared = datamodule.declared_groups
     val_report = split_report(model, val, datamodule.frames["val"], "val", settings, declared)
     report |= {k: v for k, v in val_report.items() if "calibration" not in k}
+    stages.done("val reported")
     tested = test()
+    stages.done("test scored", len(tested.image_ids))
     if written:
         write_predictions(written, "test", tested, model, append=True)
     report |= split_report(model, tested, datamodule.frames["test"], "test", settings, declared)
+    stages.done("test reported")
     if store is not None:
         report |= store(report) or {}
-    return report, tested
+    return report | {f"after_fit_seconds/{stage}": seconds for stage, seconds in stages.seconds.items()}, tested
+
+
+class Stages:
+    """The seconds each step of after_fit took, each logged as it ends (with img/s for a scoring pass) and returned in
+    the report as `after_fit_seconds/<step>`: every run keeps its own profile."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def done(self, stage: str, images: int | None = None) -> None:
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        self.seconds[stage] = round(seconds, 1)
+        rate = f" ({images / seconds:.1f} img/s)" if images else ""
+        log.info("after fit: %s in %.0f s%s", stage, seconds, rate)
 
 
 def split_report(
