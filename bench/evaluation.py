@@ -14,7 +14,8 @@ process's life); within it, each precision:
 - whole (trainer.predict): `lesion.screening.predictions.predict` over --images test images with feature capture,
   loader included: what after_fit runs on val and eval.py on test;
 - predict.py (Screener): lesion.serving.inference.Screener over the same images' files with predict.yaml's settings,
-  as predict.py screens a folder (decode, resize, TTA, Grad-CAM overlays; the quality gate where a checkpoint has one);
+  as predict.py screens a folder (decode, resize, TTA, Grad-CAM overlays; the quality gate where a checkpoint has one),
+  in float32 in every column (predict.py does not autocast);
 - training step: a bare forward/backward/Adam step (bench/timing.py BareStep) at the recipe's training batch size.
 
 bf16-mixed runs the forward passes (and the training step) under CPU bf16 autocast, as Lightning's precision does;
@@ -167,8 +168,12 @@ def measure(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         scored = predict(model, loader, trainer, features=True)
         row["whole (trainer.predict)"] = len(scored.image_ids) / (time.perf_counter() - start)
-        with autocast:
-            row["predict.py (Screener)"] = screener_rate(model, datamodule, args.images)
+        # predict.py runs in float32 whatever trainer.precision says (and Grad-CAM reads float32 activations)
+        row["predict.py (Screener)"] = (
+            figures["32-true"]["predict.py (Screener)"]
+            if bf16 and "32-true" in figures
+            else screener_rate(model, datamodule, args.images)
+        )
         twin = copy.deepcopy(model)
         step = BareStep(twin, bf16)
         images = torch.cat([x] * -(-train_batch // n))[:train_batch]
