@@ -189,6 +189,8 @@ def measure(args: argparse.Namespace) -> dict:
 
 def table(results: list[dict]) -> str:
     """Markdown: a row per stage, a column per (allocator, precision), img/s and x the training step."""
+    import pandas as pd
+
     from lesion.screening.reports import markdown_table
 
     columns = [(r["retain_mb"], p, f) for r in results for p, f in r["figures"].items()]
@@ -196,7 +198,7 @@ def table(results: list[dict]) -> str:
     rows = [
         [stage] + [f"{f[stage]:.1f} ({f[stage] / f['training step']:.2f}x)" for _, _, f in columns] for stage in STAGES
     ]
-    return markdown_table(header, rows)
+    return markdown_table(pd.DataFrame(rows, columns=header))
 
 
 def main() -> None:
@@ -225,12 +227,12 @@ def main() -> None:
             sys.exit(f"allocator.retain_mb={retain}: the measuring process failed:\n{done.stderr[-3000:]}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"allocator.retain_mb={retain} measured", file=sys.stderr)
-    print(f"img/s ({results[0]['views']} TTA views; x: over the training step's img/s in the same column)")
-    print(table(results))
-    if args.out:
+    if args.out:  # first: the figures outlive a failure to print them
         name = f"evaluation stage by stage, {datetime.date.today()}"
         command = "python " + " ".join(sys.argv)
         args.out.write_text(json.dumps({"name": name, "command": command, "results": results}, indent=2) + "\n")
+    print(f"img/s ({results[0]['views']} TTA views; x: over the training step's img/s in the same column)")
+    print(table(results))
 
 
 if __name__ == "__main__":

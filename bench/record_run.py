@@ -1,4 +1,4 @@
-"""python bench/record_run.py NAME METRICS_JSON --command "python train.py ..." [--out docs/results/runs]
+"""python bench/record_run.py NAME METRICS_JSON --command "python train.py ..." [--time-log LOG] [--out DIR]
 python bench/record_run.py --table [--operating-point | --ablation] docs/results/runs/<a>.json ... [--out-md FILE]
 
 Results as data: a measured run becomes a small recorded file (its name, command, commit, date, machine and the
@@ -23,12 +23,44 @@ KEEP += ("test_op/tp", "test_op/fn", "test_op/fp", "test_op/tn", "strategy", "ep
 KEEP += ("val_op/recall", "calibration_op/recall", "operating_point/calibration_split", "operating_point/val_positives")
 KEEP += ("operating_point/val_detected", "operating_point/sensitivity_lower_bound", "target_sensitivity")
 KEEP += ("operating_point/confidence", "operating_point/confidence_asked", "operating_point/checkpoints_compared")
+KEEP += ("after_fit_seconds", "train_img_per_s", "test_calibration/ece_after")
+
+# GNU time's -v report (`/usr/bin/time -v python train.py ...`): the whole process, wall clock and peak memory
+TIME_FIGURES = {
+    "wall_seconds": r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)",
+    "user_seconds": r"User time \(seconds\): ([\d.]+)",
+    "system_seconds": r"System time \(seconds\): ([\d.]+)",
+    "peak_rss_mb": r"Maximum resident set size \(kbytes\): (\d+)",
+    "minor_page_faults": r"Minor \(reclaiming a frame\) page faults: (\d+)",
+}
 
 
-def record(name: str, metrics: Path, command: str, commit: str | None = None) -> dict:
-    """`commit`: the tree the run was made with, when not the one checked out now."""
+def timed(log: Path) -> dict:
+    """The figures of GNU time's -v report at the end of `log`; an error naming the file when it has none."""
+    text = log.read_text(errors="replace")
+    found = {key: re.findall(pattern, text) for key, pattern in TIME_FIGURES.items()}
+    missing = [key for key, values in found.items() if not values]
+    if missing:
+        raise SystemExit(
+            f"{log}: no GNU time -v report ({', '.join(missing)} missing): run `/usr/bin/time -v python ...`"
+        )
+    values = {key: values[-1] for key, values in found.items()}
+    clock = [float(part) for part in values.pop("wall_seconds").split(":")]
+    figures = {"wall_seconds": round(sum(v * 60**i for i, v in enumerate(reversed(clock))), 1)}
+    figures |= {k: float(values[k]) for k in ("user_seconds", "system_seconds")}
+    return figures | {
+        "peak_rss_mb": round(int(values["peak_rss_mb"]) / 1024),
+        "minor_page_faults": int(values["minor_page_faults"]),
+    }
+
+
+def record(name: str, metrics: Path, command: str, commit: str | None = None, time_log: Path | None = None) -> dict:
+    """`commit`: the tree the run was made with, when not the one checked out now. `time_log`: the run's output with
+    GNU time's -v report at its end (wall clock, CPU seconds, peak RSS, page faults of the whole process)."""
     values = json.loads(metrics.read_text())
     figures = {k: v for k, v in values.items() if k in KEEP or "_by_" in k or k.startswith("source/")}
+    figures |= {k: v for k, v in values.items() if k.startswith("after_fit_seconds/")}
+    figures |= timed(time_log) if time_log else {}
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     commit = commit or head
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
@@ -139,6 +171,7 @@ def main() -> None:
     parser.add_argument("--ablation", action="store_true", help="with --table: the ablation's columns")
     parser.add_argument("--commit", help="the commit the run was made with (default: the one checked out)")
     parser.add_argument("--out-md")
+    parser.add_argument("--time-log", type=Path, help="the run's output ending in GNU time's -v report")
     args = parser.parse_args()
     if args.table:
         records = [json.loads(Path(p).read_text()) for p in args.args]
@@ -149,7 +182,7 @@ def main() -> None:
         print(text)
         return
     name, metrics = args.args
-    rec = record(name, Path(metrics), args.command or "", args.commit)
+    rec = record(name, Path(metrics), args.command or "", args.commit, args.time_log)
     path = Path(args.out) / f"{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rec, indent=2, sort_keys=True))

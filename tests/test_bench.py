@@ -219,6 +219,19 @@ def test_record_run_keeps_a_runs_figures_and_renders_them(tmp_path):
     assert "| a run: `python train.py x=1`" in pooled and "| 30 | 0.900 (0.850-0.950) | 0.800 (0.700-0.900) |" in pooled
     op = _bench(["bench/record_run.py", "--table", "--operating-point", str(path)], tmp_path)
     assert "| separate calibration split | 50 (47) | 0.851 | 0.85 | 0.1234 | 0.880 | 0.800 (0.700-0.900) |" in op
+    log = tmp_path / "run.log"  # a run's output ending in GNU time's -v report, as /usr/bin/time -v writes it
+    log.write_text("Epoch 3: 100%\n\tUser time (seconds): 2904.02\n\tSystem time (seconds): 91.23\n"
+                   "\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:25:36.96\n"
+                   "\tMaximum resident set size (kbytes): 5450456\n"
+                   "\tMinor (reclaiming a frame) page faults: 11438898\n")  # fmt: skip
+    timed = Path(_bench([*args, "--out", str(tmp_path / "timed"), "--time-log", str(log)], tmp_path).strip())
+    figures = json.loads(timed.read_text())["figures"]
+    assert figures["wall_seconds"] == 5137.0 and figures["peak_rss_mb"] == 5323 and figures["system_seconds"] == 91.23
+    assert figures["minor_page_faults"] == 11438898
+    log.write_text("no report\n")
+    again = [*args, "--out", str(tmp_path / "none"), "--time-log", str(log)]
+    done = subprocess.run([sys.executable, *again], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0 and "run.log: no GNU time -v report" in done.stderr
 
 
 def test_latency_script_compares_eager_and_onnx_runtime(tmp_path):
