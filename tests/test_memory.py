@@ -110,7 +110,7 @@ def test_predict_writes_each_overlay_and_keeps_none(tmp_path, monkeypatch):
     monkeypatch.setattr(predict, "load_calibrated", lambda *_: model)
     config = {"ckpt_path": "x.ckpt", "allow_uncalibrated": False, "tta": None, "gradcam": True, "max_pixels": 10**8,
               "bands": None, "quality": None, "crop": "none", "input": str(folder), "batch_size": 4,
-              "paths": {"output_dir": str(tmp_path / "out")}}  # fmt: skip
+              "allocator": {"retain_mb": 0}, "paths": {"output_dir": str(tmp_path / "out")}}  # fmt: skip
     results = predict.run_predict(config)
     assert len(results) == 6 and all(r.overlay is None for r in results)
     assert len(list((tmp_path / "out" / "gradcam").glob("*.png"))) == 6
