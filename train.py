@@ -65,7 +65,8 @@ def train(config: dict) -> dict:
         logger.log_hyperparams({"config": config})
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    seconds, fitted = time.perf_counter() - start, time.perf_counter()
+    fitted = time.perf_counter()
+    seconds = fitted - start
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     # Test and calibration read images: cached activations allow no test-time augmentation (identical otherwise).
     datamodule = getattr(datamodule, "inner", datamodule)

@@ -68,6 +68,7 @@ def recipe(ckpt: str | None, root: str, overrides: list[str]):
 
         model = load_model(ckpt)
         data = dict(model.hparams.data) | {"root": root}
+        datamodule = build_datamodule(data, model.data_config)  # the checkpoint's own preprocessing
     else:
         datamodule = build_datamodule(config["data"], backbone_data_config(**config["backbone"]))
         model = LesionClassifier(
@@ -78,7 +79,6 @@ def recipe(ckpt: str | None, root: str, overrides: list[str]):
             **config["model"] | {"channels_last": True},
         ).eval()
         data = config["data"]
-    datamodule = build_datamodule(data, model.data_config)
     datamodule.setup("test")
     return model, datamodule, int(data["batch_size"])
 
@@ -180,11 +180,11 @@ def measure(args: argparse.Namespace) -> dict:
         labels = torch.randint(0, len(model.hparams.class_names), (train_batch,))
         row["training step"] = rate(lambda s=step, i=images, y=labels: s(i, y), train_batch, repeats=4)
         figures[precision] = row
-    from lesion.models.tta import tta_mode
+    from lesion.models.tta import TTA_VIEWS, tta_mode
 
-    return {"retain_mb": args.child, "views": {None: 1, "flip": 4, "dihedral": 8}[tta_mode(model.hparams.tta)]} | {
-        "figures": figures
-    }
+    mode = tta_mode(model.hparams.tta)
+    views = len(TTA_VIEWS[mode](x[:1])) if mode else 1
+    return {"retain_mb": args.child, "views": views, "figures": figures}
 
 
 def table(results: list[dict]) -> str:

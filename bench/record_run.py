@@ -58,8 +58,8 @@ def record(name: str, metrics: Path, command: str, commit: str | None = None, ti
     """`commit`: the tree the run was made with, when not the one checked out now. `time_log`: the run's output with
     GNU time's -v report at its end (wall clock, CPU seconds, peak RSS, page faults of the whole process)."""
     values = json.loads(metrics.read_text())
-    figures = {k: v for k, v in values.items() if k in KEEP or "_by_" in k or k.startswith("source/")}
-    figures |= {k: v for k, v in values.items() if k.startswith("after_fit_seconds/")}
+    kept = ("source/", "after_fit_seconds/")
+    figures = {k: v for k, v in values.items() if k in KEEP or "_by_" in k or k.startswith(kept)}
     figures |= timed(time_log) if time_log else {}
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     commit = commit or head

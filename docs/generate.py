@@ -38,14 +38,14 @@ def ablation_page() -> str:
 
 def recorded_page() -> str:
     runs = records(RESULTS / "runs")
+    # runs that fitted their operating point (an eval.py record of a calibrated checkpoint repeats its run's)
+    fitted = [r for r in runs if "val_op/recall" in r["figures"]]
     return (
         "# Recorded runs\n\n"
         "Runs recorded with `python bench/record_run.py NAME <run dir>/metrics.json --command ...` (one file each\n"
         "in `docs/results/runs/`), rendered by `python docs/generate.py`.\n\n"
         "## Figures per set\n\n" + record_run.table(runs) + "\n"
-        "## Operating points\n\n"
-        # runs that fitted their operating point (an eval.py record of a calibrated checkpoint repeats its run's)
-        + record_run.operating_point_table([r for r in runs if "val_op/recall" in r["figures"]])
+        "## Operating points\n\n" + record_run.operating_point_table(fitted)
     )
 
 

@@ -247,6 +247,9 @@ def test_eval_end_to_end_writes_every_artifact(tmp_path):
         and model.deployment.operating_point == stored
     )
     assert trained["operating_point/sensitivity_lower_bound"] == pytest.approx(stored["sensitivity_lower_bound"])
+    # val certifies: its one scoring pass is timed once, not overwritten by a calibration pass that did not run
+    steps = [k.split("/", 1)[1] for k in trained if k.startswith("after_fit_seconds/")]
+    assert steps[:2] == ["val scored", "calibrated"] and trained["after_fit_seconds/val scored"] > 0
     overrides = [f"ckpt_path={best}", "bootstrap.resamples=50", "robustness.max_images=8", "fairness.min_positives=1"]
     report = evaluate(compose_config("eval", overrides, ev))
     for name in (

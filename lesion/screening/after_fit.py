@@ -44,7 +44,8 @@ def after_fit(
     val = predict(model, datamodule.val_dataloader(), trainer, features=fits_features(quality))
     stages.done("val scored", len(val.image_ids))
     fitted_on, split = calibration_predictions(model, datamodule, trainer, val)
-    stages.done(f"{split} scored", len(fitted_on.image_ids) if split != "val" else None)
+    if split != "val":  # val's own scores are reused: no pass (and "val scored" keeps its seconds)
+        stages.done(f"{split} scored", len(fitted_on.image_ids))
     compared = int(settings.get("checkpoints_compared") or 1) if split == "val" else 1
     confidence = certified_confidence(op, compared)
     report = calibrate(model, fitted_on, op["target_sensitivity"], op["method"], confidence, op["calibrator"], split)
