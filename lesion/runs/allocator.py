@@ -19,7 +19,7 @@ def retain_freed_memory(retain_mb: int) -> bool:
 
     glibc's defaults hand every buffer over 32 MiB to mmap and give it back to the OS when freed; a CPU forward pass
     at batch 64 and 225x300 allocates and frees such activation buffers layer by layer, and the next batch page-faults
-    every one of them back in (zeroed by the kernel): bench/evaluation.py measured 3x slower forward passes and 1.4x
+    every one of them back in (zeroed by the kernel): bench/evaluation.py measured 3x slower forward passes and 1.3x
     slower training steps. The price: the process keeps up to `retain_mb` of freed memory after a peak.
     Call it at the start of an entry point: DataLoader workers forked later inherit it. 0: glibc's defaults (and
     nothing changes). Returns whether the allocator took the settings (False off glibc, where nothing is done)."""
